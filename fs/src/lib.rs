@@ -1,0 +1,29 @@
+//! `serfnode-fs`: a FUSE filesystem serving a tree of named, versioned, immutable documents
+//! that its owner publishes, plus control nodes whose writes go to a sink.
+//!
+//! Guarantees (see `core` for the invariants behind them):
+//! - Each (path, version) of a document is its own inode whose bytes never change. After
+//!   `Publisher::publish` returns, the next open of a changed name sees the new version;
+//!   an fd opened before keeps reading its complete old version. No torn or mixed reads.
+//! - Reading a file read before costs no FUSE request: no-open mode plus long TTLs let the
+//!   kernel serve open+read+close from its page cache.
+//! - Waiting for change: inotify does not see publishes (the kernel only learns about them
+//!   through invalidations). Instead, poll(2) an open fd for POLLPRI: it is raised once a
+//!   newer version of the fd's file exists (or the name is gone); then reopen.
+//! - No request is ever held open waiting for a future event (fuser 0.18 ignores
+//!   FUSE_INTERRUPT, so such a waiter could not be killed). Control writes are held only
+//!   until the sink answers, which it must do in bounded time.
+//!
+//! Modules: `node` (the published tree), `control` (write nodes), `core` (the filesystem
+//! state, no FUSE), `mount` (the fuser adapter and mount lifecycle), `error`.
+
+mod control;
+mod core;
+mod error;
+mod mount;
+mod node;
+
+pub use control::{Completion, ControlSink, Writer};
+pub use error::FsError;
+pub use mount::{detach_stale, mount, Mount, MountOptions, Publisher};
+pub use node::{Dir, Doc, MapDir, Node, NodeKind};

@@ -1,0 +1,542 @@
+//! The `fuser` adapter and the mount's lifecycle: maps kernel requests onto `Core`, sends the
+//! notifications a publish asks for, and mounts, unmounts and detaches stale mounts.
+//!
+//! Fast path: `init` announces FUSE_NO_OPEN_SUPPORT and `open`/`flush` answer ENOSYS, so after
+//! the first open the kernel sends neither OPEN, FLUSH nor RELEASE for files on this
+//! connection, and opens files with keep-cache. With day-long entry and attribute TTLs (an
+//! inode's attributes never change), an open+read+close of a file read before costs no
+//! request at all: the page cache serves it. Directories keep OPENDIR: in no-opendir mode the
+//! kernel would cache listings, which change with every publish.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, PollEvents,
+    PollFlags, PollHandle, PollNotifier, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, Request, Session, SessionACL,
+    TimeOrNow, WriteFlags,
+};
+use tracing::{debug, warn};
+
+use crate::control::Writer;
+use crate::core::{Attr, Core};
+use crate::error::FsError;
+use crate::node::{Dir, NodeKind};
+
+/// Entry and attribute TTL. An inode's attributes never change (a new version is a new
+/// inode), and changed names are invalidated explicitly, so the kernel may cache for long.
+const TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long `unmount` waits for the session to end after detaching.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let users other than the mounting one in (`allow_other`).
+    pub allow_other: bool,
+    /// FUSE worker threads; more than one keeps reads flowing while a request is slow.
+    pub threads: usize,
+    /// The mount's source name, as shown in /proc/mounts.
+    pub fs_name: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            allow_other: false,
+            threads: 2,
+            fs_name: "serfnode".to_owned(),
+        }
+    }
+}
+
+/// A mounted filesystem. Dropping it unmounts like `unmount`, logging any error.
+pub struct Mount {
+    path: PathBuf,
+    session: Option<BackgroundSession>,
+    publisher: Publisher,
+}
+
+/// Publishes new trees to a mount. Cheap to clone; usable from any thread except a FUSE
+/// handler (the kernel notifications it sends wait for directory locks a request may hold).
+#[derive(Clone)]
+pub struct Publisher {
+    core: Arc<Core>,
+    notifier: Notifier,
+}
+
+/// Mounts `root` at `path`, first detaching a dead FUSE mount left there by a crashed run.
+pub fn mount(path: &Path, root: Arc<dyn Dir>, opts: &MountOptions) -> Result<Mount, FsError> {
+    detach_stale(path)?;
+    let failed = |error| FsError::Mount {
+        path: path.to_path_buf(),
+        error,
+    };
+    let path = path.canonicalize().map_err(failed)?;
+    let core = Arc::new(Core::new(root));
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(opts.fs_name.clone()),
+        MountOption::DefaultPermissions,
+    ];
+    cfg.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(opts.threads.max(1));
+    let fs = Fs {
+        core: Arc::clone(&core),
+        // SAFETY: geteuid/getegid cannot fail and touch no memory.
+        uid: unsafe { libc::geteuid() },
+        gid: unsafe { libc::getegid() },
+    };
+    let session = Session::new(fs, &path, &cfg).map_err(failed)?;
+    let notifier = session.notifier();
+    let session = session.spawn().map_err(failed)?;
+    Ok(Mount {
+        path,
+        session: Some(session),
+        publisher: Publisher { core, notifier },
+    })
+}
+
+/// Detaches a dead FUSE mount (stat gives ENOTCONN: its server died) at `path` and returns
+/// true. A live FUSE mount there is `FsError::Busy`; anything else is `Ok(false)`.
+pub fn detach_stale(path: &Path) -> Result<bool, FsError> {
+    // statfs, not stat: the kernel answers stat of a mount root from its
+    // attribute cache (valid for a day here) even after the daemon died,
+    // while statfs always asks the daemon.
+    match statfs(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            detach(path).map_err(|error| FsError::Detach {
+                path: path.to_path_buf(),
+                error,
+            })?;
+            Ok(true)
+        }
+        Ok(()) if fuse_mounted_at(path) => Err(FsError::Busy {
+            path: path.to_path_buf(),
+        }),
+        _ => Ok(false),
+    }
+}
+
+fn statfs(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; `buf` is written
+    // by the kernel only.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Mount {
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// The mount point (canonical).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// FUSE requests answered so far; a file read before costs none (page cache).
+    pub fn requests(&self) -> u64 {
+        self.publisher.core.requests()
+    }
+
+    /// Detaches the mount (lazily: it vanishes from the namespace at once, even if files are
+    /// open) and waits up to 2 s for the session to end. If files are still open then, the
+    /// session keeps serving them until they close and this returns a timeout error.
+    pub fn unmount(mut self) -> Result<(), FsError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), FsError> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let failed = |error| FsError::Unmount {
+            path: self.path.clone(),
+            error,
+        };
+        match detach(&self.path) {
+            Ok(()) => {}
+            // Not mounted any more: someone unmounted it for us.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => {
+                self.session = Some(session);
+                return Err(failed(e));
+            }
+        }
+        let deadline = Instant::now() + UNMOUNT_WAIT;
+        while !session.guard.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if !session.guard.is_finished() {
+            // Dropping the session would make fuser umount(2) the path once more, which by
+            // now may belong to another mount (or the one below ours): leak it instead. Its
+            // threads end when the last open file closes and the kernel ends the connection.
+            std::mem::forget(session);
+            return Err(failed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "files still open after detach; the session serves them until they close",
+            )));
+        }
+        // The connection is gone; fuser's own unmount attempt and result add nothing.
+        if let Err(e) = session.join() {
+            debug!(path = %self.path.display(), "fuse session ended: {e}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            warn!("{e}");
+        }
+    }
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Makes `root` the current tree. Returns once the kernel has dropped every dentry that
+    /// now leads elsewhere (so the next open sees the new version) and pollers of outdated
+    /// inodes have been woken. Open fds keep reading the version they opened.
+    pub fn publish(&self, root: Arc<dyn Dir>) {
+        let published = self.core.publish(root);
+        for inval in &published.invals {
+            let name = OsStr::new(&*inval.name);
+            let parent = INodeNo(inval.parent);
+            let sent = if inval.gone {
+                // Also tells inotify watchers of the old inode IN_DELETE_SELF.
+                self.notifier.delete(parent, INodeNo(inval.child), name)
+            } else {
+                self.notifier.inval_entry(parent, name)
+            };
+            // Failing is harmless: the kernel no longer had that dentry (ENOENT is already
+            // ignored by fuser), or a deleted directory still had busy children.
+            if let Err(e) = sent {
+                debug!(?inval, "invalidation not applied: {e}");
+            }
+        }
+        for kh in published.polls {
+            if let Err(e) = self.notifier.poll(PollHandle(kh)) {
+                debug!(kh, "poll wakeup not delivered: {e}");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+/// umount2(MNT_DETACH): fuser 0.18's own unmount is not lazy and fails while files are open.
+fn detach(path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether /proc/self/mountinfo lists a FUSE filesystem mounted exactly at `path`.
+fn fuse_mounted_at(path: &Path) -> bool {
+    let (Ok(path), Ok(info)) = (
+        path.canonicalize(),
+        std::fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
+        return false;
+    };
+    // "id parent major:minor root mount-point options [optional...] - fstype source ..."
+    info.lines().any(|line| {
+        let Some((mount, fs)) = line.split_once(" - ") else {
+            return false;
+        };
+        fs.starts_with("fuse")
+            && mount
+                .split(' ')
+                .nth(4)
+                .is_some_and(|point| unescape(point) == path.as_os_str().as_bytes())
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, etc.).
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let d = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(d, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The `fuser::Filesystem`: every method counts the request, asks `Core` and replies.
+struct Fs {
+    core: Arc<Core>,
+    uid: u32,
+    gid: u32,
+}
+
+impl Fs {
+    fn attr(&self, attr: &Attr) -> FileAttr {
+        let (kind, nlink) = match attr.kind {
+            NodeKind::Dir => (FileType::Directory, 2),
+            NodeKind::File | NodeKind::Control => (FileType::RegularFile, 1),
+        };
+        FileAttr {
+            ino: INodeNo(attr.ino),
+            size: attr.size,
+            blocks: attr.size.div_ceil(512),
+            atime: attr.created,
+            mtime: attr.created,
+            ctime: attr.created,
+            crtime: attr.created,
+            kind,
+            perm: attr.kind.perm(),
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+fn errno(code: i32) -> Errno {
+    Errno::from_i32(code)
+}
+
+impl fuser::Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .map_err(|_| io::Error::other("the kernel lacks FUSE_NO_OPEN_SUPPORT"))
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.core.note_request();
+        match self.core.lookup(parent.0, name) {
+            Ok(attr) => reply.entry(&TTL, &self.attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.note_request();
+        self.core.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.core.note_request();
+        match self.core.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &self.attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.core.note_request();
+        let owner_or_mode = mode.is_some() || uid.is_some() || gid.is_some();
+        match self.core.setattr(ino.0, size, owner_or_mode) {
+            Ok(attr) => reply.attr(&TTL, &self.attr(&attr)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// ENOSYS switches the whole connection to no-open mode (see the module doc).
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.core.note_request();
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS stops FLUSH on close for the whole connection; nothing is written back.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.core.note_request();
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.core.note_request();
+        match self.core.read(ino.0, offset, size) {
+            Ok(chunk) => reply.data(&chunk),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.core.note_request();
+        let writer = Writer {
+            pid: req.pid(),
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        self.core.write(
+            ino.0,
+            writer,
+            offset,
+            data,
+            Box::new(move |result| match result {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.core.note_request();
+        match self.core.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.core.note_request();
+        let entries = match self.core.readdir(fh.0) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, entry) in entries.iter().enumerate().skip(start) {
+            let kind = match entry.kind {
+                NodeKind::Dir => FileType::Directory,
+                NodeKind::File | NodeKind::Control => FileType::RegularFile,
+            };
+            // The offset of an entry is where the next readdir continues.
+            if reply.add(INodeNo(entry.ino), i as u64 + 1, kind, &entry.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.core.note_request();
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.core.note_request();
+        reply.statfs(0, 0, 0, self.core.inode_count(), 0, 4096, 255, 4096);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        ph: PollNotifier,
+        _events: PollEvents,
+        flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        self.core.note_request();
+        let kh = flags
+            .contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY)
+            .then(|| ph.handle().0);
+        match self.core.poll(ino.0, kh) {
+            Ok(ready) => reply.poll(PollEvents::from_bits_truncate(ready)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}

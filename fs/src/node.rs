@@ -1,0 +1,205 @@
+//! The tree an owner publishes: named nodes that are versioned documents, directories or
+//! control (write) nodes, plus `MapDir`, a ready-made directory, and `Body`, the
+//! render-once bytes of one document version.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+use crate::control::ControlSink;
+
+/// One name in a published tree.
+#[derive(Clone)]
+pub enum Node {
+    /// A regular, read-only file: one version of a document.
+    File(Doc),
+    /// A directory; its listing and lookups follow whatever tree is current.
+    Dir(Arc<dyn Dir>),
+    /// A write-only node whose written lines go to the sink.
+    Control(Arc<dyn ControlSink>),
+}
+
+impl Node {
+    pub fn kind(&self) -> NodeKind {
+        match self {
+            Node::File(_) => NodeKind::File,
+            Node::Dir(_) => NodeKind::Dir,
+            Node::Control(_) => NodeKind::Control,
+        }
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Node::File(doc) => f.debug_tuple("File").field(doc).finish(),
+            Node::Dir(_) => f.write_str("Dir"),
+            Node::Control(_) => f.write_str("Control"),
+        }
+    }
+}
+
+/// What a node is, without its content (for listings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeKind {
+    File,
+    Dir,
+    Control,
+}
+
+impl NodeKind {
+    /// Permission bits the kernel enforces (`default_permissions`): documents are readable,
+    /// directories searchable, control nodes writable, by everyone.
+    pub(crate) fn perm(self) -> u16 {
+        match self {
+            NodeKind::File => 0o444,
+            NodeKind::Dir => 0o555,
+            NodeKind::Control => 0o222,
+        }
+    }
+}
+
+type Render = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+/// One version of a file. Same (path, version) must always mean the same bytes — the owner
+/// guarantees it; the filesystem relies on it to let the kernel cache pages for good.
+#[derive(Clone)]
+pub struct Doc {
+    version: u64,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    Ready(Arc<Vec<u8>>),
+    Lazy(Render),
+}
+
+impl Doc {
+    /// A document rendered lazily: `render` runs on the first lookup of this version, at most
+    /// once per (path, version) while that version's inode lives, never during a publish.
+    pub fn new(version: u64, render: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> Doc {
+        Doc {
+            version,
+            source: Source::Lazy(Arc::new(render)),
+        }
+    }
+
+    /// A document whose bytes are already known.
+    pub fn ready(version: u64, bytes: Vec<u8>) -> Doc {
+        Doc {
+            version,
+            source: Source::Ready(Arc::new(bytes)),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The document's bytes, rendered now (for owners' tests and tools; the
+    /// filesystem itself renders each version once, through its inode).
+    pub fn render(&self) -> Vec<u8> {
+        match &self.source {
+            Source::Ready(bytes) => bytes.to_vec(),
+            Source::Lazy(render) => render(),
+        }
+    }
+}
+
+impl fmt::Debug for Doc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Doc");
+        s.field("version", &self.version);
+        match &self.source {
+            Source::Ready(bytes) => s.field("len", &bytes.len()),
+            Source::Lazy(_) => s.field("len", &"lazy"),
+        };
+        s.finish()
+    }
+}
+
+/// A directory of a published tree.
+///
+/// Both methods are called with the filesystem's state lock held, from FUSE request threads
+/// and from `Publisher::publish`: they must be cheap, must not block and must not touch the
+/// mount. A `Dir` should be an immutable snapshot; changes are announced by publishing.
+pub trait Dir: Send + Sync + 'static {
+    fn get(&self, name: &str) -> Option<Node>;
+    /// The readdir listing, in any order.
+    fn entries(&self) -> Vec<(String, NodeKind)>;
+}
+
+/// A directory held as a sorted map: the simple way to build a tree to publish.
+#[derive(Clone, Debug, Default)]
+pub struct MapDir(BTreeMap<String, Node>);
+
+impl MapDir {
+    pub fn new() -> MapDir {
+        MapDir::default()
+    }
+
+    /// Builder form of `insert`.
+    pub fn with(mut self, name: impl Into<String>, node: Node) -> MapDir {
+        self.insert(name, node);
+        self
+    }
+
+    /// Adds or replaces a name; returns the node it replaced.
+    pub fn insert(&mut self, name: impl Into<String>, node: Node) -> Option<Node> {
+        self.0.insert(name.into(), node)
+    }
+}
+
+impl Dir for MapDir {
+    fn get(&self, name: &str) -> Option<Node> {
+        self.0.get(name).cloned()
+    }
+
+    fn entries(&self) -> Vec<(String, NodeKind)> {
+        self.0
+            .iter()
+            .map(|(n, node)| (n.clone(), node.kind()))
+            .collect()
+    }
+}
+
+/// The bytes of one (path, version): rendered at most once, on first use, then immutable.
+pub(crate) struct Body {
+    bytes: OnceLock<Arc<Vec<u8>>>,
+    /// Present until rendered; dropped afterwards so whatever it captured is freed.
+    render: Mutex<Option<Render>>,
+}
+
+impl Body {
+    /// The bytes, rendering them now if this is the first use. Concurrent callers wait for
+    /// the one render instead of running their own.
+    pub(crate) fn bytes(&self) -> &Arc<Vec<u8>> {
+        self.bytes.get_or_init(|| {
+            let mut slot = self.render.lock();
+            let render = slot
+                .as_ref()
+                .expect("an unrendered body keeps its renderer");
+            let bytes = Arc::new(render());
+            *slot = None;
+            bytes
+        })
+    }
+}
+
+impl From<Doc> for Body {
+    fn from(doc: Doc) -> Body {
+        match doc.source {
+            Source::Ready(bytes) => Body {
+                bytes: OnceLock::from(bytes),
+                render: Mutex::new(None),
+            },
+            Source::Lazy(render) => Body {
+                bytes: OnceLock::new(),
+                render: Mutex::new(Some(render)),
+            },
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The command line: subcommands and flags, each flag also settable by the
+//! original serfnode's environment variable where it had one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "serfnode",
+    version,
+    about = "Live knowledge of a Serf cluster, served as files"
+)]
+pub struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info`, `serfnode=debug,serf=info`.
+    #[arg(long, global = true, env = "SERFNODE_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run (or attach to) a Serf agent and serve the cluster as files.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// This node's role, gossiped as the `role` tag.
+    #[arg(long, env = "ROLE", default_value = crate::tags::NO_ROLE)]
+    pub role: String,
+    /// Address of a member to join (repeatable; PEER may list several,
+    /// separated by commas or spaces). Retried until one join works.
+    #[arg(long = "join", env = "PEER", value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// Gossip bind address [default: 0.0.0.0:7946, port from SERF_PORT].
+    #[arg(long, value_name = "IP:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Address other members reach this one at [default: SERF_IP or the bind
+    /// address, else this host's first non-loopback IPv4].
+    #[arg(long, value_name = "IP:PORT")]
+    pub advertise: Option<SocketAddr>,
+    /// Advertised IP (the original's SERF_IP).
+    #[arg(long, env = "SERF_IP", hide = true)]
+    pub serf_ip: Option<IpAddr>,
+    /// Gossip port (the original's SERF_PORT).
+    #[arg(long, env = "SERF_PORT", hide = true)]
+    pub serf_port: Option<u16>,
+    /// The agent's RPC address; loopback only [default: 127.0.0.1:7373, port from RPC_PORT].
+    #[arg(long, value_name = "IP:PORT")]
+    pub rpc_addr: Option<SocketAddr>,
+    /// RPC port (the original's RPC_PORT).
+    #[arg(long, env = "RPC_PORT", hide = true)]
+    pub rpc_port: Option<u16>,
+    /// Node name [default: this host's (or container's) hostname, stable across restarts].
+    #[arg(long, env = "NODE_NAME")]
+    pub node: Option<String>,
+    /// Address of this node's service, as written to other members' hosts files [default: the advertised IP].
+    #[arg(long, env = "SERVICE_IP")]
+    pub service_ip: Option<IpAddr>,
+    /// Port of this node's service.
+    #[arg(long, env = "SERVICE_PORT", default_value_t = 0)]
+    pub service_port: u16,
+    /// Where the cluster files are mounted.
+    #[arg(long, env = "SERFNODE_MOUNT", default_value = "/serfnode")]
+    pub mount: PathBuf,
+    /// Hosts file to keep role names in, or `none`.
+    #[arg(long, env = "SERFNODE_HOSTS_FILE", default_value = "/etc/hosts")]
+    pub hosts_file: String,
+    /// The `serf` executable to run.
+    #[arg(long, env = "SERF", default_value = "serf")]
+    pub serf: PathBuf,
+    /// Serf timing profile: `lan`, `wan`, or `local` (loopback; detects
+    /// failures in about two seconds).
+    #[arg(long, env = "SERF_PROFILE", default_value = "lan", value_parser = ["lan", "wan", "local"])]
+    pub profile: String,
+    /// Use the agent already running at --rpc-addr instead of starting one.
+    #[arg(long)]
+    pub attach: bool,
+    /// How often `members` is re-read to catch what the stream delays (ms).
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    pub poll_ms: u64,
+    /// Let users other than root read the files (FUSE allow_other).
+    #[arg(long)]
+    pub allow_other: bool,
+}

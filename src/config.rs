@@ -1,0 +1,224 @@
+//! The daemon's settings, resolved once from flags and environment into
+//! concrete values (addresses, names, paths), with the original project's
+//! defaults.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cli::AgentArgs;
+use crate::tags::OwnTags;
+
+pub const DEFAULT_SERF_PORT: u16 = 7946;
+pub const DEFAULT_RPC_PORT: u16 = 7373;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub bind: SocketAddr,
+    pub advertise: SocketAddr,
+    pub rpc: SocketAddr,
+    pub join: Vec<String>,
+    pub tags: OwnTags,
+    pub mount: PathBuf,
+    pub hosts_file: Option<PathBuf>,
+    pub serf: PathBuf,
+    pub profile: String,
+    pub attach: bool,
+    pub poll: Duration,
+    pub allow_other: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("rpc address {0} is not a loopback address: the rpc port must not be reachable from other hosts")]
+    RpcNotLoopback(SocketAddr),
+    #[error("--poll-ms must be at least 1")]
+    Poll,
+    #[error("no node name: --node is unset and the hostname is unreadable")]
+    NoName,
+}
+
+impl Config {
+    pub fn resolve(args: &AgentArgs) -> Result<Config, ConfigError> {
+        let serf_port = args.serf_port.unwrap_or(DEFAULT_SERF_PORT);
+        let bind = args
+            .bind
+            .unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), serf_port));
+        let advertise = args.advertise.unwrap_or_else(|| {
+            let ip = args
+                .serf_ip
+                .or(Some(bind.ip()).filter(|ip| !ip.is_unspecified()))
+                .or_else(first_non_loopback_ipv4)
+                .unwrap_or(Ipv4Addr::LOCALHOST.into());
+            SocketAddr::new(ip, bind.port())
+        });
+        let rpc = args.rpc_addr.unwrap_or(SocketAddr::new(
+            Ipv4Addr::LOCALHOST.into(),
+            args.rpc_port.unwrap_or(DEFAULT_RPC_PORT),
+        ));
+        if !rpc.ip().is_loopback() {
+            return Err(ConfigError::RpcNotLoopback(rpc));
+        }
+        if args.poll_ms == 0 {
+            return Err(ConfigError::Poll);
+        }
+        let node = match &args.node {
+            Some(n) => n.clone(),
+            None => hostname().ok_or(ConfigError::NoName)?,
+        };
+        let tags = OwnTags {
+            role: args.role.clone(),
+            advertise_ip: advertise.ip(),
+            serf_port: advertise.port(),
+            rpc_port: rpc.port(),
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            service_ip: args.service_ip.map(|ip| ip.to_string()),
+            service_port: args.service_port,
+            ports: Default::default(),
+        };
+        Ok(Config {
+            node,
+            bind,
+            advertise,
+            rpc,
+            join: split_peers(&args.join),
+            tags,
+            mount: args.mount.clone(),
+            hosts_file: match args.hosts_file.as_str() {
+                "none" | "" => None,
+                p => Some(Path::new(p).to_owned()),
+            },
+            serf: args.serf.clone(),
+            profile: args.profile.clone(),
+            attach: args.attach,
+            poll: Duration::from_millis(args.poll_ms),
+            allow_other: args.allow_other,
+        })
+    }
+}
+
+/// PEER may hold several addresses, separated by commas or white space.
+fn split_peers(raw: &[String]) -> Vec<String> {
+    raw.iter()
+        .flat_map(|s| s.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The first IPv4 address of an interface that is up and not loopback, as
+/// the original found its advertise address.
+fn first_non_loopback_ipv4() -> Option<IpAddr> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free below; we only
+    // read entries whose address family we checked.
+    unsafe {
+        if libc::getifaddrs(&mut addrs) != 0 {
+            return None;
+        }
+        let mut found = None;
+        let mut cur = addrs;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+            let lo = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+            if !up || lo || ifa.ifa_addr.is_null() {
+                continue;
+            }
+            if i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                found = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
+                break;
+            }
+        }
+        libc::freeifaddrs(addrs);
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn resolve(argv: &[&str]) -> Result<Config, ConfigError> {
+        let cli = crate::cli::Cli::try_parse_from(["serfnode", "agent"].iter().chain(argv.iter()))
+            .unwrap();
+        let crate::cli::Command::Agent(args) = cli.command;
+        Config::resolve(&args)
+    }
+
+    #[test]
+    fn explicit_flags_win() {
+        let c = resolve(&[
+            "--node",
+            "n1",
+            "--bind",
+            "127.0.0.5:8000",
+            "--rpc-addr",
+            "127.0.0.5:8001",
+            "--join",
+            "127.0.0.6:8000",
+            "--join",
+            "127.0.0.7:8000,127.0.0.8:8000",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.advertise,
+            "127.0.0.5:8000".parse().unwrap(),
+            "advertise follows a specific bind"
+        );
+        assert_eq!(c.tags.rpc_port, 8001);
+        assert_eq!(
+            c.join,
+            ["127.0.0.6:8000", "127.0.0.7:8000", "127.0.0.8:8000"]
+        );
+        assert_eq!(c.tags.to_map()["serf_port"], "8000");
+        assert_eq!(c.hosts_file.as_deref(), Some(Path::new("/etc/hosts")));
+    }
+
+    #[test]
+    fn rpc_must_stay_on_loopback() {
+        let err = resolve(&["--node", "n", "--rpc-addr", "0.0.0.0:7373"]).unwrap_err();
+        assert!(err.to_string().contains("not a loopback"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let c = resolve(&["--node", "n", "--hosts-file", "none"]).unwrap();
+        assert_eq!(c.bind, "0.0.0.0:7946".parse().unwrap());
+        assert_eq!(c.rpc, "127.0.0.1:7373".parse().unwrap());
+        assert_eq!(c.tags.role, "no_role");
+        assert!(!c.advertise.ip().is_unspecified());
+        assert!(c.hosts_file.is_none());
+        assert_eq!(c.mount, Path::new("/serfnode"));
+    }
+
+    #[test]
+    fn peers_split_on_commas_and_spaces() {
+        assert_eq!(
+            split_peers(&["a:1, b:2  c:3".into()]),
+            ["a:1", "b:2", "c:3"]
+        );
+    }
+
+    #[test]
+    fn default_name_is_the_hostname_and_stable() {
+        let a = resolve(&[]).unwrap();
+        let b = resolve(&[]).unwrap();
+        assert_eq!(a.node, b.node);
+        assert_eq!(a.node, hostname().unwrap());
+    }
+}

@@ -1,0 +1,202 @@
+//! The daemon: wires the agent, the membership sync, the file system, the
+//! hosts hook and the write node together, and owns the shutdown order:
+//! stop accepting writes → leave the cluster (bounded) → clear the hosts
+//! block → unmount → return.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serfnode_fs::{ControlSink, Mount, MountOptions, Publisher};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, AgentConfig};
+use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::config::Config;
+use crate::control::EventSink;
+use crate::files::Tree;
+use crate::hosts::Hosts;
+use crate::membership::{self, SyncConfig, View};
+use crate::rpc::Client;
+
+/// Runs until `shutdown` is cancelled, then stops in order.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let view = View::new();
+    let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
+    let sink = EventSink::new(clients_rx.clone(), tokio::runtime::Handle::current());
+    let control: Arc<dyn ControlSink> = Arc::new(sink.clone());
+    let tasks = CancellationToken::new();
+
+    // Mount first: a mount point we cannot serve fails the start before the
+    // node joins anything.
+    let mount = mount(&cfg, Tree::new(view.snapshot(), control.clone())).await?;
+    let publisher = tokio::spawn(publish(view.clone(), mount.publisher(), control));
+    let hosts = cfg
+        .hosts_file
+        .clone()
+        .map(|path| tokio::spawn(hosts_hook(view.clone(), Hosts::new(path), tasks.clone())));
+
+    // The agent outlives every other task: it is stopped last but one, so
+    // the leave is gossiped while the files still say what happens.
+    let agent_stop = CancellationToken::new();
+    let agent = (!cfg.attach).then(|| {
+        let acfg = AgentConfig {
+            serf: cfg.serf.clone(),
+            node: cfg.node.clone(),
+            bind: cfg.bind,
+            advertise: cfg.advertise,
+            rpc: cfg.rpc,
+            tags: cfg.tags.to_map(),
+            profile: cfg.profile.clone(),
+            config_file: None,
+            leave_timeout: Duration::from_secs(3),
+        };
+        tokio::spawn(agent::supervise(acfg, agent_stop.clone()))
+    });
+
+    let sync = tokio::spawn(membership::sync(
+        view.clone(),
+        SyncConfig {
+            rpc: cfg.rpc,
+            auth_key: None,
+            poll: cfg.poll,
+        },
+        clients_tx,
+        tasks.clone(),
+    ));
+    let joiner = (!cfg.join.is_empty())
+        .then(|| tokio::spawn(join(cfg.join.clone(), clients_rx.clone(), tasks.clone())));
+
+    tracing::info!(mount = %cfg.mount.display(), node = %cfg.node, "serving the cluster as files");
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    sink.close();
+    if let Some(agent) = agent {
+        agent_stop.cancel();
+        let _ = agent.await;
+    }
+    tasks.cancel();
+    for t in [Some(sync), joiner].into_iter().flatten() {
+        let _ = t.await;
+    }
+    if let Some(h) = hosts {
+        if let Ok(mut hosts) = h.await {
+            if let Err(e) = tokio::task::spawn_blocking(move || hosts.clear()).await? {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+    publisher.abort();
+    let path = cfg.mount.clone();
+    tokio::task::spawn_blocking(move || mount.unmount())
+        .await?
+        .with_context(|| format!("unmount {}", path.display()))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn mount(cfg: &Config, root: Arc<Tree>) -> anyhow::Result<Mount> {
+    let path = cfg.mount.clone();
+    let opts = MountOptions {
+        allow_other: cfg.allow_other,
+        ..MountOptions::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("create mount point {}", path.display()))?;
+        serfnode_fs::mount(&path, root, &opts).map_err(anyhow::Error::from)
+    })
+    .await?
+}
+
+/// Publishes each new snapshot to the mount. Publishing invalidates kernel
+/// caches (blocking writes to /dev/fuse), so it runs on a blocking thread;
+/// the watch channel hands over only the latest snapshot, so a burst of
+/// changes costs one publish.
+async fn publish(view: View, publisher: Publisher, control: Arc<dyn ControlSink>) {
+    let mut rx = view.subscribe();
+    // Whatever changed between the mount and this subscription is published.
+    rx.mark_changed();
+    while rx.changed().await.is_ok() {
+        let tree = Tree::new(rx.borrow_and_update().clone(), control.clone());
+        let p = publisher.clone();
+        if tokio::task::spawn_blocking(move || p.publish(tree))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Rewrites the hosts block whenever the view changes; returns the hook for
+/// the final clear.
+async fn hosts_hook(view: View, hosts: Hosts, stop: CancellationToken) -> Hosts {
+    let mut rx = view.subscribe();
+    let hosts = Arc::new(parking_lot::Mutex::new(hosts));
+    let mut last_error = None;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        let h = hosts.clone();
+        let res = tokio::task::spawn_blocking(move || h.lock().apply(&snap)).await;
+        match res {
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    tracing::error!("{msg}");
+                }
+                last_error = Some(msg);
+            }
+            Ok(Ok(())) => last_error = None,
+            Err(_) => break,
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            _ = stop.cancelled() => break,
+        }
+    }
+    drop(rx);
+    Arc::try_unwrap(hosts)
+        .ok()
+        .expect("no apply outlives the loop")
+        .into_inner()
+}
+
+/// Joins the given peers over each new agent connection until one join
+/// succeeds (a restarted agent has forgotten the cluster).
+async fn join(
+    peers: Vec<String>,
+    mut clients: watch::Receiver<Option<Client>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let client = tokio::select! {
+            c = clients.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed())) => match c {
+                Ok(c) => c.clone().expect("waited for some"),
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        while !client.is_closed() {
+            match client.join(&peers, false).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(peers = ?peers, joined = n, "joined the cluster");
+                    break;
+                }
+                Ok(_) => tracing::warn!(peers = ?peers, "join reached no peer; retrying"),
+                Err(e) => tracing::warn!(peers = ?peers, "join: {e}; retrying"),
+            }
+            if sleep_or_shutdown(backoff.next_delay(), &stop).await {
+                return;
+            }
+        }
+        // Wait for this connection to end before joining over the next one.
+        tokio::select! {
+            _ = client.closed() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! serfnode: live knowledge of a HashiCorp Serf cluster, served as files.
+//!
+//! A daemon beside a real `serf agent` follows the cluster over Serf's RPC
+//! protocol into an in-memory view ([`membership`]), serves that view as
+//! JSON files through a FUSE mount ([`files`], over the `serfnode-fs`
+//! crate), raises user events written to the `parent` write node
+//! ([`control`]) and keeps each role's oldest member in the hosts file
+//! ([`hosts`]). See README.md for the file contract.
+
+pub mod agent;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod files;
+pub mod hosts;
+pub mod membership;
+pub mod names;
+pub mod rpc;
+pub mod tags;

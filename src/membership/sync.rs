@@ -1,0 +1,115 @@
+//! Keeps the view in step with the local agent over RPC.
+//!
+//! The stream alone is not enough: the agent coalesces member events for
+//! about a second and drops records when a subscriber's buffer fills. So a
+//! stream record is only a trigger to re-read `members` (0.1 ms on a kept
+//! connection), and a short timer re-reads it too, catching what the stream
+//! holds back; records are never applied themselves, since they are older
+//! than what `members` says and could move the view backwards. The stream is
+//! subscribed before the first `members` read, so nothing falls between.
+//!
+//! While the agent is unreachable the view keeps its members and is marked
+//! stale; the task reconnects with backoff and publishes the live client for
+//! others (the write node) through `clients`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::View;
+use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::rpc::{Client, RpcError};
+
+const MEMBER_EVENTS: &str = "member-join,member-leave,member-failed,member-update,member-reap";
+
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub rpc: SocketAddr,
+    pub auth_key: Option<String>,
+    /// Period of the `members` re-read that catches what the stream delays.
+    pub poll: Duration,
+}
+
+pub async fn run(
+    view: View,
+    cfg: SyncConfig,
+    clients: watch::Sender<Option<Client>>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        let err = match Client::connect(cfg.rpc, cfg.auth_key.as_deref()).await {
+            Ok(client) => {
+                backoff.reset();
+                failures = 0;
+                let err = follow(&view, &cfg, &client, &clients, &shutdown).await;
+                clients.send_replace(None);
+                match err {
+                    Some(e) => e,
+                    None => return,
+                }
+            }
+            Err(e) => e,
+        };
+        view.set_disconnected(&err.to_string());
+        // The first failure of an outage is news; the retries are not.
+        if failures == 0 {
+            tracing::warn!("agent unreachable, serving the last view as stale: {err}");
+        } else {
+            tracing::debug!("still unreachable: {err}");
+        }
+        failures += 1;
+        if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Follows one connection until it fails (returning why) or shutdown (None).
+async fn follow(
+    view: &View,
+    cfg: &SyncConfig,
+    client: &Client,
+    clients: &watch::Sender<Option<Client>>,
+    shutdown: &CancellationToken,
+) -> Option<RpcError> {
+    let setup = async {
+        let stream = client.stream(MEMBER_EVENTS).await?;
+        let stats = client.stats().await?;
+        if let Some(name) = stats.get("agent").and_then(|a| a.get("name")) {
+            view.set_local(name);
+        }
+        view.reconcile(client.members().await?);
+        Ok::<_, RpcError>(stream)
+    };
+    let mut stream = match setup.await {
+        Ok(s) => s,
+        Err(e) => return Some(e),
+    };
+    view.set_connected();
+    clients.send_replace(Some(client.clone()));
+    tracing::info!(rpc = %cfg.rpc, "following the agent");
+
+    let mut tick = tokio::time::interval(cfg.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            rec = stream.recv() => {
+                if rec.is_none() {
+                    return Some(RpcError::Closed { addr: cfg.rpc });
+                }
+            }
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        match client.members().await {
+            Ok(members) => {
+                view.reconcile(members);
+            }
+            Err(e) => return Some(e),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! A real `serfnode agent` process for integration tests: its own loopback
+//! address, mount point and hosts file in a temp dir; killed, reaped and
+//! unmounted on drop even when the test panics.
+
+use std::ffi::CString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::serf::unique_ip;
+
+pub const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeOpts {
+    pub name: String,
+    pub role: String,
+    pub join: Vec<SocketAddr>,
+    /// Extra `serfnode agent` arguments.
+    pub args: Vec<String>,
+    /// Use this IP instead of a fresh one (restarting a node in place).
+    pub ip: Option<IpAddr>,
+    /// Attach to the agent at this RPC address instead of starting one.
+    pub attach: Option<SocketAddr>,
+    /// Mount here instead of in the node's temp dir.
+    pub mount: Option<PathBuf>,
+    /// Initial content of the node's hosts file.
+    pub hosts: Option<String>,
+}
+
+pub struct Node {
+    pub name: String,
+    pub ip: IpAddr,
+    pub mount: PathBuf,
+    pub hosts: PathBuf,
+    log: PathBuf,
+    attach: Option<SocketAddr>,
+    cmd: Command,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts the daemon and waits until it follows its agent.
+    pub fn start(opts: NodeOpts) -> Node {
+        let node = Node::spawn(opts);
+        node.wait_connected();
+        node
+    }
+
+    /// Starts the daemon without waiting for anything.
+    pub fn spawn(opts: NodeOpts) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let ip = opts.ip.unwrap_or_else(unique_ip);
+        let mount = opts.mount.clone().unwrap_or_else(|| dir.path().join("mnt"));
+        let hosts = dir.path().join("hosts");
+        std::fs::write(
+            &hosts,
+            opts.hosts
+                .as_deref()
+                .unwrap_or("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"),
+        )
+        .unwrap();
+        let log = dir.path().join("serfnode.log");
+        let name = if opts.name.is_empty() {
+            format!("node-{ip}")
+        } else {
+            opts.name.clone()
+        };
+        let mut cmd = Command::new(SERFNODE);
+        cmd.arg("agent")
+            .args(["--node", name.as_str()])
+            .args(match opts.attach {
+                Some(rpc) => vec!["--attach".to_string(), format!("--rpc-addr={rpc}")],
+                None => vec![format!("--bind={ip}:7946"), format!("--rpc-addr={ip}:7373")],
+            })
+            .arg("--mount")
+            .arg(&mount)
+            .arg("--hosts-file")
+            .arg(&hosts)
+            .args(["--profile", "local"])
+            .args([
+                "--role",
+                if opts.role.is_empty() {
+                    "test"
+                } else {
+                    &opts.role
+                },
+            ])
+            .args(
+                opts.join
+                    .iter()
+                    .flat_map(|j| ["--join".to_string(), j.to_string()]),
+            )
+            .args(&opts.args)
+            .env("SERFNODE_LOG", "info,serfnode=debug")
+            .stdin(Stdio::null());
+        for var in [
+            "ROLE",
+            "PEER",
+            "SERF_IP",
+            "SERF_PORT",
+            "NODE_NAME",
+            "RPC_PORT",
+        ] {
+            cmd.env_remove(var);
+        }
+        let mut node = Node {
+            name,
+            ip,
+            mount,
+            hosts,
+            log,
+            attach: opts.attach,
+            cmd,
+            child: None,
+            _dir: dir,
+        };
+        node.relaunch();
+        node
+    }
+
+    /// Starts the same daemon again (same address, mount and hosts file)
+    /// after it exited or crashed.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "relaunch of a running node");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        self.child = Some(self.cmd.spawn().expect("spawn serfnode"));
+    }
+
+    /// Waits until the daemon follows its agent.
+    pub fn wait_connected(&self) {
+        self.wait_json("status.json", Duration::from_secs(20), |s| {
+            s["agent"]["connected"] == true
+        });
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 7946)
+    }
+
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.attach.unwrap_or(SocketAddr::new(self.ip, 7373))
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.mount.join(file)
+    }
+
+    pub fn read(&self, file: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.path(file))
+    }
+
+    pub fn json(&self, file: &str) -> Value {
+        let bytes = self
+            .read(file)
+            .unwrap_or_else(|e| panic!("read {file} on {}: {e}\n{}", self.name, self.log()));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{file} on {} is not json ({e}): {}",
+                self.name,
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    }
+
+    /// Polls `file` until `pred` holds; panics with the last content and the
+    /// daemon's log past `timeout`.
+    pub fn wait_json(&self, file: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(bytes) = self.read(file) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    if pred(&v) {
+                        return v;
+                    }
+                    if Instant::now() > deadline {
+                        panic!(
+                            "{file} on {} never matched; last: {v}\n{}",
+                            self.name,
+                            self.log()
+                        );
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{file} on {} unreadable\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn hosts_text(&self) -> String {
+        std::fs::read_to_string(&self.hosts).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "--- serfnode {} log (tail) ---\n{}",
+            self.name,
+            tail.join("\n")
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "serfnode {} did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would; the mount is left behind, dead.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        is_mounted(&self.mount)
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = path.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(p))
+}
+
+pub fn detach(path: &Path) {
+    let c = CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: plain umount2(2) on a path we own.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.crash();
+        if self.is_mounted() {
+            detach(&self.mount);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log());
+        }
+    }
+}
+
+/// Polls `cond` until true; panics with `what` past `timeout`.
+pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -1,0 +1,277 @@
+//! Real `serf agent` processes for integration tests.
+//!
+//! Each agent gets its own loopback address (127.x.y.z, never 127.0.x.x) with
+//! the default ports, so agents of concurrently running test binaries never
+//! meet. Dropping an [`Agent`] kills and reaps it, also when the test panics,
+//! and then prints the agent's log.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Serf's default gossip (`-bind`) and RPC ports.
+pub const GOSSIP_PORT: u16 = 7946;
+pub const RPC_PORT: u16 = 7373;
+
+/// How long an agent may take to answer RPC after its start.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `stop` waits for a graceful leave before killing.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to start an agent; `Default` gives a lone agent with a generated name.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOpts {
+    /// Node name; default `agent-<ip>`.
+    pub name: Option<String>,
+    /// Address to use instead of a fresh [`unique_ip`] (restarting in place).
+    pub ip: Option<IpAddr>,
+    pub tags: BTreeMap<String, String>,
+    /// Gossip address of an agent to join at start (`-join`).
+    pub join: Option<SocketAddr>,
+    /// Written to a file passed with `-config-file`, e.g. `{"rpc_auth": "…"}`.
+    pub config: Option<serde_json::Value>,
+    /// Further `serf agent` arguments, e.g. `["-encrypt", key]`.
+    pub args: Vec<String>,
+}
+
+impl AgentOpts {
+    pub fn named(name: &str) -> AgentOpts {
+        AgentOpts {
+            name: Some(name.to_owned()),
+            ..AgentOpts::default()
+        }
+    }
+
+    pub fn tag(mut self, key: &str, value: &str) -> AgentOpts {
+        self.tags.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn join(mut self, agent: &Agent) -> AgentOpts {
+        self.join = Some(agent.bind_addr());
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> AgentOpts {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+}
+
+/// A running `serf agent`.
+pub struct Agent {
+    child: Option<Child>,
+    name: String,
+    ip: IpAddr,
+    log: PathBuf,
+    /// Holds the log and config file; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts an agent and waits until its RPC answers a handshake. Panics,
+    /// showing the log, when it does not come up.
+    pub fn start(opts: AgentOpts) -> Agent {
+        let ip = opts.ip.unwrap_or_else(unique_ip);
+        let name = opts.name.unwrap_or_else(|| format!("agent-{ip}"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("serf-{name}-"))
+            .tempdir()
+            .expect("temp dir for the agent");
+        let log = dir.path().join("agent.log");
+        let log_file = std::fs::File::create(&log).expect("agent log file");
+
+        let mut cmd = Command::new("serf");
+        cmd.arg("agent")
+            .args(["-node", &name])
+            .args(["-bind", &SocketAddr::from((ip, GOSSIP_PORT)).to_string()])
+            .args(["-rpc-addr", &SocketAddr::from((ip, RPC_PORT)).to_string()])
+            .args(["-log-level", "debug"]);
+        for (k, v) in &opts.tags {
+            cmd.args(["-tag", &format!("{k}={v}")]);
+        }
+        if let Some(join) = opts.join {
+            cmd.args(["-join", &join.to_string()]);
+        }
+        if let Some(config) = &opts.config {
+            let path = dir.path().join("config.json");
+            std::fs::write(&path, config.to_string()).expect("agent config file");
+            cmd.arg("-config-file").arg(path);
+        }
+        cmd.args(&opts.args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file handle"))
+            .stderr(log_file);
+        let child = cmd
+            .spawn()
+            .expect("spawn `serf agent` (is serf installed?)");
+
+        let mut agent = Agent {
+            child: Some(child),
+            name,
+            ip,
+            log,
+            _dir: dir,
+        };
+        agent.wait_for_rpc();
+        agent
+    }
+
+    fn wait_for_rpc(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("agent {} exited with {status}:\n{}", self.name, self.log());
+            }
+            if handshake(self.rpc_addr()) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "agent {} not answering RPC after {START_TIMEOUT:?}:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    pub fn rpc_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, RPC_PORT))
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, GOSSIP_PORT))
+    }
+
+    /// The agent's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Whether the process still runs (false once it exited or was reaped).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, no leave: the cluster sees the node fail.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGINT: the agent leaves the cluster gracefully and exits. Killed
+    /// after a while if it does not.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(&child, libc::SIGINT);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                signal(&child, libc::SIGKILL);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of serf agent {} ({}) ----\n{}",
+                self.name,
+                self.ip,
+                self.log()
+            );
+        }
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: plain kill(2) on our own, not yet reaped, child.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// A loopback address no other agent uses: derived from the pid and a
+/// counter, so concurrent test binaries get disjoint ranges, and checked
+/// free (a leftover agent of an earlier run may still hold one).
+pub fn unique_ip() -> IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let pid = std::process::id();
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Second octet 1..=254 and third from the pid, fourth 1..=254 from
+        // the counter (rolling the third on wrap).
+        let b = 1 + pid % 254;
+        let c = (pid / 254 + n / 254) % 256;
+        let d = 1 + n % 254;
+        let ip = IpAddr::V4(Ipv4Addr::new(127, b as u8, c as u8, d as u8));
+        let free = TcpListener::bind((ip, GOSSIP_PORT)).is_ok()
+            && UdpSocket::bind((ip, GOSSIP_PORT)).is_ok()
+            && TcpListener::bind((ip, RPC_PORT)).is_ok();
+        if free {
+            return ip;
+        }
+    }
+}
+
+/// Whether the agent at `addr` answers the RPC handshake.
+fn handshake(addr: SocketAddr) -> bool {
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Header {
+        command: &'static str,
+        seq: u64,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Handshake {
+        version: i32,
+    }
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let mut request = rmp_serde::to_vec_named(&Header {
+        command: "handshake",
+        seq: 0,
+    })
+    .expect("encode header");
+    rmp_serde::encode::write_named(&mut request, &Handshake { version: 1 }).expect("encode body");
+    // Any reply at all means the RPC layer is up.
+    let mut reply = [0u8; 1];
+    conn.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
+        && conn.write_all(&request).is_ok()
+        && matches!(conn.read(&mut reply), Ok(1))
+}
