@@ -14,7 +14,12 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info`, `serfnode=debug,serf=info`.
-    #[arg(long, global = true, env = "SERFNODE_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "SERFNODE_LOG",
+        default_value = "info,fuser=error"
+    )]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
@@ -23,7 +28,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run (or attach to) a Serf agent and serve the cluster as files.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
+    /// Inside a child container: mount the files the parent serves, then run
+    /// the application (`serfnode child -- CMD ARGS...`).
+    Child(ChildArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,4 +93,34 @@ pub struct AgentArgs {
     /// Let users other than root read the files (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,
+    /// Directory shared with child containers: serve the view to their
+    /// mounts over a unix socket there (`replica.sock`).
+    #[arg(long, env = "SERFNODE_SHARE", value_name = "DIR")]
+    pub share: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChildArgs {
+    /// This child's name, as the parent knows it [default: the hostname].
+    #[arg(long, env = "SERFNODE_CHILD")]
+    pub name: Option<String>,
+    /// The parent's replica socket.
+    #[arg(
+        long,
+        env = "SERFNODE_SOCKET",
+        default_value = "/serfnode-share/replica.sock"
+    )]
+    pub socket: PathBuf,
+    /// Where the cluster files are mounted.
+    #[arg(long, env = "SERFNODE_MOUNT", default_value = "/serfnode")]
+    pub mount: PathBuf,
+    /// Symlink pointing at the mount's me.json, or `none`.
+    #[arg(long, default_value = "/me.json")]
+    pub me_link: String,
+    /// Keep CAP_SYS_ADMIN for the application (privileged children).
+    #[arg(long)]
+    pub keep_caps: bool,
+    /// The application's own entrypoint and arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }

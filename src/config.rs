@@ -27,6 +27,8 @@ pub struct Config {
     pub attach: bool,
     pub poll: Duration,
     pub allow_other: bool,
+    /// Directory shared with children: the replica socket lives there.
+    pub share: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ impl Config {
             attach: args.attach,
             poll: Duration::from_millis(args.poll_ms),
             allow_other: args.allow_other,
+            share: args.share.clone(),
         })
     }
 }
@@ -156,7 +159,9 @@ mod tests {
     fn resolve(argv: &[&str]) -> Result<Config, ConfigError> {
         let cli = crate::cli::Cli::try_parse_from(["serfnode", "agent"].iter().chain(argv.iter()))
             .unwrap();
-        let crate::cli::Command::Agent(args) = cli.command;
+        let crate::cli::Command::Agent(args) = cli.command else {
+            panic!("parsed as agent")
+        };
         Config::resolve(&args)
     }
 

@@ -15,6 +15,7 @@
 //! | agent unreachable or not answering in time | EAGAIN |
 //! | agent refused the event for another reason | EIO |
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,42 +77,100 @@ pub fn parse_line(line: &[u8], limit: usize) -> Result<Event, LineError> {
     let Value::String(name) = items.pop().expect("two items") else {
         return Err(LineError::Shape);
     };
-    if !is_event_name(&name) {
-        return Err(LineError::Name(name));
-    }
     let payload = serde_json::to_vec(&payload).expect("a parsed value serializes");
-    let size = name.len() + payload.len();
-    if size > limit {
-        return Err(LineError::TooBig { name, size, limit });
+    let event = Event { name, payload };
+    event.check(limit)?;
+    Ok(event)
+}
+
+impl Event {
+    /// The rules every event meets, wherever it was parsed: a valid name, a
+    /// JSON payload, and name + payload within `limit`.
+    pub fn check(&self, limit: usize) -> Result<(), LineError> {
+        if !is_event_name(&self.name) {
+            return Err(LineError::Name(self.name.clone()));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&self.payload) {
+            return Err(LineError::NotJson(e.to_string()));
+        }
+        let size = self.name.len() + self.payload.len();
+        if size > limit {
+            return Err(LineError::TooBig {
+                name: self.name.clone(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
     }
-    Ok(Event { name, payload })
 }
 
-/// Raises events through whichever RPC connection is current.
-#[derive(Clone)]
-pub struct EventSink {
-    inner: Arc<Inner>,
+/// Where a write node's events go once parsed: the agent (in a parent) or
+/// the parent's daemon (in a child).
+pub trait Raise: Send + Sync + 'static {
+    /// Raises `events` in order. `Err((k, errno))`: the first `k` were
+    /// raised, then the next failed with `errno` and the rest were not tried.
+    fn raise(
+        &self,
+        origin: &Origin,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), (usize, i32)>> + Send;
 }
 
-struct Inner {
-    closed: AtomicBool,
-    clients: watch::Receiver<Option<Client>>,
+impl<R: Raise> Raise for Arc<R> {
+    fn raise(
+        &self,
+        origin: &Origin,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), (usize, i32)>> + Send {
+        (**self).raise(origin, events)
+    }
+}
+
+/// Who wrote the lines, for logs: the writing thread and, for events that
+/// came through a child's mount, the child's name.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub pid: u32,
+    pub child: Option<String>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.child {
+            Some(c) => write!(f, "child {c} pid {}", self.pid),
+            None => write!(f, "pid {}", self.pid),
+        }
+    }
+}
+
+/// The write node: parses lines and hands the valid prefix of each write to
+/// its [`Raise`].
+pub struct WriteNode<R> {
+    inner: Arc<Shared<R>>,
+}
+
+impl<R> Clone for WriteNode<R> {
+    fn clone(&self) -> Self {
+        WriteNode {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Shared<R> {
+    raise: R,
     runtime: Handle,
-    limit: usize,
-    /// Bound on how long a write may wait for the agent: the FUSE request is
-    /// held open meanwhile, and fuser ignores interrupts.
-    timeout: Duration,
+    closed: AtomicBool,
 }
 
-impl EventSink {
-    pub fn new(clients: watch::Receiver<Option<Client>>, runtime: Handle) -> EventSink {
-        EventSink {
-            inner: Arc::new(Inner {
-                closed: AtomicBool::new(false),
-                clients,
+impl<R: Raise> WriteNode<R> {
+    pub fn new(raise: R, runtime: Handle) -> WriteNode<R> {
+        WriteNode {
+            inner: Arc::new(Shared {
+                raise,
                 runtime,
-                limit: DEFAULT_EVENT_LIMIT,
-                timeout: Duration::from_secs(3),
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -122,8 +181,72 @@ impl EventSink {
     }
 }
 
-impl Inner {
-    /// The current client, waiting (bounded) through a reconnect.
+/// The events of the lines up to the first bad one, and that one's errno.
+pub fn parse_prefix(origin: &Origin, lines: &[Vec<u8>]) -> (Vec<Event>, Option<i32>) {
+    let mut events = Vec::with_capacity(lines.len());
+    for line in lines {
+        match parse_line(line, DEFAULT_EVENT_LIMIT) {
+            Ok(e) => events.push(e),
+            Err(e) => {
+                tracing::info!(
+                    "write node: {origin}: rejected line {}: {e}",
+                    events.len() + 1
+                );
+                return (events, Some(e.errno()));
+            }
+        }
+    }
+    (events, None)
+}
+
+impl<R: Raise> ControlSink for WriteNode<R> {
+    fn submit(&self, writer: Writer, lines: Vec<Vec<u8>>, done: Completion) {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return done.fail(0, libc::EAGAIN);
+        }
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            let origin = Origin {
+                pid: writer.pid,
+                child: None,
+            };
+            let (events, bad) = parse_prefix(&origin, &lines);
+            let valid = events.len();
+            let raised = if events.is_empty() {
+                Ok(())
+            } else {
+                inner.raise.raise(&origin, events).await
+            };
+            match (raised, bad) {
+                (Ok(()), None) => done.accept_all(),
+                (Ok(()), Some(errno)) => done.fail(valid, errno),
+                (Err((k, errno)), _) => done.fail(k, errno),
+            }
+        });
+    }
+
+    fn fragment_is_complete(&self, fragment: &[u8]) -> bool {
+        serde_json::from_slice::<Value>(fragment).is_ok()
+    }
+}
+
+/// Raises events on the local agent through whichever RPC connection is
+/// current, waiting (bounded) through a reconnect.
+pub struct AgentRaise {
+    clients: watch::Receiver<Option<Client>>,
+    /// Bound on how long a write may wait for the agent: the FUSE request is
+    /// held open meanwhile, and fuser ignores interrupts.
+    timeout: Duration,
+}
+
+impl AgentRaise {
+    pub fn new(clients: watch::Receiver<Option<Client>>) -> AgentRaise {
+        AgentRaise {
+            clients,
+            timeout: Duration::from_secs(3),
+        }
+    }
+
     async fn client(&self) -> Option<Client> {
         let mut rx = self.clients.clone();
         let wait = async {
@@ -137,52 +260,44 @@ impl Inner {
             .ok()
             .flatten()
     }
+}
 
-    async fn send(&self, writer: &Writer, lines: Vec<Vec<u8>>) -> Result<usize, (usize, i32)> {
-        let mut client = None;
-        for (sent, line) in lines.iter().enumerate() {
-            let event = parse_line(line, self.limit).map_err(|e| {
-                tracing::info!(
-                    pid = writer.pid,
-                    "write node: rejected line {}: {e}",
-                    sent + 1
-                );
-                (sent, e.errno())
-            })?;
-            if client.is_none() {
-                client = self.client().await;
-            }
-            let Some(c) = client.as_ref() else {
-                tracing::warn!(
-                    pid = writer.pid,
-                    "write node: agent unreachable, event {:?} refused",
-                    event.name
-                );
-                return Err((sent, libc::EAGAIN));
-            };
-            let res =
-                tokio::time::timeout(self.timeout, c.event(&event.name, &event.payload, false))
-                    .await;
-            match res {
+impl Raise for AgentRaise {
+    async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
+        let Some(client) = self.client().await else {
+            tracing::warn!(
+                "write node: {origin}: agent unreachable, {} event(s) refused",
+                events.len()
+            );
+            return Err((0, libc::EAGAIN));
+        };
+        for (sent, event) in events.iter().enumerate() {
+            let res = tokio::time::timeout(
+                self.timeout,
+                client.event(&event.name, &event.payload, false),
+            )
+            .await;
+            let errno = match res {
                 Ok(Ok(())) => {
-                    tracing::debug!(pid = writer.pid, name = %event.name, "event raised");
+                    tracing::debug!(name = %event.name, "event raised for {origin}");
+                    continue;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(pid = writer.pid, "write node: event {:?}: {e}", event.name);
-                    return Err((sent, errno_of(&e)));
+                    tracing::warn!("write node: {origin}: event {:?}: {e}", event.name);
+                    errno_of(&e)
                 }
                 Err(_) => {
                     tracing::warn!(
-                        pid = writer.pid,
-                        "write node: event {:?}: agent did not answer within {:?}",
+                        "write node: {origin}: event {:?}: agent did not answer within {:?}",
                         event.name,
                         self.timeout
                     );
-                    return Err((sent, libc::EAGAIN));
+                    libc::EAGAIN
                 }
-            }
+            };
+            return Err((sent, errno));
         }
-        Ok(lines.len())
+        Ok(())
     }
 }
 
@@ -191,25 +306,6 @@ fn errno_of(e: &RpcError) -> i32 {
         RpcError::Agent { message, .. } if message.contains("exceeds") => libc::EMSGSIZE,
         RpcError::Agent { .. } => libc::EIO,
         _ => libc::EAGAIN,
-    }
-}
-
-impl ControlSink for EventSink {
-    fn submit(&self, writer: Writer, lines: Vec<Vec<u8>>, done: Completion) {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return done.fail(0, libc::EAGAIN);
-        }
-        let inner = self.inner.clone();
-        self.inner.runtime.spawn(async move {
-            match inner.send(&writer, lines).await {
-                Ok(_) => done.accept_all(),
-                Err((accepted, errno)) => done.fail(accepted, errno),
-            }
-        });
-    }
-
-    fn fragment_is_complete(&self, fragment: &[u8]) -> bool {
-        serde_json::from_slice::<Value>(fragment).is_ok()
     }
 }
 

@@ -14,17 +14,19 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, AgentConfig};
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::config::Config;
-use crate::control::EventSink;
+use crate::control::{AgentRaise, WriteNode};
 use crate::files::Tree;
 use crate::hosts::Hosts;
 use crate::membership::{self, SyncConfig, View};
+use crate::replica;
 use crate::rpc::Client;
 
 /// Runs until `shutdown` is cancelled, then stops in order.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let view = View::new();
     let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
-    let sink = EventSink::new(clients_rx.clone(), tokio::runtime::Handle::current());
+    let raise = Arc::new(AgentRaise::new(clients_rx.clone()));
+    let sink = WriteNode::new(raise.clone(), tokio::runtime::Handle::current());
     let control: Arc<dyn ControlSink> = Arc::new(sink.clone());
     let tasks = CancellationToken::new();
 
@@ -32,6 +34,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // node joins anything.
     let mount = mount(&cfg, Tree::new(view.snapshot(), control.clone())).await?;
     let publisher = tokio::spawn(publish(view.clone(), mount.publisher(), control));
+    // Children's mounts follow this view over the share's socket.
+    let replica = match &cfg.share {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create share directory {}", dir.display()))?;
+            let listener = replica::bind(&dir.join(replica::SOCKET))?;
+            Some(tokio::spawn(replica::serve(
+                listener,
+                view.clone(),
+                raise,
+                tasks.clone(),
+            )))
+        }
+        None => None,
+    };
     let hosts = cfg
         .hosts_file
         .clone()
@@ -78,7 +95,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         let _ = agent.await;
     }
     tasks.cancel();
-    for t in [Some(sync), joiner].into_iter().flatten() {
+    for t in [Some(sync), joiner, replica].into_iter().flatten() {
         let _ = t.await;
     }
     if let Some(h) = hosts {
@@ -115,7 +132,7 @@ async fn mount(cfg: &Config, root: Arc<Tree>) -> anyhow::Result<Mount> {
 /// caches (blocking writes to /dev/fuse), so it runs on a blocking thread;
 /// the watch channel hands over only the latest snapshot, so a burst of
 /// changes costs one publish.
-async fn publish(view: View, publisher: Publisher, control: Arc<dyn ControlSink>) {
+pub(crate) async fn publish(view: View, publisher: Publisher, control: Arc<dyn ControlSink>) {
     let mut rx = view.subscribe();
     // Whatever changed between the mount and this subscription is published.
     rx.mark_changed();

@@ -9,13 +9,16 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod files;
 pub mod hosts;
+pub mod manifest;
 pub mod membership;
 pub mod names;
+pub mod replica;
 pub mod rpc;
 pub mod tags;

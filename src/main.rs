@@ -1,9 +1,12 @@
 //! The `serfnode` binary: parses the command line, sets up logging and the
 //! runtime, turns signals into a shutdown, and hands over to the library.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use serfnode::child::ChildConfig;
 use serfnode::cli::{Cli, Command};
 use serfnode::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
@@ -14,6 +17,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -31,13 +35,14 @@ fn main() -> ExitCode {
             Command::Agent(args) => {
                 let cfg = Config::resolve(&args)?;
                 let shutdown = CancellationToken::new();
-                on_signals(shutdown.clone())?;
-                serfnode::daemon::run(cfg, shutdown).await
+                on_signals(shutdown.clone(), cfg.mount.clone())?;
+                serfnode::daemon::run(cfg, shutdown).await.map(|()| 0)
             }
+            Command::Child(args) => serfnode::child::run(ChildConfig::resolve(args)?).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
@@ -46,8 +51,8 @@ fn main() -> ExitCode {
 }
 
 /// The first SIGTERM or SIGINT starts an orderly shutdown; a second one
-/// exits at once.
-fn on_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+/// detaches the mount (a lazy unmount cannot block) and exits at once.
+fn on_signals(shutdown: CancellationToken, mount: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
@@ -57,7 +62,13 @@ fn on_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
                 _ = int.recv() => {}
             }
             if n > 0 {
-                tracing::warn!("second signal: exiting now");
+                tracing::warn!(
+                    "second signal: detaching {} and exiting now",
+                    mount.display()
+                );
+                if let Err(e) = serfnode_fs::detach(&mount) {
+                    tracing::warn!("detach {}: {e}", mount.display());
+                }
                 std::process::exit(130);
             }
             shutdown.cancel();

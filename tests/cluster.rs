@@ -176,3 +176,46 @@ fn a_second_live_daemon_refuses_the_same_mount() {
     );
     a.wait_json("status.json", T, |v| v["agent"]["connected"] == true);
 }
+
+#[test]
+fn poll_wakes_a_waiting_reader_when_its_file_changes() {
+    use std::os::unix::io::AsRawFd;
+    let a = Node::start(opts("waiter", "web", None));
+    a.wait_json("serfnodes_by_id.json", T, |v| ids(v) == ["waiter"]);
+    let f = std::fs::File::open(a.path("serfnodes_by_id.json")).unwrap();
+    let poll = |timeout_ms| {
+        let mut fd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut fd, 1, timeout_ms) };
+        assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+        fd.revents
+    };
+    assert_eq!(poll(0) & libc::POLLPRI, 0, "no change yet");
+
+    let _b = Node::start(opts("waker", "db", Some(&a)));
+    let revents = poll(T.as_millis() as i32);
+    assert_ne!(
+        revents & libc::POLLPRI,
+        0,
+        "woken by the join: {revents:#x}"
+    );
+    // The open fd still reads its own complete version; a reopen sees the join.
+    let old: Value = serde_json::from_reader(&f).unwrap();
+    assert_eq!(ids(&old), ["waiter"]);
+    assert_eq!(ids(&a.json("serfnodes_by_id.json")), ["waiter", "waker"]);
+}
+
+#[test]
+fn a_second_signal_exits_at_once_without_leaving_a_mount() {
+    let mut a = Node::start(opts("hasty", "web", None));
+    a.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(20));
+    a.signal(libc::SIGTERM);
+    let status = a.wait_exit(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(130), "{status:?}\n{}", a.log());
+    assert!(!a.is_mounted());
+}

@@ -25,5 +25,5 @@ mod node;
 
 pub use control::{Completion, ControlSink, Writer};
 pub use error::FsError;
-pub use mount::{detach_stale, mount, Mount, MountOptions, Publisher};
+pub use mount::{detach, detach_stale, mount, Mount, MountOptions, Publisher};
 pub use node::{Dir, Doc, MapDir, Node, NodeKind};

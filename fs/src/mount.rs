@@ -254,7 +254,8 @@ impl std::fmt::Debug for Publisher {
 }
 
 /// umount2(MNT_DETACH): fuser 0.18's own unmount is not lazy and fails while files are open.
-fn detach(path: &Path) -> io::Result<()> {
+/// Public for owners that must let go of a mount without its `Mount` (e.g. exiting at once).
+pub fn detach(path: &Path) -> io::Result<()> {
     let path = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
     if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {

@@ -6,4 +6,4 @@ mod sync;
 mod view;
 
 pub use sync::{run as sync, SyncConfig};
-pub use view::{AgentState, Containers, Entry, Snapshot, View};
+pub use view::{AgentState, Containers, Entry, Mirror, Snapshot, View};

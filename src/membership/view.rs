@@ -113,98 +113,131 @@ impl View {
     /// Makes the view's members exactly `members` (the agent's full list).
     /// Members missing from it were reaped. Returns whether anything changed.
     pub fn reconcile(&self, members: Vec<Member>) -> bool {
-        self.update(|snap| {
-            let gen = snap.generation;
-            let mut changed = false;
-            let mut seen = std::collections::HashSet::with_capacity(members.len());
-            for member in members {
-                seen.insert(member.name.clone());
-                if snap
-                    .members
-                    .get(&member.name)
-                    .is_some_and(|e| *e.member == member)
-                {
-                    continue;
-                }
-                changed = true;
-                if !snap.members.contains_key(&member.name) {
-                    snap.files
-                        .insert(member_file_name(&member.name), member.name.clone());
-                }
-                let entry = Entry {
-                    member: Arc::new(member),
-                    changed: gen,
-                };
-                snap.members.insert(entry.member.name.clone(), entry);
-            }
-            if seen.len() != snap.members.len() {
-                let gone: Vec<String> = snap
-                    .members
-                    .keys()
-                    .filter(|k| !seen.contains(*k))
-                    .cloned()
-                    .collect();
-                for name in gone {
-                    snap.members.remove(&name);
-                    snap.files.remove(&member_file_name(&name));
-                }
-                changed = true;
-            }
-            if changed {
-                snap.members_gen = gen;
-            }
-            changed
-        })
+        self.update(|snap| snap.apply_members(members))
     }
 
     pub fn set_local(&self, name: &str) {
-        self.update(|snap| {
-            if snap.local.as_deref() == Some(name) {
-                return false;
-            }
-            snap.local = Some(name.to_owned());
-            snap.containers_gen = snap.generation;
-            true
-        });
+        self.update(|snap| snap.apply_local(Some(name)));
     }
 
     pub fn set_connected(&self) {
-        self.update(|snap| {
-            let next = AgentState {
-                connected: true,
-                stale_since: None,
-                last_error: snap.agent.last_error.clone(),
-            };
-            let changed = snap.agent != next;
-            snap.agent = next;
-            changed
-        });
+        self.update(|snap| snap.apply_agent(None));
     }
 
     /// Marks the view stale from now (or keeps the earlier start of the
     /// outage) and records why.
     pub fn set_disconnected(&self, error: &str) {
-        self.update(|snap| {
-            let next = AgentState {
-                connected: false,
-                stale_since: snap.agent.stale_since.or(Some(SystemTime::now())),
-                last_error: Some(error.to_owned()),
-            };
-            let changed = snap.agent != next;
-            snap.agent = next;
-            changed
-        });
+        self.update(|snap| snap.apply_agent(Some(error)));
     }
 
     pub fn set_containers(&self, containers: Containers) {
+        self.update(|snap| snap.apply_containers(containers));
+    }
+
+    /// Replaces everything at once, as one generation: a mirror of another
+    /// view (a child's copy of its parent's) never shows a half-applied state.
+    pub fn mirror(&self, m: Mirror) -> bool {
         self.update(|snap| {
-            if *snap.containers == containers {
-                return false;
+            // `|`, not `||`: every part is applied.
+            snap.apply_members(m.members)
+                | snap.apply_local(m.local.as_deref())
+                | snap.apply_agent(m.agent_error.as_deref())
+                | snap.apply_containers(m.containers)
+        })
+    }
+}
+
+/// A whole view as another daemon sends it (see [`View::mirror`]).
+#[derive(Debug, Clone, Default)]
+pub struct Mirror {
+    pub members: Vec<Member>,
+    pub local: Option<String>,
+    /// `None` while the source follows its agent; otherwise why it cannot.
+    pub agent_error: Option<String>,
+    pub containers: Containers,
+}
+
+// Each `apply_*` edits a snapshot that already carries the next generation
+// and reports whether anything changed.
+impl Snapshot {
+    fn apply_members(&mut self, members: Vec<Member>) -> bool {
+        let gen = self.generation;
+        let mut changed = false;
+        let mut seen = std::collections::HashSet::with_capacity(members.len());
+        for member in members {
+            seen.insert(member.name.clone());
+            if self
+                .members
+                .get(&member.name)
+                .is_some_and(|e| *e.member == member)
+            {
+                continue;
             }
-            snap.containers = Arc::new(containers);
-            snap.containers_gen = snap.generation;
-            true
-        });
+            changed = true;
+            if !self.members.contains_key(&member.name) {
+                self.files
+                    .insert(member_file_name(&member.name), member.name.clone());
+            }
+            let entry = Entry {
+                member: Arc::new(member),
+                changed: gen,
+            };
+            self.members.insert(entry.member.name.clone(), entry);
+        }
+        if seen.len() != self.members.len() {
+            let gone: Vec<String> = self
+                .members
+                .keys()
+                .filter(|k| !seen.contains(*k))
+                .cloned()
+                .collect();
+            for name in gone {
+                self.members.remove(&name);
+                self.files.remove(&member_file_name(&name));
+            }
+            changed = true;
+        }
+        if changed {
+            self.members_gen = gen;
+        }
+        changed
+    }
+
+    fn apply_local(&mut self, name: Option<&str>) -> bool {
+        if name.is_none() || self.local.as_deref() == name {
+            return false;
+        }
+        self.local = name.map(str::to_owned);
+        self.containers_gen = self.generation;
+        true
+    }
+
+    /// `None`: connected; `Some(why)`: stale since the first failure.
+    fn apply_agent(&mut self, error: Option<&str>) -> bool {
+        let next = match error {
+            None => AgentState {
+                connected: true,
+                stale_since: None,
+                last_error: self.agent.last_error.clone(),
+            },
+            Some(e) => AgentState {
+                connected: false,
+                stale_since: self.agent.stale_since.or(Some(SystemTime::now())),
+                last_error: Some(e.to_owned()),
+            },
+        };
+        let changed = self.agent != next;
+        self.agent = next;
+        changed
+    }
+
+    fn apply_containers(&mut self, containers: Containers) -> bool {
+        if *self.containers == containers {
+            return false;
+        }
+        self.containers = Arc::new(containers);
+        self.containers_gen = self.generation;
+        true
     }
 }
 

@@ -1,0 +1,257 @@
+//! The in-container side: `serfnode child -- CMD...` wraps a child
+//! container's own entrypoint. It mounts the cluster files at `/serfnode`
+//! (fed by the parent over the replica link), points `/me.json` at them, and
+//! runs the application unchanged as its child with the capability the mount
+//! needed dropped, doing PID 1's duties meanwhile: signals forwarded, zombies
+//! reaped, the application's exit status returned.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serfnode_fs::{ControlSink, MountOptions};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::control::WriteNode;
+use crate::files::Tree;
+use crate::membership::View;
+use crate::replica::{self, ParentRaise};
+
+/// CAP_SYS_ADMIN, from linux/capability.h.
+const CAP_SYS_ADMIN: u32 = 21;
+
+#[derive(Debug, Clone)]
+pub struct ChildConfig {
+    pub name: String,
+    pub socket: PathBuf,
+    pub mount: PathBuf,
+    /// Where to link `me.json` from (`/me.json`), if anywhere.
+    pub me_link: Option<PathBuf>,
+    /// Keep CAP_SYS_ADMIN for the application (a privileged child).
+    pub keep_caps: bool,
+    pub command: Vec<OsString>,
+}
+
+impl ChildConfig {
+    pub fn resolve(args: crate::cli::ChildArgs) -> anyhow::Result<ChildConfig> {
+        let name = match args.name {
+            Some(n) => n,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("read the hostname for the child's name")?
+                .trim()
+                .to_owned(),
+        };
+        Ok(ChildConfig {
+            name,
+            socket: args.socket,
+            mount: args.mount,
+            me_link: (args.me_link != "none").then(|| PathBuf::from(args.me_link)),
+            keep_caps: args.keep_caps,
+            command: args.command,
+        })
+    }
+}
+
+/// Runs the application under the mount; returns its exit code (128 + the
+/// signal number if a signal ended it).
+pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
+    let (program, args) = cfg
+        .command
+        .split_first()
+        .context("no command to run: serfnode child -- CMD [ARGS...]")?;
+    let view = View::new();
+    let stop = CancellationToken::new();
+    let (requests_tx, requests_rx) = mpsc::channel(64);
+    let node = WriteNode::new(
+        ParentRaise::new(requests_tx),
+        tokio::runtime::Handle::current(),
+    );
+    let control: Arc<dyn ControlSink> = Arc::new(node.clone());
+
+    let path = cfg.mount.clone();
+    let root = Tree::new(view.snapshot(), control.clone());
+    let mount = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("create mount point {}", path.display()))?;
+        serfnode_fs::mount(
+            &path,
+            root,
+            &MountOptions {
+                allow_other: true,
+                ..MountOptions::default()
+            },
+        )
+        .map_err(anyhow::Error::from)
+    })
+    .await??;
+    let publisher = tokio::spawn(crate::daemon::publish(
+        view.clone(),
+        mount.publisher(),
+        control,
+    ));
+    let link = tokio::spawn(replica::follow(
+        cfg.socket.clone(),
+        cfg.name.clone(),
+        view.clone(),
+        requests_rx,
+        stop.clone(),
+    ));
+    if let Some(link) = &cfg.me_link {
+        link_me(link, &cfg.mount.join(crate::files::ME));
+    }
+
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    if !cfg.keep_caps {
+        // SAFETY: only async-signal-safe syscalls run between fork and exec.
+        unsafe { cmd.pre_exec(drop_sys_admin) };
+    }
+    let app = cmd
+        .spawn()
+        .with_context(|| format!("start {}", program.to_string_lossy()))?;
+    let pid = app.id() as libc::pid_t;
+    tracing::info!(pid, command = ?cfg.command, "application started");
+    let status = supervise(pid).await?;
+    tracing::info!(status, "application exited");
+
+    node.close();
+    stop.cancel();
+    let _ = link.await;
+    publisher.abort();
+    let path = cfg.mount.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || mount.unmount()).await? {
+        tracing::warn!("unmount {}: {e}", path.display());
+    }
+    Ok(status)
+}
+
+/// `/me.json` → the mount's `me.json`, unless the image has its own file.
+fn link_me(link: &Path, target: &Path) {
+    match std::fs::symlink_metadata(link) {
+        Ok(m) if !m.file_type().is_symlink() => {
+            tracing::warn!("{} exists in the image; not replaced", link.display());
+            return;
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(link);
+        }
+        Err(_) => {}
+    }
+    if let Err(e) = std::os::unix::fs::symlink(target, link) {
+        tracing::warn!("link {} to {}: {e}", link.display(), target.display());
+    }
+}
+
+/// Forwards termination signals to the application and reaps every child
+/// (as PID 1, orphans are ours too) until the application itself exits.
+async fn supervise(app: libc::pid_t) -> anyhow::Result<i32> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            let _ = tx.send(reap_until(app));
+        })
+        .context("start the reaper thread")?;
+    let kinds = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+        SignalKind::window_change(),
+    ];
+    for kind in kinds {
+        let mut sig = signal(kind).context("install signal handlers")?;
+        tokio::spawn(async move {
+            while sig.recv().await.is_some() {
+                // SAFETY: kill(2) on our own child's pid, which the reaper has
+                // not collected while this task can still run.
+                unsafe { libc::kill(app, kind.as_raw_value()) };
+            }
+        });
+    }
+    rx.await.context("reaper thread died")
+}
+
+fn reap_until(app: libc::pid_t) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid(2) with a valid out pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == app {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            return 128 + libc::WTERMSIG(status);
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            // Cannot happen while the app lives; do not spin if it somehow does.
+            return 255;
+        }
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Removes CAP_SYS_ADMIN from the bounding set and from the effective,
+/// permitted, inheritable and ambient sets, so the application can never
+/// mount or regain it. Runs between fork and exec: raw syscalls only.
+fn drop_sys_admin() -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: prctl/capget/capset with valid arguments and live buffers.
+    unsafe {
+        if libc::prctl(
+            libc::PR_CAPBSET_DROP,
+            CAP_SYS_ADMIN as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(err());
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_LOWER as libc::c_ulong,
+            CAP_SYS_ADMIN as libc::c_ulong,
+            0,
+            0,
+        );
+        let mut header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let mut data = [CapData::default(); 2];
+        if libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) != 0 {
+            return Err(err());
+        }
+        let bit = !(1u32 << CAP_SYS_ADMIN);
+        data[0].effective &= bit;
+        data[0].permitted &= bit;
+        data[0].inheritable &= bit;
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+            return Err(err());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,531 @@
+//! The replica link between a parent's daemon and its children's mounts: the
+//! parent streams its view (members, agent state, container info) to each
+//! child over a unix socket, and a child forwards the events written to its
+//! write node and gets back, per write, how many were raised and the errno.
+//!
+//! Children thus need no Serf access and no Docker socket, and when the
+//! parent's daemon restarts a child keeps serving the last view, marked
+//! stale, instead of failing reads ("Transport endpoint is not connected").
+//!
+//! Wire: one JSON object per line, `{"type": ...}`. The child speaks first
+//! (`hello`); the parent sends a `view` at once and after every change
+//! (only the latest when the child lags), and an `outcome` per `events`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::control::{Event, Origin, Raise, DEFAULT_EVENT_LIMIT};
+use crate::membership::{Containers, Mirror, Snapshot, View};
+use crate::rpc::Member;
+
+/// The socket's file name in the share directory.
+pub const SOCKET: &str = "replica.sock";
+
+/// Bound on one line: a view of tens of thousands of members fits.
+const MAX_FRAME: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("replica socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("replica link: {0}")]
+    Link(#[from] std::io::Error),
+    #[error("replica link: bad frame: {0}")]
+    Frame(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToParent {
+    Hello {
+        child: String,
+    },
+    Events {
+        id: u64,
+        pid: u32,
+        events: Vec<WireEvent>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToChild {
+    View(Box<WireView>),
+    Outcome {
+        id: u64,
+        raised: usize,
+        errno: Option<i32>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireEvent {
+    pub name: String,
+    /// Compact JSON, as the write node parsed it.
+    pub payload: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WireView {
+    pub local: Option<String>,
+    pub agent_error: Option<String>,
+    pub members: Vec<WireMember>,
+    pub parent: Option<Value>,
+    pub me: Option<Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireMember {
+    pub name: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub status: String,
+    pub protocol: [u8; 3],
+    pub delegate: [u8; 3],
+}
+
+impl WireView {
+    /// What child `child` is told of `snap`: the parent's container info and
+    /// the child's own (which the parent's Docker side records per child).
+    pub fn of(snap: &Snapshot, child: &str) -> WireView {
+        WireView {
+            local: snap.local.clone(),
+            agent_error: (!snap.agent.connected).then(|| {
+                snap.agent
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "parent not following its agent yet".into())
+            }),
+            members: snap
+                .members
+                .values()
+                .map(|e| WireMember::from(&*e.member))
+                .collect(),
+            parent: snap.containers.me.clone(),
+            me: snap.containers.children.get(child).cloned(),
+        }
+    }
+
+    fn into_mirror(self) -> Mirror {
+        Mirror {
+            members: self.members.into_iter().map(Member::from).collect(),
+            local: self.local,
+            agent_error: self.agent_error,
+            containers: Containers {
+                me: self.me,
+                parent: self.parent,
+                children: Default::default(),
+            },
+        }
+    }
+}
+
+impl From<&Member> for WireMember {
+    fn from(m: &Member) -> WireMember {
+        WireMember {
+            name: m.name.clone(),
+            addr: m.addr,
+            port: m.port,
+            tags: m.tags.clone(),
+            status: m.status.as_str().to_owned(),
+            protocol: m.protocol,
+            delegate: m.delegate,
+        }
+    }
+}
+
+impl From<WireMember> for Member {
+    fn from(w: WireMember) -> Member {
+        Member {
+            name: w.name,
+            addr: w.addr,
+            port: w.port,
+            tags: w.tags,
+            status: w.status.into(),
+            protocol: w.protocol,
+            delegate: w.delegate,
+        }
+    }
+}
+
+async fn read_frame<T: DeserializeOwned>(
+    r: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>, ReplicaError> {
+    buf.clear();
+    let n = (&mut *r).take(MAX_FRAME).read_until(b'\n', buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        return Err(ReplicaError::Frame(format!(
+            "line over {MAX_FRAME} bytes or cut short"
+        )));
+    }
+    serde_json::from_slice(buf)
+        .map(Some)
+        .map_err(|e| ReplicaError::Frame(e.to_string()))
+}
+
+async fn write_frame(w: &mut OwnedWriteHalf, msg: &impl Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(msg).expect("wire types serialize");
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+/// Binds the parent's socket at `path`, replacing a stale one left by an
+/// earlier run.
+pub fn bind(path: &Path) -> Result<UnixListener, ReplicaError> {
+    let io = |source| ReplicaError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    UnixListener::bind(path).map_err(io)
+}
+
+/// The parent's side: serves every child that connects until `stop`.
+pub async fn serve<R: Raise>(
+    listener: UnixListener,
+    view: View,
+    raise: Arc<R>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("replica: accept: {e}");
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let (view, raise, stop) = (view.clone(), raise.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_child(stream, view, raise, stop).await {
+                tracing::warn!("replica: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_child<R: Raise>(
+    stream: UnixStream,
+    view: View,
+    raise: Arc<R>,
+    stop: CancellationToken,
+) -> Result<(), ReplicaError> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    let child = match read_frame::<ToParent>(&mut r, &mut buf).await? {
+        Some(ToParent::Hello { child }) => child,
+        Some(other) => {
+            return Err(ReplicaError::Frame(format!(
+                "expected hello, got {other:?}"
+            )))
+        }
+        None => return Ok(()),
+    };
+    tracing::info!(child = %child, "replica: child connected");
+
+    let (outcomes, mut outcomes_rx) = mpsc::channel::<ToChild>(64);
+    let mut snaps = view.subscribe();
+    let name = child.clone();
+    let writer = async move {
+        let snap = snaps.borrow_and_update().clone();
+        write_frame(&mut w, &ToChild::View(Box::new(WireView::of(&snap, &name)))).await?;
+        loop {
+            tokio::select! {
+                changed = snaps.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    let snap = snaps.borrow_and_update().clone();
+                    write_frame(&mut w, &ToChild::View(Box::new(WireView::of(&snap, &name)))).await?;
+                }
+                out = outcomes_rx.recv() => match out {
+                    Some(out) => write_frame(&mut w, &out).await?,
+                    None => return Ok(()),
+                },
+            }
+        }
+    };
+    let reader = async {
+        while let Some(msg) = read_frame::<ToParent>(&mut r, &mut buf).await? {
+            let ToParent::Events { id, pid, events } = msg else {
+                return Err(ReplicaError::Frame("second hello".into()));
+            };
+            let origin = Origin {
+                pid,
+                child: Some(child.clone()),
+            };
+            let (raise, outcomes) = (raise.clone(), outcomes.clone());
+            tokio::spawn(async move {
+                let (raised, errno) = raise_from_child(&*raise, &origin, events).await;
+                let _ = outcomes.send(ToChild::Outcome { id, raised, errno }).await;
+            });
+        }
+        Ok::<_, ReplicaError>(())
+    };
+    let res = tokio::select! {
+        r = writer => r.map_err(ReplicaError::Link),
+        r = reader => r,
+        _ = stop.cancelled() => Ok(()),
+    };
+    tracing::info!(child = %child, "replica: child disconnected");
+    res
+}
+
+/// Children are not trusted: every event is checked again here before it
+/// reaches the agent.
+async fn raise_from_child<R: Raise>(
+    raise: &R,
+    origin: &Origin,
+    events: Vec<WireEvent>,
+) -> (usize, Option<i32>) {
+    let mut valid = Vec::with_capacity(events.len());
+    let mut bad = None;
+    for e in events {
+        let event = Event {
+            name: e.name,
+            payload: e.payload.into_bytes(),
+        };
+        if let Err(err) = event.check(DEFAULT_EVENT_LIMIT) {
+            tracing::warn!("replica: {origin}: refused event: {err}");
+            bad = Some(err.errno());
+            break;
+        }
+        valid.push(event);
+    }
+    let n = valid.len();
+    if n > 0 {
+        if let Err((k, errno)) = raise.raise(origin, valid).await {
+            return (k, Some(errno));
+        }
+    }
+    (n, bad)
+}
+
+/// A child's write: the writer's pid, its events, and where the parent's
+/// answer (events raised, errno) goes.
+pub type Request = (u32, Vec<WireEvent>, oneshot::Sender<(usize, Option<i32>)>);
+
+/// The child's side of the write node: events go to the parent's daemon.
+pub struct ParentRaise {
+    requests: mpsc::Sender<Request>,
+    timeout: Duration,
+}
+
+impl ParentRaise {
+    pub fn new(requests: mpsc::Sender<Request>) -> ParentRaise {
+        ParentRaise {
+            requests,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Raise for ParentRaise {
+    async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
+        let n = events.len();
+        let wire = events
+            .into_iter()
+            .map(|e| WireEvent {
+                name: e.name,
+                payload: String::from_utf8(e.payload).expect("payloads are json text"),
+            })
+            .collect();
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            self.requests.send((origin.pid, wire, tx)).await.ok()?;
+            rx.await.ok()
+        };
+        match tokio::time::timeout(self.timeout, asked).await {
+            Ok(Some((raised, None))) if raised == n => Ok(()),
+            Ok(Some((raised, errno))) => Err((raised, errno.unwrap_or(libc::EIO))),
+            _ => {
+                tracing::warn!("write node: {origin}: parent serfnode unreachable");
+                Err((0, libc::EAGAIN))
+            }
+        }
+    }
+}
+
+/// The child's side of the link: mirrors the parent's view into `view` and
+/// carries write-node events, reconnecting with backoff until `stop`. While
+/// the parent is unreachable the view stays, marked stale.
+pub async fn follow(
+    socket: PathBuf,
+    child: String,
+    view: View,
+    mut requests: mpsc::Receiver<Request>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let mut reported = false;
+    loop {
+        let err = match UnixStream::connect(&socket).await {
+            Ok(stream) => {
+                backoff.reset();
+                reported = false;
+                match link(stream, &child, &view, &mut requests, &stop).await {
+                    Ok(()) => return,
+                    Err(e) => e,
+                }
+            }
+            Err(source) => ReplicaError::Io {
+                path: socket.clone(),
+                source,
+            },
+        };
+        view.set_disconnected(&format!("parent serfnode unreachable: {err}"));
+        if !reported {
+            tracing::warn!("{err}; serving the last view as stale");
+            reported = true;
+        }
+        // Writes meanwhile fail fast instead of waiting out their timeout.
+        while let Ok((_, _, reply)) = requests.try_recv() {
+            let _ = reply.send((0, Some(libc::EAGAIN)));
+        }
+        if sleep_or_shutdown(backoff.next_delay(), &stop).await {
+            return;
+        }
+    }
+}
+
+/// One connection; `Ok` only at `stop`.
+async fn link(
+    stream: UnixStream,
+    child: &str,
+    view: &View,
+    requests: &mut mpsc::Receiver<Request>,
+    stop: &CancellationToken,
+) -> Result<(), ReplicaError> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    write_frame(
+        &mut w,
+        &ToParent::Hello {
+            child: child.into(),
+        },
+    )
+    .await?;
+    let mut pending: HashMap<u64, oneshot::Sender<(usize, Option<i32>)>> = HashMap::new();
+    let mut next_id = 0u64;
+    let res = loop {
+        tokio::select! {
+            frame = read_frame::<ToChild>(&mut r, &mut buf) => match frame {
+                Ok(Some(ToChild::View(v))) => {
+                    view.mirror(v.into_mirror());
+                }
+                Ok(Some(ToChild::Outcome { id, raised, errno })) => {
+                    if let Some(reply) = pending.remove(&id) {
+                        let _ = reply.send((raised, errno));
+                    }
+                }
+                Ok(None) => break Err(ReplicaError::Link(std::io::ErrorKind::UnexpectedEof.into())),
+                Err(e) => break Err(e),
+            },
+            req = requests.recv() => {
+                let Some((pid, events, reply)) = req else { break Ok(()) };
+                next_id += 1;
+                pending.insert(next_id, reply);
+                if let Err(e) = write_frame(&mut w, &ToParent::Events { id: next_id, pid, events }).await {
+                    break Err(e.into());
+                }
+            }
+            _ = stop.cancelled() => break Ok(()),
+        }
+    };
+    // Writes in flight on a lost link may or may not have been raised; the
+    // writer is told to try again (EAGAIN), as for an unreachable agent.
+    for (_, reply) in pending.drain() {
+        let _ = reply.send((0, Some(libc::EAGAIN)));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::MemberStatus;
+
+    #[test]
+    fn a_view_survives_the_wire() {
+        let view = View::new();
+        view.reconcile(vec![Member {
+            name: "n1".into(),
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 7946,
+            tags: [("role".to_string(), "web".to_string())].into(),
+            status: MemberStatus::Failed,
+            protocol: [1, 5, 5],
+            delegate: [2, 5, 4],
+        }]);
+        view.set_local("n1");
+        view.set_containers(Containers {
+            me: Some(serde_json::json!({"Id": "parent"})),
+            parent: None,
+            children: [("web".to_string(), serde_json::json!({"Id": "child"}))].into(),
+        });
+        let wire = serde_json::to_string(&ToChild::View(Box::new(WireView::of(
+            &view.snapshot(),
+            "web",
+        ))))
+        .unwrap();
+        let ToChild::View(back) = serde_json::from_str(&wire).unwrap() else {
+            panic!()
+        };
+        let copy = View::new();
+        assert!(copy.mirror(back.into_mirror()));
+        let (a, b) = (view.snapshot(), copy.snapshot());
+        assert_eq!(b.generation, 1, "one generation for the whole mirror");
+        assert_eq!(a.members["n1"].member, b.members["n1"].member);
+        assert_eq!(b.local.as_deref(), Some("n1"));
+        assert_eq!(b.containers.me, Some(serde_json::json!({"Id": "child"})));
+        assert_eq!(
+            b.containers.parent,
+            Some(serde_json::json!({"Id": "parent"}))
+        );
+        assert!(!b.agent.connected, "the parent was not following an agent");
+    }
+
+    #[test]
+    fn frames_are_tagged_lines() {
+        let msg = ToParent::Events {
+            id: 7,
+            pid: 42,
+            events: vec![WireEvent {
+                name: "deploy".into(),
+                payload: "{\"v\":2}".into(),
+            }],
+        };
+        let text = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"events","id":7,"pid":42,"events":[{"name":"deploy","payload":"{\"v\":2}"}]}"#
+        );
+    }
+}
