@@ -34,5 +34,5 @@ COPY target/images/serfnode /usr/local/bin/serfnode
 VOLUME /serfnode-share
 
 ENTRYPOINT ["/usr/local/bin/serfnode"]
-# Becomes ["parent"] once the `parent` subcommand (issue 3) lands.
-CMD ["agent"]
+# The parent supervises the daemon (agent --docker) and launches the children.
+CMD ["parent"]

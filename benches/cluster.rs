@@ -870,10 +870,10 @@ fn run_cli(rpc: SocketAddr, name: &'static str, n: usize) -> Result<WriteRun> {
     })
 }
 
-/// `n` events over one kept RPC connection: what the agent itself takes,
-/// the floor under any way of raising events.
+/// `n` events from the bench over one kept RPC connection: the agent's own
+/// cost, a reference for the write node (which keeps one too).
 fn run_rpc(rt: &Runtime, rpc: SocketAddr, name: &'static str, n: usize) -> Result<WriteRun> {
-    progress!("write node: floor, {n} × RPC `event` on a kept connection");
+    progress!("write node: reference, {n} × RPC `event` on a kept connection");
     rt.block_on(async {
         let client = Client::connect(rpc, None)
             .await
@@ -889,7 +889,7 @@ fn run_rpc(rt: &Runtime, rpc: SocketAddr, name: &'static str, n: usize) -> Resul
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
         Ok(WriteRun {
-            how: format!("RPC `event` on a kept connection, no FUSE ({n})"),
+            how: format!("RPC `event` from the bench, kept connection, no FUSE ({n})"),
             name,
             events: n,
             rate: n as f64 / start.elapsed().as_secs_f64(),

@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serfnode_fs::{ControlSink, MountOptions};
-use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::WriteNode;
@@ -34,6 +33,9 @@ pub struct ChildConfig {
     pub me_link: Option<PathBuf>,
     /// Keep CAP_SYS_ADMIN for the application (a privileged child).
     pub keep_caps: bool,
+    /// Run the application as this user (`name`, `uid` or `uid:gid`); the
+    /// wrapper itself stays root to serve the mount.
+    pub user: Option<String>,
     pub command: Vec<OsString>,
 }
 
@@ -52,6 +54,7 @@ impl ChildConfig {
             mount: args.mount,
             me_link: (args.me_link != "none").then(|| PathBuf::from(args.me_link)),
             keep_caps: args.keep_caps,
+            user: args.user,
             command: args.command,
         })
     }
@@ -105,18 +108,29 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
         link_me(link, &cfg.mount.join(crate::files::ME));
     }
 
+    let user = cfg.user.as_deref().map(resolve_user).transpose()?;
+    let keep_caps = cfg.keep_caps;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    if !cfg.keep_caps {
-        // SAFETY: only async-signal-safe syscalls run between fork and exec.
-        unsafe { cmd.pre_exec(drop_sys_admin) };
-    }
+    // SAFETY: only async-signal-safe syscalls run between fork and exec.
+    // Capabilities go first: after setuid the process could not drop them.
+    unsafe {
+        cmd.pre_exec(move || {
+            if !keep_caps {
+                drop_sys_admin()?;
+            }
+            if let Some((uid, gid)) = user {
+                become_user(uid, gid)?;
+            }
+            Ok(())
+        })
+    };
     let app = cmd
         .spawn()
         .with_context(|| format!("start {}", program.to_string_lossy()))?;
     let pid = app.id() as libc::pid_t;
     tracing::info!(pid, command = ?cfg.command, "application started");
-    let status = supervise(pid).await?;
+    let status = crate::init::wait_forwarding(pid).await?.code;
     tracing::info!(status, "application exited");
 
     node.close();
@@ -147,54 +161,55 @@ fn link_me(link: &Path, target: &Path) {
     }
 }
 
-/// Forwards termination signals to the application and reaps every child
-/// (as PID 1, orphans are ours too) until the application itself exits.
-async fn supervise(app: libc::pid_t) -> anyhow::Result<i32> {
-    let (tx, rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(move || {
-            let _ = tx.send(reap_until(app));
+/// `name`, `uid` or `uid:gid` (or `name:group`) → ids, from the image's
+/// /etc/passwd and /etc/group; resolved before fork (no lookups after).
+fn resolve_user(spec: &str) -> anyhow::Result<(u32, u32)> {
+    let (user, group) = spec
+        .split_once(':')
+        .map_or((spec, None), |(u, g)| (u, Some(g)));
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
         })
-        .context("start the reaper thread")?;
-    let kinds = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-        SignalKind::window_change(),
-    ];
-    for kind in kinds {
-        let mut sig = signal(kind).context("install signal handlers")?;
-        tokio::spawn(async move {
-            while sig.recv().await.is_some() {
-                // SAFETY: kill(2) on our own child's pid, which the reaper has
-                // not collected while this task can still run.
-                unsafe { libc::kill(app, kind.as_raw_value()) };
+    };
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => (uid, lookup_gid_of_uid(uid).unwrap_or(uid)),
+        Err(_) => lookup("/etc/passwd", user)
+            .with_context(|| format!("user {user} not in /etc/passwd"))?,
+    };
+    let gid = match group {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                lookup("/etc/group", g)
+                    .with_context(|| format!("group {g} not in /etc/group"))?
+                    .0
             }
-        });
-    }
-    rx.await.context("reaper thread died")
+        },
+    };
+    Ok((uid, gid))
 }
 
-fn reap_until(app: libc::pid_t) -> i32 {
-    loop {
-        let mut status = 0;
-        // SAFETY: waitpid(2) with a valid out pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid == app {
-            if libc::WIFEXITED(status) {
-                return libc::WEXITSTATUS(status);
-            }
-            return 128 + libc::WTERMSIG(status);
-        }
-        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            // Cannot happen while the app lives; do not spin if it somehow does.
-            return 255;
+fn lookup_gid_of_uid(uid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[2].parse() == Ok(uid)).then(|| f[3].parse().ok())?
+    })
+}
+
+fn become_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: plain credential syscalls with valid arguments.
+    unsafe {
+        if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return Err(err());
         }
     }
+    Ok(())
 }
 
 #[repr(C)]

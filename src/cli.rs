@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Run (or attach to) a Serf agent and serve the cluster as files.
     Agent(Box<AgentArgs>),
+    /// PID 1 of a parent container: runs `agent --docker` with the same
+    /// arguments and restarts it if it dies.
+    Parent(Box<AgentArgs>),
     /// Inside a child container: mount the files the parent serves, then run
     /// the application (`serfnode child -- CMD ARGS...`).
     Child(ChildArgs),
@@ -36,9 +39,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// This node's role, gossiped as the `role` tag.
-    #[arg(long, env = "ROLE", default_value = crate::tags::NO_ROLE)]
-    pub role: String,
+    /// This node's role, gossiped as the `role` tag [default: the manifest's, else no_role].
+    #[arg(long, env = "ROLE")]
+    pub role: Option<String>,
     /// Address of a member to join (repeatable; PEER may list several,
     /// separated by commas or spaces). Retried until one join works.
     #[arg(long = "join", env = "PEER", value_name = "ADDR")]
@@ -93,6 +96,19 @@ pub struct AgentArgs {
     /// Let users other than root read the files (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,
+    /// Run as a parent container's daemon: launch the children of
+    /// --manifest (and DOCKER_RUN) with Docker and share the view with them.
+    #[arg(long)]
+    pub docker: bool,
+    /// The parent's manifest: `serfnode:` settings and `children:`.
+    #[arg(long, env = "SERFNODE_MANIFEST", default_value = "/serfnode.yml")]
+    pub manifest: PathBuf,
+    /// One more child, as `docker run` arguments (with --docker).
+    #[arg(long, env = "DOCKER_RUN", hide = true)]
+    pub docker_run: Option<String>,
+    /// The DOCKER_RUN child's name.
+    #[arg(long, env = "DOCKER_NAME", hide = true)]
+    pub docker_name: Option<String>,
     /// Directory shared with child containers: serve the view to their
     /// mounts over a unix socket there (`replica.sock`).
     #[arg(long, env = "SERFNODE_SHARE", value_name = "DIR")]
@@ -120,6 +136,9 @@ pub struct ChildArgs {
     /// Keep CAP_SYS_ADMIN for the application (privileged children).
     #[arg(long)]
     pub keep_caps: bool,
+    /// Run the application as this user (`name`, `uid`, `uid:gid`).
+    #[arg(long)]
+    pub user: Option<String>,
     /// The application's own entrypoint and arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,

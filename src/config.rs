@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cli::AgentArgs;
+use crate::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
 use crate::tags::OwnTags;
 
 pub const DEFAULT_SERF_PORT: u16 = 7946;
@@ -29,7 +30,12 @@ pub struct Config {
     pub allow_other: bool,
     /// Directory shared with children: the replica socket lives there.
     pub share: Option<PathBuf>,
+    /// Children to launch with Docker (`--docker`), in order.
+    pub docker: Option<Vec<ChildSpec>>,
 }
+
+/// Where a parent's children and the binary they run are shared.
+pub const DEFAULT_SHARE: &str = "/serfnode-share";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,10 +45,55 @@ pub enum ConfigError {
     Poll,
     #[error("no node name: --node is unset and the hostname is unreadable")]
     NoName,
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
 }
 
 impl Config {
+    /// Flags and environment win over the manifest's `serfnode:` section
+    /// (read only with `--docker`), which wins over the defaults.
     pub fn resolve(args: &AgentArgs) -> Result<Config, ConfigError> {
+        let manifest = if args.docker {
+            Manifest::load(&args.manifest)?
+        } else {
+            None
+        };
+        let section = manifest
+            .as_ref()
+            .map(|m| m.serfnode.clone())
+            .unwrap_or_default();
+        let docker = args
+            .docker
+            .then(|| {
+                let mut m = manifest.clone().unwrap_or_default();
+                if let Some(run) = &args.docker_run {
+                    m.children
+                        .push(parse_docker_run(run, args.docker_name.as_deref())?);
+                }
+                Ok::<_, ManifestError>(m.effective_children())
+            })
+            .transpose()?;
+        let args = &AgentArgs {
+            role: args.role.clone().or(section.role),
+            join: if args.join.is_empty() {
+                section.peer
+            } else {
+                args.join.clone()
+            },
+            serf_ip: args.serf_ip.or(section.serf_ip),
+            serf_port: args.serf_port.or(section.serf_port),
+            service_ip: args.service_ip.or(section.service_ip),
+            service_port: if args.service_port == 0 {
+                section.service_port.unwrap_or(0)
+            } else {
+                args.service_port
+            },
+            share: args
+                .share
+                .clone()
+                .or(args.docker.then(|| PathBuf::from(DEFAULT_SHARE))),
+            ..args.clone()
+        };
         let serf_port = args.serf_port.unwrap_or(DEFAULT_SERF_PORT);
         let bind = args
             .bind
@@ -70,7 +121,10 @@ impl Config {
             None => hostname().ok_or(ConfigError::NoName)?,
         };
         let tags = OwnTags {
-            role: args.role.clone(),
+            role: args
+                .role
+                .clone()
+                .unwrap_or_else(|| crate::tags::NO_ROLE.to_owned()),
             advertise_ip: advertise.ip(),
             serf_port: advertise.port(),
             rpc_port: rpc.port(),
@@ -99,6 +153,7 @@ impl Config {
             poll: Duration::from_millis(args.poll_ms),
             allow_other: args.allow_other,
             share: args.share.clone(),
+            docker,
         })
     }
 }

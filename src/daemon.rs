@@ -15,6 +15,7 @@ use crate::agent::{self, AgentConfig};
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::config::Config;
 use crate::control::{AgentRaise, WriteNode};
+use crate::docker;
 use crate::files::Tree;
 use crate::hosts::Hosts;
 use crate::membership::{self, SyncConfig, View};
@@ -43,11 +44,29 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             Some(tokio::spawn(replica::serve(
                 listener,
                 view.clone(),
-                raise,
+                raise.clone(),
                 tasks.clone(),
             )))
         }
         None => None,
+    };
+    // A parent's children, launched once the agent is followed.
+    let children_stop = CancellationToken::new();
+    let children = match (&cfg.docker, &cfg.share) {
+        (Some(specs), Some(share)) => {
+            share_binary(share)?;
+            let parent = docker::Parent::connect(share).await?;
+            docker::announce(&parent, &view);
+            Some(tokio::spawn(docker::run_children(
+                parent,
+                specs.clone(),
+                cfg.node.clone(),
+                view.clone(),
+                raise.clone(),
+                children_stop.clone(),
+            )))
+        }
+        _ => None,
     };
     let hosts = cfg
         .hosts_file
@@ -90,6 +109,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     sink.close();
+    if let Some(children) = children {
+        children_stop.cancel();
+        let _ = children.await;
+    }
     if let Some(agent) = agent {
         agent_stop.cancel();
         let _ = agent.await;
@@ -112,6 +135,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .with_context(|| format!("unmount {}", path.display()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Puts this (static) binary in the share, where children run it from.
+fn share_binary(share: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().context("find the serfnode executable")?;
+    let tmp = share.join(".serfnode.tmp");
+    let dest = share.join("serfnode");
+    std::fs::copy(&exe, &tmp)
+        .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::rename(&tmp, &dest))
+        .with_context(|| format!("copy {} to {}", exe.display(), dest.display()))
 }
 
 async fn mount(cfg: &Config, root: Arc<Tree>) -> anyhow::Result<Mount> {

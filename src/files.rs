@@ -58,7 +58,8 @@ impl Dir for Tree {
         Some(match name {
             BY_ID => self.doc(s.members_gen, by_id),
             BY_ROLE => self.doc(s.members_gen, by_role),
-            ME | PARENT_INFO => self.doc(s.containers_gen, me),
+            ME => self.doc(s.containers_gen, me),
+            PARENT_INFO => self.doc(s.containers_gen, parent),
             CHILDREN => self.doc(s.containers_gen, children),
             STATUS => self.doc(s.generation, status),
             MEMBERS => Node::Dir(Arc::new(MembersDir(s.clone()))),
@@ -130,6 +131,10 @@ pub fn by_role(s: &Snapshot) -> Value {
 
 fn me(s: &Snapshot) -> Value {
     json!({"id": s.local, "inspect": s.containers.me})
+}
+
+fn parent(s: &Snapshot) -> Value {
+    json!({"id": s.local, "inspect": s.containers.parent})
 }
 
 fn children(s: &Snapshot) -> Value {
@@ -328,5 +333,20 @@ mod tests {
         assert_eq!(read(&*t, PARENT_INFO), json!({"id": "n1", "inspect": null}));
         assert_eq!(read(&*t, CHILDREN), json!({}));
         assert!(t.get("nope").is_none());
+    }
+
+    #[test]
+    fn a_child_tells_itself_from_its_parent() {
+        let view = View::new();
+        view.set_local("p1");
+        view.set_containers(crate::membership::Containers {
+            me: Some(json!({"Name": "/p1-app"})),
+            parent: Some(json!({"Name": "/p1"})),
+            children: Default::default(),
+        });
+        let t = tree(&view);
+        assert_eq!(read(&*t, ME)["inspect"]["Name"], "/p1-app");
+        assert_eq!(read(&*t, PARENT_INFO)["inspect"]["Name"], "/p1");
+        assert_eq!(read(&*t, PARENT_INFO)["id"], "p1");
     }
 }

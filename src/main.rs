@@ -38,6 +38,7 @@ fn main() -> ExitCode {
                 on_signals(shutdown.clone(), cfg.mount.clone())?;
                 serfnode::daemon::run(cfg, shutdown).await.map(|()| 0)
             }
+            Command::Parent(_) => serfnode::parent::run(std::env::args_os().collect()).await,
             Command::Child(args) => serfnode::child::run(ChildConfig::resolve(args)?).await,
         }
     });

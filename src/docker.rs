@@ -1,0 +1,498 @@
+//! The parent's Docker side, and the only module that sees bollard: finds
+//! the parent's own container, launches the children of the manifest in
+//! order (each sharing the parent's network namespace, wrapped by
+//! `serfnode child`), restarts them when they exit, raises a `container`
+//! event for every start and exit, keeps the view's container info current,
+//! and stops and removes the children at shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, DeviceMapping, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::control::{Event, Origin, Raise};
+use crate::manifest::ChildSpec;
+use crate::membership::{Containers, View};
+
+/// Where children find the parent's share (the static binary and the
+/// replica socket), read-only.
+pub const SHARE_IN_CHILD: &str = "/serfnode-share";
+pub const LABEL_PARENT: &str = "serfnode.parent";
+pub const LABEL_CHILD: &str = "serfnode.child";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("docker: {0}")]
+    Api(#[from] bollard::errors::Error),
+    #[error(
+        "docker: cannot tell which container this is (no container id in /proc/self/mountinfo)"
+    )]
+    NoSelf,
+    #[error("docker: container {0} has no volume at {1}: start the parent from the serfnode image (it declares VOLUME {1})")]
+    NoShare(String, String),
+    #[error("child {child}: {why}")]
+    Child { child: String, why: String },
+}
+
+/// The parent container as Docker sees it.
+pub struct Parent {
+    docker: Docker,
+    id: String,
+    name: String,
+    inspect: Value,
+    share_volume: String,
+}
+
+impl Parent {
+    /// Connects to the Docker socket and inspects the container we run in.
+    pub async fn connect(share: &Path) -> Result<Parent, DockerError> {
+        let docker = Docker::connect_with_unix_defaults()?;
+        let id = own_container_id().ok_or(DockerError::NoSelf)?;
+        let inspect = docker
+            .inspect_container(
+                &id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await?;
+        let share_volume = inspect
+            .mounts
+            .iter()
+            .flatten()
+            .find(|m| m.destination.as_deref() == share.to_str())
+            .and_then(|m| m.name.clone())
+            .ok_or_else(|| DockerError::NoShare(id.clone(), share.display().to_string()))?;
+        let name = inspect
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned();
+        let inspect = serde_json::to_value(&inspect).expect("inspect serializes");
+        Ok(Parent {
+            docker,
+            id,
+            name,
+            inspect,
+            share_volume,
+        })
+    }
+}
+
+/// This container's id: Docker bind-mounts /etc/hostname (and hosts,
+/// resolv.conf) from `.../containers/<id>/`, which mountinfo shows.
+fn own_container_id() -> Option<String> {
+    container_id_in(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+fn container_id_in(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let root = line.split(' ').nth(3)?;
+        let rest = root.split("/containers/").nth(1)?;
+        let id = rest.split('/').next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    })
+}
+
+/// The container of child `child` of parent container `parent`.
+pub fn container_name(parent: &str, child: &str) -> String {
+    format!("{parent}-{child}")
+}
+
+struct Shared {
+    parent: Parent,
+    node: String,
+    view: View,
+    /// child name → its inspect, as children_by_name.json shows it.
+    children: parking_lot::Mutex<BTreeMap<String, Value>>,
+}
+
+impl Shared {
+    fn publish(&self) {
+        self.view.set_containers(Containers {
+            me: Some(self.parent.inspect.clone()),
+            parent: Some(self.parent.inspect.clone()),
+            children: self.children.lock().clone(),
+        });
+    }
+
+    /// Records the child's current inspect, with the parent's network
+    /// settings (it shares them), or drops it when the container is gone.
+    async fn refresh(&self, child: &str) {
+        let name = container_name(&self.parent.name, child);
+        let inspect = self
+            .parent
+            .docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await;
+        {
+            let mut children = self.children.lock();
+            match inspect {
+                Ok(i) => {
+                    let mut v = serde_json::to_value(&i).expect("inspect serializes");
+                    v["NetworkSettings"] = self.parent.inspect["NetworkSettings"].clone();
+                    children.insert(child.to_owned(), v);
+                }
+                Err(_) => {
+                    children.remove(child);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    async fn event<R: Raise>(&self, raise: &R, child: &str, state: &str, exit_code: Option<i64>) {
+        let payload = json!({
+            "node": self.node,
+            "child": child,
+            "container": container_name(&self.parent.name, child),
+            "state": state,
+            "exit_code": exit_code,
+        });
+        let event = Event {
+            name: "container".into(),
+            payload: serde_json::to_vec(&payload).expect("json"),
+        };
+        let origin = Origin {
+            pid: std::process::id(),
+            child: Some(child.to_owned()),
+        };
+        tracing::info!(child, state, ?exit_code, "child container");
+        if let Err((_, errno)) = raise.raise(&origin, vec![event]).await {
+            tracing::warn!(child, "container event not raised (errno {errno})");
+        }
+    }
+}
+
+/// Publishes the parent's container info into the view at once.
+pub fn announce(parent: &Parent, view: &View) {
+    view.set_containers(Containers {
+        me: Some(parent.inspect.clone()),
+        parent: Some(parent.inspect.clone()),
+        children: BTreeMap::new(),
+    });
+}
+
+/// Runs the children until `stop`, then stops and removes them (bounded).
+pub async fn run_children<R: Raise>(
+    parent: Parent,
+    specs: Vec<ChildSpec>,
+    node: String,
+    view: View,
+    raise: Arc<R>,
+    stop: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        parent,
+        node,
+        view,
+        children: Default::default(),
+    });
+    // A restarted daemon keeps the children it finds: their applications
+    // (and their readers) carry on.
+    let adopted = adopt(&shared.parent, &specs).await;
+    // Children start once the files say who is in the cluster.
+    let mut snaps = shared.view.subscribe();
+    tokio::select! {
+        _ = snaps.wait_for(|s| s.agent.connected) => {}
+        _ = stop.cancelled() => return,
+    }
+    drop(snaps);
+    let mut tasks = Vec::new();
+    for spec in &specs {
+        if stop.is_cancelled() {
+            break;
+        }
+        let name = spec.name.clone();
+        let running = match adopted.get(&name) {
+            Some(&running) => running,
+            None => match create(&shared.parent, spec, &specs).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    continue;
+                }
+            },
+        };
+        // Started in list order: the next child waits until this one runs.
+        if !running {
+            match start(&shared.parent, &name).await {
+                Ok(()) => shared.event(&*raise, &name, "started", None).await,
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        shared.refresh(&name).await;
+        let (shared, raise, stop) = (shared.clone(), raise.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            keep_running(&shared, &*raise, &name, &stop).await
+        }));
+    }
+    stop.cancelled().await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    for spec in specs.iter().rev() {
+        let name = container_name(&shared.parent.name, &spec.name);
+        let docker = &shared.parent.docker;
+        let stopped = docker
+            .stop_container(
+                &name,
+                Some(StopContainerOptionsBuilder::default().t(5).build()),
+            )
+            .await;
+        if let Err(e) = stopped {
+            tracing::debug!("stop {name}: {e}");
+        }
+        let removed = docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await;
+        match removed {
+            Ok(()) => tracing::info!("child container {name} stopped and removed"),
+            Err(e) => tracing::warn!("remove {name}: {e}"),
+        }
+        shared.children.lock().remove(&spec.name);
+    }
+    shared.publish();
+}
+
+/// Waits for the child to exit, reports it, and starts it again with
+/// backoff, until `stop`.
+async fn keep_running<R: Raise>(shared: &Shared, raise: &R, child: &str, stop: &CancellationToken) {
+    let name = container_name(&shared.parent.name, child);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let opts = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut wait = shared.parent.docker.wait_container(&name, Some(opts));
+        let code = tokio::select! {
+            r = wait.next() => match r {
+                Some(Ok(w)) => Some(w.status_code),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+                Some(Err(e)) => {
+                    tracing::warn!("wait for {name}: {e}");
+                    None
+                }
+                None => None,
+            },
+            _ = stop.cancelled() => return,
+        };
+        shared.event(raise, child, "exited", code).await;
+        shared.refresh(child).await;
+        let started = std::time::Instant::now();
+        if sleep_or_shutdown(backoff.next_delay(), stop).await {
+            return;
+        }
+        match start(&shared.parent, child).await {
+            Ok(()) => {
+                shared.event(raise, child, "started", None).await;
+                shared.refresh(child).await;
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff.reset();
+        }
+    }
+}
+
+/// The children an earlier daemon of this same parent container left: child
+/// name → whether it is running. Those not in `specs` any more are removed.
+async fn adopt(parent: &Parent, specs: &[ChildSpec]) -> HashMap<String, bool> {
+    let filters: HashMap<&str, Vec<String>> =
+        [("label", vec![format!("{LABEL_PARENT}={}", parent.id)])].into();
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let found = match parent.docker.list_containers(Some(opts)).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!("docker: list children of an earlier run: {e}");
+            return HashMap::new();
+        }
+    };
+    let mut kept = HashMap::new();
+    for c in found {
+        let child = c.labels.as_ref().and_then(|l| l.get(LABEL_CHILD)).cloned();
+        let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+        match child {
+            Some(child) if specs.iter().any(|s| s.name == child) => {
+                tracing::info!(child = %child, running, "adopting the child container of an earlier run");
+                kept.insert(child, running);
+            }
+            _ => {
+                let Some(id) = c.id else { continue };
+                tracing::info!("removing child container {id} left by an earlier run");
+                let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+                let _ = parent.docker.remove_container(&id, Some(opts)).await;
+            }
+        }
+    }
+    kept
+}
+
+fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y")
+}
+
+async fn create(parent: &Parent, spec: &ChildSpec, all: &[ChildSpec]) -> Result<(), DockerError> {
+    let fail = |why: String| DockerError::Child {
+        child: spec.name.clone(),
+        why,
+    };
+    let image = parent
+        .docker
+        .inspect_image(&spec.image)
+        .await
+        .map_err(|e| fail(format!("image {}: {e}", spec.image)))?;
+    let config = image.config.unwrap_or_default();
+    // Docker's rule: overriding the entrypoint drops the image's command.
+    let (entrypoint, command) = match &spec.entrypoint {
+        Some(e) => (e.clone(), spec.command.clone().unwrap_or_default()),
+        None => (
+            config.entrypoint.unwrap_or_default(),
+            spec.command.clone().or(config.cmd).unwrap_or_default(),
+        ),
+    };
+    let app: Vec<String> = entrypoint.into_iter().chain(command).collect();
+    if app.is_empty() {
+        return Err(fail(format!(
+            "image {} has no entrypoint or command and none is given",
+            spec.image
+        )));
+    }
+    let mut wrapper = vec![
+        format!("{SHARE_IN_CHILD}/serfnode"),
+        "child".to_owned(),
+        "--name".to_owned(),
+        spec.name.clone(),
+        format!("--socket={SHARE_IN_CHILD}/{}", crate::replica::SOCKET),
+    ];
+    if spec.privileged {
+        wrapper.push("--keep-caps".into());
+    }
+    if let Some(user) = &spec.user {
+        wrapper.push(format!("--user={user}"));
+    }
+    wrapper.push("--".into());
+    for ignored in [
+        ("links", &spec.links),
+        ("expose", &spec.expose),
+        ("ports", &spec.ports),
+    ] {
+        if !ignored.1.is_empty() {
+            tracing::warn!(child = %spec.name, "{} ignored: children share the parent's network namespace", ignored.0);
+        }
+    }
+    let siblings: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+    let volumes_from = spec
+        .volumes_from
+        .iter()
+        .map(|v| {
+            let (name, mode) = v
+                .split_once(':')
+                .map_or((v.as_str(), None), |(n, m)| (n, Some(m)));
+            let name = if siblings.contains(&name) {
+                container_name(&parent.name, name)
+            } else {
+                name.to_owned()
+            };
+            mode.map_or(name.clone(), |m| format!("{name}:{m}"))
+        })
+        .collect();
+    let mut binds = spec.volumes.clone();
+    binds.push(format!("{}:{SHARE_IN_CHILD}:ro", parent.share_volume));
+    let name = container_name(&parent.name, &spec.name);
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        entrypoint: Some(wrapper),
+        cmd: Some(app),
+        env: Some(
+            spec.environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        working_dir: spec.working_dir.clone(),
+        labels: Some(
+            [
+                (LABEL_PARENT.to_owned(), parent.id.clone()),
+                (LABEL_CHILD.to_owned(), spec.name.clone()),
+            ]
+            .into(),
+        ),
+        host_config: Some(HostConfig {
+            network_mode: Some(format!("container:{}", parent.id)),
+            binds: Some(binds),
+            volumes_from: Some(volumes_from),
+            devices: Some(vec![DeviceMapping {
+                path_on_host: Some("/dev/fuse".into()),
+                path_in_container: Some("/dev/fuse".into()),
+                cgroup_permissions: Some("rwm".into()),
+            }]),
+            cap_add: Some(vec!["SYS_ADMIN".into()]),
+            security_opt: apparmor_enabled().then(|| vec!["apparmor=unconfined".into()]),
+            privileged: Some(spec.privileged),
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    };
+    let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+    parent
+        .docker
+        .create_container(Some(opts), body)
+        .await
+        .map_err(|e| fail(format!("create {name}: {e}")))?;
+    Ok(())
+}
+
+async fn start(parent: &Parent, child: &str) -> Result<(), DockerError> {
+    let name = container_name(&parent.name, child);
+    parent
+        .docker
+        .start_container(
+            &name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .map_err(|e| DockerError::Child {
+            child: child.to_owned(),
+            why: format!("start {name}: {e}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_id_comes_from_the_hostname_bind_mount() {
+        let id = "4f9a".repeat(16);
+        let info = format!(
+            "612 590 0:52 / / rw,relatime - overlay overlay rw\n\
+             630 612 254:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw - ext4 /dev/vda rw\n"
+        );
+        assert_eq!(container_id_in(&info), Some(id));
+        let host =
+            "22 1 254:1 / / rw - ext4 /dev/vda rw\n30 22 0:5 /containers/abc /x rw - tmpfs t rw\n";
+        assert_eq!(container_id_in(host), None, "not in a container");
+    }
+}
