@@ -28,7 +28,8 @@ const MEMBER_EVENTS: &str = "member-join,member-leave,member-failed,member-updat
 pub struct SyncConfig {
     pub rpc: SocketAddr,
     pub auth_key: Option<String>,
-    /// Period of the `members` re-read that catches what the stream delays.
+    /// Period of the `members` re-read that catches what the stream delays
+    /// (at least four times what one re-read takes).
     pub poll: Duration,
 }
 
@@ -93,8 +94,9 @@ async fn follow(
     clients.send_replace(Some(client.clone()));
     tracing::info!(rpc = %cfg.rpc, "following the agent");
 
-    let mut tick = tokio::time::interval(cfg.poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The re-read costs O(members); in a large cluster the period grows so
+    // it never takes more than a quarter of a core.
+    let mut next = tokio::time::Instant::now() + cfg.poll;
     loop {
         tokio::select! {
             rec = stream.recv() => {
@@ -102,14 +104,16 @@ async fn follow(
                     return Some(RpcError::Closed { addr: cfg.rpc });
                 }
             }
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = shutdown.cancelled() => return None,
         }
+        let began = tokio::time::Instant::now();
         match client.members().await {
             Ok(members) => {
                 view.reconcile(members);
             }
             Err(e) => return Some(e),
         }
+        next = tokio::time::Instant::now() + cfg.poll.max(began.elapsed() * 4);
     }
 }
