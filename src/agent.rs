@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub tags: BTreeMap<String, String>,
     /// Serf timing profile (lan, wan, local).
     pub profile: String,
+    /// Serf's snapshot file, if any.
+    pub snapshot: Option<PathBuf>,
     /// Extra agent configuration (rpc_auth, keyring) passed as a file so no
     /// secret shows in process listings.
     pub config_file: Option<PathBuf>,
@@ -49,6 +51,9 @@ impl AgentConfig {
             args.push("-tag".to_owned());
             args.push(format!("{k}={v}"));
         }
+        if let Some(file) = &self.snapshot {
+            args.push(format!("-snapshot={}", file.display()));
+        }
         if let Some(file) = &self.config_file {
             args.push(format!("-config-file={}", file.display()));
         }
@@ -58,6 +63,8 @@ impl AgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("create snapshot directory {dir}: {source}")]
+    Snapshot { dir: String, source: std::io::Error },
     #[error("start {serf}: {source}")]
     Spawn {
         serf: String,
@@ -132,6 +139,12 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 }
 
 fn spawn(cfg: &AgentConfig) -> Result<Child, AgentError> {
+    if let Some(dir) = cfg.snapshot.as_ref().and_then(|f| f.parent()) {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::Snapshot {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    }
     let mut cmd = Command::new(&cfg.serf);
     cmd.args(cfg.args())
         .stdin(Stdio::null())

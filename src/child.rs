@@ -79,6 +79,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let path = cfg.mount.clone();
     let root = Tree::new(view.snapshot(), control.clone());
     let mount = tokio::task::spawn_blocking(move || {
+        serfnode_fs::detach_stale(&path)?;
         std::fs::create_dir_all(&path)
             .with_context(|| format!("create mount point {}", path.display()))?;
         serfnode_fs::mount(

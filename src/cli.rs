@@ -87,6 +87,11 @@ pub struct AgentArgs {
     /// failures in about two seconds).
     #[arg(long, env = "SERF_PROFILE", default_value = "lan", value_parser = ["lan", "wan", "local"])]
     pub profile: String,
+    /// Serf snapshot file: a restarted agent rejoins the members it knew
+    /// (after a crash; a graceful leave is final) [default with --docker:
+    /// /var/lib/serfnode/serf.snapshot].
+    #[arg(long, env = "SERF_SNAPSHOT", value_name = "PATH")]
+    pub snapshot: Option<PathBuf>,
     /// Use the agent already running at --rpc-addr instead of starting one.
     #[arg(long)]
     pub attach: bool,

@@ -25,6 +25,7 @@ pub struct Config {
     pub hosts_file: Option<PathBuf>,
     pub serf: PathBuf,
     pub profile: String,
+    pub snapshot: Option<PathBuf>,
     pub attach: bool,
     pub poll: Duration,
     pub allow_other: bool,
@@ -33,6 +34,10 @@ pub struct Config {
     /// Children to launch with Docker (`--docker`), in order.
     pub docker: Option<Vec<ChildSpec>>,
 }
+
+/// Where a parent's agent keeps its snapshot (inside the parent container,
+/// so it survives a daemon restart).
+pub const DEFAULT_SNAPSHOT: &str = "/var/lib/serfnode/serf.snapshot";
 
 /// Where a parent's children and the binary they run are shared.
 pub const DEFAULT_SHARE: &str = "/serfnode-share";
@@ -149,6 +154,10 @@ impl Config {
             },
             serf: args.serf.clone(),
             profile: args.profile.clone(),
+            snapshot: args
+                .snapshot
+                .clone()
+                .or(args.docker.then(|| PathBuf::from(DEFAULT_SNAPSHOT))),
             attach: args.attach,
             poll: Duration::from_millis(args.poll_ms),
             allow_other: args.allow_other,

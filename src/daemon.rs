@@ -85,6 +85,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             rpc: cfg.rpc,
             tags: cfg.tags.to_map(),
             profile: cfg.profile.clone(),
+            snapshot: cfg.snapshot.clone(),
             config_file: None,
             leave_timeout: Duration::from_secs(3),
         };
@@ -156,6 +157,9 @@ async fn mount(cfg: &Config, root: Arc<Tree>) -> anyhow::Result<Mount> {
         ..MountOptions::default()
     };
     tokio::task::spawn_blocking(move || {
+        // A crashed run's dead mount answers ENOTCONN, which would make
+        // creating the mount point fail with EEXIST: detach it first.
+        serfnode_fs::detach_stale(&path)?;
         std::fs::create_dir_all(&path)
             .with_context(|| format!("create mount point {}", path.display()))?;
         serfnode_fs::mount(&path, root, &opts).map_err(anyhow::Error::from)
@@ -184,36 +188,36 @@ pub(crate) async fn publish(view: View, publisher: Publisher, control: Arc<dyn C
 }
 
 /// Rewrites the hosts block whenever the view changes; returns the hook for
-/// the final clear.
-async fn hosts_hook(view: View, hosts: Hosts, stop: CancellationToken) -> Hosts {
+/// the final clear. File writes run on a blocking thread, which owns the
+/// hook meanwhile.
+async fn hosts_hook(view: View, mut hosts: Hosts, stop: CancellationToken) -> Hosts {
     let mut rx = view.subscribe();
-    let hosts = Arc::new(parking_lot::Mutex::new(hosts));
     let mut last_error = None;
     loop {
         let snap = rx.borrow_and_update().clone();
-        let h = hosts.clone();
-        let res = tokio::task::spawn_blocking(move || h.lock().apply(&snap)).await;
+        let res;
+        (hosts, res) = tokio::task::spawn_blocking(move || {
+            let res = hosts.apply(&snap);
+            (hosts, res)
+        })
+        .await
+        .expect("the hosts hook does not panic");
         match res {
-            Ok(Err(e)) => {
+            Err(e) => {
                 let msg = e.to_string();
                 if last_error.as_ref() != Some(&msg) {
                     tracing::error!("{msg}");
                 }
                 last_error = Some(msg);
             }
-            Ok(Ok(())) => last_error = None,
-            Err(_) => break,
+            Ok(()) => last_error = None,
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
             _ = stop.cancelled() => break,
         }
     }
-    drop(rx);
-    Arc::try_unwrap(hosts)
-        .ok()
-        .expect("no apply outlives the loop")
-        .into_inner()
+    hosts
 }
 
 /// Joins the given peers over each new agent connection until one join

@@ -34,7 +34,7 @@ pub const STATUS: &str = "status.json";
 pub const MEMBERS: &str = "members";
 pub const WRITE_NODE: &str = "parent";
 
-/// Who reads the tree: decides what `me.json` says.
+/// The root directory for one snapshot; cheap to build per generation.
 #[derive(Clone)]
 pub struct Tree {
     pub snap: Arc<Snapshot>,

@@ -7,13 +7,12 @@
 
 mod support;
 
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::node::{eventually, is_mounted, Node, NodeOpts, SERFNODE};
+use support::node::{eventually, is_mounted, raw_write, Node, NodeOpts, SERFNODE};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -105,17 +104,6 @@ fn parent(name: &str, share: &Path) -> Node {
         args: vec!["--share".into(), share.to_str().unwrap().into()],
         ..NodeOpts::default()
     })
-}
-
-fn raw_write(path: &Path, bytes: &[u8]) -> Result<usize, i32> {
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    // SAFETY: write(2) from a live buffer on an open fd.
-    let n = unsafe { libc::write(f.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 #[test]

@@ -6,12 +6,11 @@
 mod support;
 
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
 use serfnode::rpc::{Client, StreamRecord};
-use support::node::{Node, NodeOpts};
+use support::node::{raw_write, Node, NodeOpts};
 use support::serf::{Agent, AgentOpts};
 use tokio::runtime::Runtime;
 
@@ -68,17 +67,6 @@ fn bash(script: &str) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn raw_write(path: &std::path::Path, bytes: &[u8]) -> Result<usize, i32> {
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    // SAFETY: write(2) from a live buffer on an open fd.
-    let n = unsafe { libc::write(f.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
-    } else {
-        Ok(n as usize)
-    }
 }
 
 #[test]

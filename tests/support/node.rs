@@ -255,6 +255,20 @@ impl Node {
     }
 }
 
+/// One write(2) of `bytes` to `path`: the byte count, or the errno (what a
+/// writer of the write node sees, short counts included).
+pub fn raw_write(path: &Path, bytes: &[u8]) -> Result<usize, i32> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    // SAFETY: write(2) from a live buffer on an open fd.
+    let n = unsafe { libc::write(f.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let p = path.to_str().unwrap();
@@ -280,12 +294,9 @@ impl Drop for Node {
 }
 
 /// Polls `cond` until true; panics with `what` past `timeout`.
-pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+pub fn eventually(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        super::wait_until(timeout, cond),
+        "timed out after {timeout:?} waiting for {what}"
+    );
 }

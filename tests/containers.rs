@@ -1,0 +1,631 @@
+//! serfnode in Docker, as its users run it: three parent containers of the
+//! serfnode image on a user-defined bridge network, each launching children
+//! (Debian and FROM-scratch busybox images) that share its network
+//! namespace, proven from inside the children with `docker exec`.
+//!
+//! One cluster is shared by the whole scenario, in an order where each step
+//! leaves the cluster as the next one needs it:
+//!
+//! 1. files: every child lists all three nodes with their roles and their
+//!    addresses on the network; `me.json`, `/me.json`, `parent.json`; the
+//!    children are labelled, share the parent's network namespace and run
+//!    their command through `serfnode child`;
+//! 2. hosts: `getent hosts <role>` in a child gives the oldest member of the
+//!    role (not the first by name);
+//! 3. events: a line written to `/serfnode/parent` in a child of one node
+//!    arrives as a user event on another node (seen by `serf monitor`);
+//! 4. crash: a child exiting with status 3 is restarted (same container)
+//!    and its `container` events reach another node;
+//! 5. partition: a parent disconnected from the network turns `failed`,
+//!    and `alive` again once reconnected;
+//! 6. kill: a killed parent turns `failed` and leaves serfnodes_by_id.json;
+//! 7. stop: `docker stop` of a parent exits 0, leaves the cluster and no
+//!    child container behind;
+//! 8. daemon restart: the serfnode daemon of a parent is killed and comes
+//!    back while a child reads its files in a loop: no read fails, the
+//!    child is kept (not replaced) and follows the new daemon.
+//!
+//! Needs the images of scripts/build-images and a Docker Engine that allows
+//! /dev/fuse and SYS_ADMIN; fails (does not skip) without them. Everything
+//! created is removed on drop, also on failure (see tests/support/docker.rs).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::docker::{
+    busybox_image, debian_image, docker, docker_ok, exec_json, exec_sh, try_exec_json, wait_for,
+    Cluster, Monitor, Parent, UserEvent, LABEL_CHILD, LABEL_PARENT,
+};
+
+/// For anything that starts containers or waits for gossip; generous for a
+/// 2-core machine running 8 containers.
+const START: Duration = Duration::from_secs(90);
+const T: Duration = Duration::from_secs(45);
+
+/// A child in a serfnode.yml: name, image, command.
+struct ChildDef<'a>(&'a str, String, &'a [&'a str]);
+
+fn manifest(role: &str, children: &[ChildDef]) -> String {
+    let mut yml = format!("serfnode:\n  role: {role}\nchildren:\n");
+    for ChildDef(name, image, command) in children {
+        let command: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+        yml += &format!(
+            "  - {name}:\n      image: {image}\n      command: [{}]\n",
+            command.join(", ")
+        );
+    }
+    yml
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn phase(&self, what: &str) {
+        eprintln!(
+            "[{:6.1}s] containers test: {what}",
+            self.0.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// `Ok` when `info` (Node info) describes parent `p` with role `role`.
+fn node_info_matches(info: &Value, p: &Parent, role: &str) -> Result<(), String> {
+    let want = [
+        ("id", p.name.as_str()),
+        ("role", role),
+        ("serf_ip", p.ip.as_str()),
+        ("serf_port", "7946"),
+        ("service_ip", p.ip.as_str()),
+    ];
+    for (key, value) in want {
+        if info[key] != value {
+            return Err(format!("{key} should be {value:?}: {info}"));
+        }
+    }
+    Ok(())
+}
+
+/// serfnodes_by_id.json in `child` lists exactly `nodes`, each as it should.
+fn lists_exactly(child: &str, nodes: &[(&Parent, &str)]) -> Result<Value, String> {
+    let by_id = try_exec_json(child, "/serfnode/serfnodes_by_id.json")?;
+    let obj = by_id.as_object().ok_or(format!("not an object: {by_id}"))?;
+    if obj.len() != nodes.len() {
+        return Err(format!(
+            "{} members, want {}: {by_id}",
+            obj.len(),
+            nodes.len()
+        ));
+    }
+    for (p, role) in nodes {
+        let info = obj
+            .get(&p.name)
+            .ok_or(format!("{} missing: {by_id}", p.name))?;
+        node_info_matches(info, p, role)?;
+    }
+    Ok(by_id)
+}
+
+/// `status` of member `node` in `members/<node>.json` as `child` sees it.
+fn member_status(child: &str, node: &str) -> Result<String, String> {
+    let m = try_exec_json(child, &format!("/serfnode/members/{node}.json"))?;
+    m["status"]
+        .as_str()
+        .map(String::from)
+        .ok_or(format!("no status: {m}"))
+}
+
+fn wait_status(child: &str, node: &str, want: &str, timeout: Duration) {
+    wait_for(
+        timeout,
+        &format!("{node} {want} in {child}"),
+        || match member_status(child, node)? {
+            s if s == want => Ok(()),
+            s => Err(format!("status {s}")),
+        },
+    );
+}
+
+fn inspect(container: &str) -> Value {
+    let text = docker_ok(&["inspect", container]);
+    let v: Value = serde_json::from_str(&text).expect("docker inspect is JSON");
+    v[0].clone()
+}
+
+/// The child's argv as Docker runs it: Entrypoint + Cmd.
+fn argv(inspect: &Value) -> Vec<String> {
+    let part = |k: &str| -> Vec<String> {
+        inspect["Config"][k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| s.as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut v = part("Entrypoint");
+    v.extend(part("Cmd"));
+    v
+}
+
+/// Contract checks that later steps do not depend on: each mismatch is
+/// printed at once and the test fails at its end, so one run reports them
+/// all along with the outcome of every later step.
+#[derive(Default)]
+struct Checks(std::cell::RefCell<Vec<String>>);
+
+impl Checks {
+    fn check(&self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            let what = what();
+            eprintln!("CHECK FAILED: {what}");
+            self.0.borrow_mut().push(what);
+        }
+    }
+
+    fn eq(&self, left: &Value, right: impl Into<Value>, what: impl FnOnce() -> String) {
+        let right = right.into();
+        self.check(*left == right, || {
+            format!("{}: got {left}, want {right}", what())
+        });
+    }
+
+    fn assert_none_failed(&self) {
+        let failed = self.0.borrow();
+        assert!(
+            failed.is_empty(),
+            "{} contract checks failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
+}
+
+/// Checks what Docker says about child `child` of `p`, started with
+/// `command`, and what the child's own files say about itself.
+fn check_child(checks: &Checks, p: &Parent, child: &str, command: &[&str]) {
+    let name = p.child(child);
+    let i = inspect(&name);
+    let labels = &i["Config"]["Labels"];
+    checks.eq(&labels[LABEL_PARENT], p.id.as_str(), || {
+        format!("{name}: label {LABEL_PARENT}")
+    });
+    checks.eq(&labels[LABEL_CHILD], child, || {
+        format!("{name}: label {LABEL_CHILD}")
+    });
+    let mode = i["HostConfig"]["NetworkMode"].as_str().unwrap_or_default();
+    let netns = mode.strip_prefix("container:").unwrap_or_default();
+    checks.check(netns == p.id || netns == p.name, || {
+        format!(
+            "{name} should run with --net container:{} but NetworkMode is {mode:?}",
+            p.name
+        )
+    });
+    let args = argv(&i);
+    let sep = args.iter().position(|a| a == "--");
+    checks.check(
+        args.first().map(String::as_str) == Some("/serfnode-share/serfnode")
+            && args.get(1).map(String::as_str) == Some("child")
+            && sep.is_some_and(|s| args[s + 1..] == *command),
+        || {
+            format!(
+                "{name} should run `/serfnode-share/serfnode child ... -- {}`, runs {args:?}",
+                command.join(" ")
+            )
+        },
+    );
+
+    let me = exec_json(&name, "/serfnode/me.json");
+    checks.eq(&me["id"], p.name.as_str(), || {
+        format!("me.json in {name}: id")
+    });
+    checks.eq(&me["inspect"]["Name"], format!("/{name}"), || {
+        format!("me.json in {name}: inspect.Name (the child's own inspect)")
+    });
+    checks.eq(&me["inspect"]["Id"], i["Id"].clone(), || {
+        format!("me.json in {name}: inspect.Id (the child's own id)")
+    });
+    checks.eq(&exec_json(&name, "/me.json"), me.clone(), || {
+        format!("/me.json in {name} vs /serfnode/me.json")
+    });
+    let parent = exec_json(&name, "/serfnode/parent.json");
+    checks.eq(&parent["id"], p.name.as_str(), || {
+        format!("parent.json in {name}: id")
+    });
+    checks.eq(&parent["inspect"]["Id"], p.id.as_str(), || {
+        format!(
+            "parent.json in {name}: inspect.Id should be the parent's (the child's is {})",
+            i["Id"]
+        )
+    });
+    let status = exec_json(&name, "/serfnode/status.json");
+    checks.eq(&status["agent"]["connected"], true, || {
+        format!("status.json in {name}: agent.connected ({status})")
+    });
+    checks.eq(&status["node"], p.name.as_str(), || {
+        format!("status.json in {name}: node")
+    });
+}
+
+/// The address `getent hosts NAME` gives in `container`.
+fn getent(container: &str, name: &str) -> Result<String, String> {
+    let out = exec_sh(container, &format!("getent hosts {name}"))?;
+    out.split_whitespace()
+        .next()
+        .map(String::from)
+        .ok_or(format!("empty getent output for {name}"))
+}
+
+/// The `container` events of child `child` of `p` seen by the monitor.
+fn container_events<'a>(events: &'a [UserEvent], p: &Parent, child: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e.name == "container")
+        .filter_map(|e| e.payload.as_ref())
+        .filter(|v| v["node"] == p.name.as_str() && v["child"] == child)
+        .collect()
+}
+
+#[test]
+fn three_parents_serve_their_children_through_events_crashes_restarts_partitions_and_stops() {
+    let clock = Clock(Instant::now());
+    let checks = Checks::default();
+    let mut cluster = Cluster::new();
+    clock.phase(&format!(
+        "network {} ({}) created",
+        cluster.network, cluster.subnet
+    ));
+
+    // `old` and `new` share role web; `old` is older but sorts after `new`
+    // by name, so resolving `web` to `old` shows age decides, not the name.
+    const SLEEP_DEB: &[&str] = &["sleep", "infinity"];
+    const SLEEP_BB: &[&str] = &["sleep", "3600"];
+    const CRASH: &[&str] = &["sh", "-c", "sleep 1; exit 3"];
+    let old = cluster.start_parent(
+        "old",
+        "web",
+        None,
+        &manifest(
+            "web",
+            &[
+                ChildDef("deb", debian_image(), SLEEP_DEB),
+                ChildDef("bb", busybox_image(), SLEEP_BB),
+            ],
+        ),
+    );
+    let (old_deb, old_bb) = (old.child("deb"), old.child("bb"));
+    // Its agent (and so its `timestamp`) must start before the others'.
+    wait_for(START, "old's first child to list old", || {
+        lists_exactly(&old_deb, &[(&old, "web")])
+    });
+    clock.phase("old is up, its child lists it");
+
+    let db = cluster.start_parent(
+        "db",
+        "db",
+        Some(&old),
+        &manifest("db", &[ChildDef("bb", busybox_image(), SLEEP_BB)]),
+    );
+    let db_bb = db.child("bb");
+    // Every user event node db receives, from before `new` starts.
+    let monitor = Monitor::start(&db.name, START);
+    clock.phase("db is up, serf monitor runs in it");
+
+    let new = cluster.start_parent(
+        "new",
+        "web",
+        Some(&old),
+        &manifest(
+            "web",
+            &[
+                ChildDef("deb", debian_image(), SLEEP_DEB),
+                ChildDef("crash", busybox_image(), CRASH),
+            ],
+        ),
+    );
+    let (new_deb, new_crash) = (new.child("deb"), new.child("crash"));
+    let all = [(&old, "web"), (&db, "db"), (&new, "web")];
+    // The crashing child's first container: its restarts must keep it.
+    let crash_id = wait_for(START, &format!("{new_crash} to be created"), || {
+        let out = docker(&["inspect", "--format", "{{.Id}}", &new_crash]);
+        out.status
+            .success()
+            .then(|| Value::from(String::from_utf8_lossy(&out.stdout).trim()))
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+
+    // 1. files
+    for child in [&old_deb, &old_bb, &db_bb, &new_deb] {
+        wait_for(START, &format!("{child} to list all three nodes"), || {
+            lists_exactly(child, &all)
+        });
+    }
+    clock.phase("files: all four children list the three nodes");
+    for (p, child, command) in [
+        (&old, "deb", SLEEP_DEB),
+        (&old, "bb", SLEEP_BB),
+        (&db, "bb", SLEEP_BB),
+        (&new, "deb", SLEEP_DEB),
+    ] {
+        check_child(&checks, p, child, command);
+    }
+    for child in [&old_deb, &old_bb, &db_bb, &new_deb] {
+        let roles = exec_json(child, "/serfnode/serfnodes_by_role.json");
+        let ids = |role: &str| -> Vec<String> {
+            roles[role]
+                .as_array()
+                .unwrap_or_else(|| panic!("no role {role} in {child}: {roles}"))
+                .iter()
+                .map(|n| n["id"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        checks.check(ids("web") == [old.name.as_str(), new.name.as_str()], || {
+            format!("web in {child} should be [old, new], oldest first: {roles}")
+        });
+        checks.check(ids("db") == [db.name.as_str()], || {
+            format!("db in {child}: {roles}")
+        });
+        checks.check(roles.as_object().map(|o| o.len()) == Some(2), || {
+            format!("roles in {child}: {roles}")
+        });
+    }
+    let children = exec_json(&old.name, "/serfnode/children_by_name.json");
+    for child in ["deb", "bb"] {
+        let info = children
+            .get(old.child(child))
+            .or_else(|| children.get(child))
+            .cloned()
+            .unwrap_or_default();
+        checks.eq(&info["id"], old.name.as_str(), || {
+            format!("children_by_name.json of old: {child}.id ({children})")
+        });
+        checks.eq(
+            &info["inspect"]["Name"],
+            format!("/{}", old.child(child)),
+            || format!("children_by_name.json of old: {child}.inspect.Name"),
+        );
+    }
+    clock.phase("files: roles, me.json, parent.json, labels, netns, entrypoints checked");
+
+    // 2. hosts
+    for child in [&old_deb, &new_deb] {
+        wait_for(T, &format!("getent hosts web/db in {child}"), || {
+            let (web, dbip) = (getent(child, "web")?, getent(child, "db")?);
+            if web == old.ip && dbip == db.ip {
+                Ok(())
+            } else {
+                Err(format!(
+                    "web → {web} (want old {}), db → {dbip} (want {}); new is {}",
+                    old.ip, db.ip, new.ip
+                ))
+            }
+        });
+    }
+    // The busybox child has no getent: it shares the same /etc/hosts.
+    let hosts = exec_sh(&db_bb, "cat /etc/hosts").unwrap();
+    assert!(
+        hosts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f == [old.ip.as_str(), "web"]
+        }),
+        "/etc/hosts in {db_bb} lacks `{} web`:\n{hosts}",
+        old.ip
+    );
+    clock.phase("hosts: web resolves to old (the oldest), db to db");
+
+    // 3. events written in a child of old, seen on db.
+    exec_sh(&old_deb, r#"echo '["hello",{"n":1}]' > /serfnode/parent"#).unwrap();
+    exec_sh(
+        &old_bb,
+        r#"echo '["hello-bb",{"from":"busybox"}]' > /serfnode/parent"#,
+    )
+    .unwrap();
+    monitor.wait_event(T, "hello", |p| *p == serde_json::json!({"n": 1}));
+    monitor.wait_event(T, "hello-bb", |p| {
+        *p == serde_json::json!({"from": "busybox"})
+    });
+    clock.phase("events: two child writes on old arrived on db");
+
+    // 4. crash: restarts of the same container, events on db.
+    let events = wait_for(
+        T,
+        "container events exited(3) then started of new's crash child",
+        || {
+            let events = monitor.user_events();
+            let seen = container_events(&events, &new, "crash");
+            let exited = seen
+                .iter()
+                .position(|v| v["state"] == "exited" && v["exit_code"] == 3);
+            match exited {
+                Some(i) if seen[i + 1..].iter().any(|v| v["state"] == "started") => {
+                    Ok(seen.into_iter().cloned().collect::<Vec<Value>>())
+                }
+                _ => Err(format!("so far: {seen:?}")),
+            }
+        },
+    );
+    for v in &events {
+        assert_eq!(v["container"], new_crash.as_str(), "{v}");
+        match v["state"].as_str() {
+            Some("started") => assert!(v["exit_code"].is_null(), "{v}"),
+            Some("exited") => assert_eq!(v["exit_code"], 3, "{v}"),
+            _ => panic!("unexpected state in {v}"),
+        }
+    }
+    assert_eq!(
+        inspect(&new_crash)["Id"],
+        crash_id,
+        "the crashing child was replaced, not restarted"
+    );
+    assert!(
+        monitor.saw_log_line("container"),
+        "no `user-event: container` line"
+    );
+    clock.phase(&format!(
+        "crash: {} container events of new-crash seen on db",
+        events.len()
+    ));
+
+    // 5. partition: new disconnected, then reconnected at its address.
+    docker_ok(&["network", "disconnect", &cluster.network, &new.name]);
+    wait_status(&old_deb, &new.name, "failed", T);
+    clock.phase("partition: new failed on old");
+    docker_ok(&[
+        "network",
+        "connect",
+        "--ip",
+        &new.ip,
+        &cluster.network,
+        &new.name,
+    ]);
+    wait_status(&old_deb, &new.name, "alive", START);
+    wait_status(&db_bb, &new.name, "alive", T);
+    wait_for(T, "old-deb to list the three nodes again", || {
+        lists_exactly(&old_deb, &all)
+    });
+    clock.phase("partition: new alive again after reconnect");
+
+    // 6. kill: new failed, then gone from serfnodes_by_id.json.
+    docker_ok(&["kill", &new.name]);
+    for child in [&old_deb, &db_bb] {
+        wait_status(child, &new.name, "failed", T);
+        wait_for(T, &format!("{child} to list only old and db"), || {
+            lists_exactly(child, &[(&old, "web"), (&db, "db")])
+        });
+    }
+    wait_for(T, "web still resolving to old", || {
+        (getent(&old_deb, "web")? == old.ip)
+            .then_some(())
+            .ok_or("web moved".into())
+    });
+    clock.phase("kill: new failed and gone on old and db");
+
+    // 7. stop: db leaves, exits 0, no child left.
+    drop(monitor);
+    let t = Instant::now();
+    docker_ok(&["stop", "-t", "30", &db.name]);
+    let took = t.elapsed();
+    let state = inspect(&db.name)["State"].clone();
+    assert_eq!(
+        state["ExitCode"], 0,
+        "db's parent exited {} after docker stop ({took:?})",
+        state["ExitCode"]
+    );
+    let left = cluster.children_of(&db);
+    assert!(
+        left.is_empty(),
+        "docker stop of db ({took:?}) left children behind: {left:?}"
+    );
+    wait_status(&old_deb, &db.name, "left", T);
+    clock.phase(&format!(
+        "stop: db exited 0 in {took:.1?}, no child left, left the cluster"
+    ));
+    // 8. the daemon in old killed and restarted while old-deb reads. Last,
+    // because a failed restart may take old down: every other step has run.
+    let daemon_pid = || -> Result<String, String> {
+        let out = exec_sh(&old.name, "pgrep -f 'serfnode agen[t]'").inspect_err(|_| {
+            let state = inspect(&old.name)["State"].clone();
+            assert!(
+                state["Running"] == true,
+                "parent {} is not running (exit code {}) after its daemon was killed",
+                old.name,
+                state["ExitCode"]
+            );
+        })?;
+        let pids: Vec<&str> = out.split_whitespace().collect();
+        match pids[..] {
+            [pid] => Ok(pid.to_owned()),
+            _ => Err(format!("want one `serfnode agent` process, found {pids:?}")),
+        }
+    };
+    let before = wait_for(T, "the serfnode daemon in old", daemon_pid);
+    let deb_id = inspect(&old_deb)["Id"].clone();
+    let reader_name = old_deb.clone();
+    let reader = std::thread::spawn(move || {
+        docker(&[
+            "exec",
+            &reader_name,
+            "sh",
+            "-c",
+            "rm -f /tmp/stop; echo start=$(date +%s.%N); n=0; f=0; \
+             while [ ! -e /tmp/stop ] && [ $n -lt 200000 ]; do \
+               if cat /serfnode/serfnodes_by_id.json >/dev/null; then n=$((n+1)); \
+               else f=$((f+1)); echo FAIL; fi; \
+             done; echo end=$(date +%s.%N) reads=$n failures=$f",
+        ])
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    exec_sh(&old.name, &format!("kill -9 {before}")).unwrap();
+    let after = wait_for(T, "a new serfnode daemon in old", || match daemon_pid()? {
+        pid if pid != before => Ok(pid),
+        _ => Err("still the killed one".into()),
+    });
+    wait_for(T, "old's own /serfnode served again", || {
+        let s = try_exec_json(&old.name, "/serfnode/status.json")?;
+        (s["agent"]["connected"] == true)
+            .then_some(())
+            .ok_or(format!("{s}"))
+    });
+    wait_for(T, "old-deb's mount connected again", || {
+        let s = try_exec_json(&old_deb, "/serfnode/status.json")?;
+        (s["agent"]["connected"] == true && s["agent"]["stale"] == false)
+            .then_some(())
+            .ok_or(format!("{s}"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = exec_sh(&old_deb, "touch /tmp/stop");
+    let out = reader.join().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |key: &str| -> Option<f64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    let deb_id_after = inspect(&old_deb)["Id"].clone();
+    checks.check(deb_id_after == deb_id, || {
+        format!(
+            "daemon restart: the restarted daemon replaced child {old_deb} \
+             ({deb_id} → {deb_id_after}) instead of keeping it, killing its reader"
+        )
+    });
+    checks.check(out.status.success() && field("end").is_some(), || {
+        format!(
+            "daemon restart: the reader in {old_deb} did not finish ({}): {text}",
+            out.status
+        )
+    });
+    checks.check(
+        field("failures") == Some(0.0) && !text.contains("FAIL"),
+        || format!("daemon restart: reads failed in {old_deb}: {text}"),
+    );
+    if let (Some(start), Some(end)) = (field("start"), field("end")) {
+        checks.check(start < killed_at && killed_at < end, || {
+            format!("daemon restart: the reads did not span the kill (at {killed_at}): {text}")
+        });
+    }
+    checks.check(field("reads").unwrap_or(0.0) >= 100.0, || {
+        format!("daemon restart: too few reads in {old_deb}: {text}")
+    });
+    clock.phase(&format!(
+        "daemon restart: pid {before} → {after}; reader in {old_deb}: {}",
+        text.trim().replace('\n', " ")
+    ));
+    // The new daemon (and its agent) feed the child again: old is alone
+    // now (new killed, db stopped).
+    wait_for(T, "old-deb to list old after the restart", || {
+        lists_exactly(&old_deb, &[(&old, "web")])
+    });
+    clock.phase("daemon restart: old-deb follows the new daemon");
+
+    checks.assert_none_failed();
+}
