@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,8 +61,56 @@ impl AgentConfig {
     }
 }
 
+/// Reads the RPC key from `path`, creating it (mode 0600, a random key) if
+/// it does not exist, and writes the agent config file that hands it to the
+/// agent (`<path>.json`, 0600). Returns the key and that config file.
+pub fn rpc_auth(path: &Path) -> Result<(String, PathBuf), AgentError> {
+    let io = |what: &str, source| AgentError::Auth {
+        path: path.display().to_string(),
+        what: what.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("create its directory", e))?;
+    }
+    let key = match std::fs::read_to_string(path) {
+        Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),
+        Ok(_) | Err(_) => {
+            let mut bytes = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(|e| io("read /dev/urandom for", e))?;
+            let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(path, key.as_bytes()).map_err(|e| io("write", e))?;
+            key
+        }
+    };
+    let config = path.with_extension("json");
+    let body = serde_json::to_vec(&serde_json::json!({ "rpc_auth": key })).expect("json");
+    write_private(&config, &body).map_err(|e| io("write the agent config beside", e))?;
+    Ok((key, config))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("rpc auth key {path}: {what} it: {source}")]
+    Auth {
+        path: String,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("create snapshot directory {dir}: {source}")]
     Snapshot { dir: String, source: std::io::Error },
     #[error("start {serf}: {source}")]

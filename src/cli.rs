@@ -92,6 +92,12 @@ pub struct AgentArgs {
     /// /var/lib/serfnode/serf.snapshot].
     #[arg(long, env = "SERF_SNAPSHOT", value_name = "PATH")]
     pub snapshot: Option<PathBuf>,
+    /// File holding the agent's RPC auth key; created with a random key if
+    /// missing. The agent gets it through its config file, never the command
+    /// line [default with --docker: /var/lib/serfnode/rpc-auth, since the
+    /// children share the parent's loopback].
+    #[arg(long, env = "SERFNODE_RPC_AUTH_FILE", value_name = "PATH")]
+    pub rpc_auth_file: Option<PathBuf>,
     /// Use the agent already running at --rpc-addr instead of starting one.
     #[arg(long)]
     pub attach: bool,

@@ -26,6 +26,7 @@ pub struct Config {
     pub serf: PathBuf,
     pub profile: String,
     pub snapshot: Option<PathBuf>,
+    pub rpc_auth_file: Option<PathBuf>,
     pub attach: bool,
     pub poll: Duration,
     pub allow_other: bool,
@@ -34,6 +35,10 @@ pub struct Config {
     /// Children to launch with Docker (`--docker`), in order.
     pub docker: Option<Vec<ChildSpec>>,
 }
+
+/// Where a parent keeps its agent's RPC key: not in the share, so children
+/// (who share the parent's loopback) cannot use the RPC port.
+pub const DEFAULT_RPC_AUTH_FILE: &str = "/var/lib/serfnode/rpc-auth";
 
 /// Where a parent's agent keeps its snapshot (inside the parent container,
 /// so it survives a daemon restart).
@@ -154,6 +159,10 @@ impl Config {
             },
             serf: args.serf.clone(),
             profile: args.profile.clone(),
+            rpc_auth_file: args
+                .rpc_auth_file
+                .clone()
+                .or(args.docker.then(|| PathBuf::from(DEFAULT_RPC_AUTH_FILE))),
             snapshot: args
                 .snapshot
                 .clone()

@@ -73,6 +73,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .clone()
         .map(|path| tokio::spawn(hosts_hook(view.clone(), Hosts::new(path), tasks.clone())));
 
+    let auth = cfg
+        .rpc_auth_file
+        .as_deref()
+        .map(agent::rpc_auth)
+        .transpose()?;
     // The agent outlives every other task: it is stopped last but one, so
     // the leave is gossiped while the files still say what happens.
     let agent_stop = CancellationToken::new();
@@ -86,7 +91,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             tags: cfg.tags.to_map(),
             profile: cfg.profile.clone(),
             snapshot: cfg.snapshot.clone(),
-            config_file: None,
+            config_file: auth.as_ref().map(|(_, file)| file.clone()),
             leave_timeout: Duration::from_secs(3),
         };
         tokio::spawn(agent::supervise(acfg, agent_stop.clone()))
@@ -96,7 +101,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         view.clone(),
         SyncConfig {
             rpc: cfg.rpc,
-            auth_key: None,
+            auth_key: auth.map(|(key, _)| key),
             poll: cfg.poll,
         },
         clients_tx,

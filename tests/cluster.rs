@@ -219,3 +219,49 @@ fn a_second_signal_exits_at_once_without_leaving_a_mount() {
     assert_eq!(status.code(), Some(130), "{status:?}\n{}", a.log());
     assert!(!a.is_mounted());
 }
+
+#[test]
+fn an_rpc_auth_key_guards_the_agent_and_stays_off_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("rpc-auth");
+    let a = Node::start(NodeOpts {
+        name: "guarded".into(),
+        args: vec!["--rpc-auth-file".into(), key_file.to_str().unwrap().into()],
+        ..NodeOpts::default()
+    });
+    a.wait_json("serfnodes_by_id.json", T, |v| ids(v) == ["guarded"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert!(key.len() >= 32, "{key:?}");
+
+    let members = |auth: Option<&str>| {
+        let mut cmd = std::process::Command::new("serf");
+        cmd.args(["members", &format!("-rpc-addr={}", a.rpc_addr())]);
+        if let Some(k) = auth {
+            cmd.arg(format!("-rpc-auth={k}"));
+        }
+        cmd.output().unwrap()
+    };
+    let without = members(None);
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("uthentication")
+            || String::from_utf8_lossy(&without.stdout).contains("uthentication"),
+        "{without:?}"
+    );
+    assert!(members(Some(key.trim())).status.success());
+
+    // The key reaches the agent through its config file, not its argv.
+    let serf = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("-node=guarded"))
+        })
+        .expect("the agent's process");
+    let cmdline = std::fs::read(format!("/proc/{serf}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(key.trim()));
+}

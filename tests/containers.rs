@@ -415,6 +415,18 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     );
     clock.phase("hosts: web resolves to old (the oldest), db to db");
 
+    // Children share the parent's loopback, so its agent's RPC port is in
+    // their reach: it must refuse anyone without the key, which only the
+    // parent's own filesystem holds.
+    let refused = exec_sh(&old.name, "serf members -rpc-addr=127.0.0.1:7373");
+    checks.check(
+        refused.as_ref().is_err_and(|e| e.contains("uthentication")),
+        || format!("rpc without the key in {}: {refused:?}", old.name),
+    );
+    let keyless = exec_sh(&old_deb, "test ! -e /var/lib/serfnode/rpc-auth");
+    checks.check(keyless.is_ok(), || format!("{old_deb} can see the rpc key"));
+    clock.phase("rpc: the agent refuses requests without the parent's key");
+
     // 3. events written in a child of old, seen on db.
     exec_sh(&old_deb, r#"echo '["hello",{"n":1}]' > /serfnode/parent"#).unwrap();
     exec_sh(

@@ -589,10 +589,11 @@ impl Monitor {
             .args([
                 "exec",
                 &self.container,
-                "serf",
-                "monitor",
-                "-rpc-addr=127.0.0.1:7373",
-                "-log-level=debug",
+                "sh",
+                "-c",
+                // The parent's RPC port wants the key only the parent has.
+                "exec serf monitor -rpc-addr=127.0.0.1:7373 \\
+                 -rpc-auth=\"$(cat /var/lib/serfnode/rpc-auth)\" -log-level=debug",
             ])
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
