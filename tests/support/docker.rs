@@ -48,6 +48,18 @@ pub fn docker(args: &[&str]) -> Output {
 
 /// `docker ARGS...` that must succeed: its trimmed stdout, or a panic with
 /// the command and its stderr.
+fn ps_children(parent: &Parent) -> Output {
+    let label = format!("label={LABEL_PARENT}={}", parent.id);
+    docker(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"])
+}
+
+fn names(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
 pub fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
     if !out.status.success() {
@@ -381,19 +393,16 @@ impl Cluster {
         ids
     }
 
-    /// Children (any state) labelled as children of `parent`.
+    /// Children (any state) labelled as children of `parent`; panics if
+    /// `docker ps` fails.
     pub fn children_of(&self, parent: &Parent) -> Vec<String> {
-        docker_ok(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={LABEL_PARENT}={}", parent.id),
-            "--format",
-            "{{.Names}}",
-        ])
-        .lines()
-        .map(String::from)
-        .collect()
+        let out = ps_children(parent);
+        assert!(
+            out.status.success(),
+            "`docker ps` for the children of {} failed: {out:?}",
+            parent.name
+        );
+        names(&out)
     }
 
     /// The `docker logs` of every parent (tail) and of their children
@@ -411,19 +420,10 @@ impl Cluster {
         text
     }
 
+    /// Like `children_of`, but a failing `docker ps` gives none (for
+    /// failure reports, which must not panic themselves).
     fn children_of_quiet(&self, parent: &Parent) -> Vec<String> {
-        let out = docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={LABEL_PARENT}={}", parent.id),
-            "--format",
-            "{{.Names}}",
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
+        names(&ps_children(parent))
     }
 
     fn remove_all(&mut self) {
