@@ -12,14 +12,17 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::Context;
-use serfnode_fs::{ControlSink, MountOptions};
+use serfnode_fs::MountOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::WriteNode;
-use crate::files::Tree;
+use crate::files::{Nodes, Tree};
+use crate::handlers::Handlers;
+use crate::journal::Journal;
 use crate::membership::View;
-use crate::replica::{self, ParentRaise};
+use crate::query::Querier;
+use crate::replica::{self, ChildSide, ParentRaise};
 
 /// CAP_SYS_ADMIN, from linux/capability.h.
 const CAP_SYS_ADMIN: u32 = 21;
@@ -36,6 +39,8 @@ pub struct ChildConfig {
     /// Run the application as this user (`name`, `uid` or `uid:gid`); the
     /// wrapper itself stays root to serve the mount.
     pub user: Option<String>,
+    /// The child's own handlers (run in the child for the parent's events).
+    pub events: crate::config::EventsConfig,
     pub command: Vec<OsString>,
 }
 
@@ -55,6 +60,7 @@ impl ChildConfig {
             me_link: (args.me_link != "none").then(|| PathBuf::from(args.me_link)),
             keep_caps: args.keep_caps,
             user: args.user,
+            events: crate::config::EventsConfig::resolve(&args.events, None)?,
             command: args.command,
         })
     }
@@ -70,14 +76,25 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let view = View::new();
     let stop = CancellationToken::new();
     let (requests_tx, requests_rx) = mpsc::channel(64);
-    let node = WriteNode::new(
-        ParentRaise::new(requests_tx),
-        tokio::runtime::Handle::current(),
+    let parent = Arc::new(ParentRaise::new(requests_tx));
+    let runtime = tokio::runtime::Handle::current();
+    let node = WriteNode::new(parent.clone(), runtime.clone());
+    let nodes = Nodes {
+        sink: Arc::new(node.clone()),
+        queries: Arc::new(Querier::new(parent, runtime)),
+    };
+    let side = ChildSide {
+        journal: Journal::new(cfg.events.journal_size),
+        start: Default::default(),
+    };
+    let handlers_stop = CancellationToken::new();
+    let handlers = Handlers::start(
+        crate::daemon::handler_config(&cfg.events),
+        handlers_stop.clone(),
     );
-    let control: Arc<dyn ControlSink> = Arc::new(node.clone());
 
     let path = cfg.mount.clone();
-    let root = Tree::new(view.snapshot(), control.clone());
+    let root = Tree::new(view.snapshot(), side.journal.snapshot(), nodes.clone());
     let mount = tokio::task::spawn_blocking(move || {
         serfnode_fs::detach_stale(&path)?;
         std::fs::create_dir_all(&path)
@@ -95,14 +112,23 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     .await??;
     let publisher = tokio::spawn(crate::daemon::publish(
         view.clone(),
+        side.journal.clone(),
         mount.publisher(),
-        control,
+        nodes,
     ));
     let link = tokio::spawn(replica::follow(
         cfg.socket.clone(),
         cfg.name.clone(),
         view.clone(),
+        side.clone(),
         requests_rx,
+        stop.clone(),
+    ));
+    let dispatch = tokio::spawn(crate::events::dispatch_journal(
+        side.journal.clone(),
+        view.clone(),
+        handlers.clone(),
+        side.start.clone(),
         stop.clone(),
     ));
     if let Some(link) = &cfg.me_link {
@@ -137,6 +163,9 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     node.close();
     stop.cancel();
     let _ = link.await;
+    let _ = dispatch.await;
+    handlers_stop.cancel();
+    handlers.stopped().await;
     publisher.abort();
     let path = cfg.mount.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || mount.unmount()).await? {

@@ -35,6 +35,81 @@ pub enum Command {
     /// Inside a child container: mount the files the parent serves, then run
     /// the application (`serfnode child -- CMD ARGS...`).
     Child(ChildArgs),
+    /// List the cluster's members (from the local daemon's files).
+    Members {
+        /// Print the members as a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: MountArg,
+    },
+    /// Raise a user event through the local daemon's write node.
+    Event {
+        name: String,
+        /// JSON, or else taken as a string [default: null].
+        payload: Option<String>,
+        #[command(flatten)]
+        at: MountArg,
+    },
+    /// Ask the cluster a query and print every response as JSON.
+    Query {
+        name: String,
+        /// JSON, or else taken as a string; for `where` and `ports`, a role [default: null].
+        payload: Option<String>,
+        /// Only members with this role answer.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only this member answers (repeatable).
+        #[arg(long = "node", value_name = "NAME")]
+        nodes: Vec<String>,
+        /// Seconds to wait for answers (at most 5).
+        #[arg(long, default_value_t = 2.0)]
+        timeout: f64,
+        #[command(flatten)]
+        at: MountArg,
+    },
+    /// The local daemon's state: view generation, agent, members, children.
+    Status {
+        /// Print status.json as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: MountArg,
+    },
+    /// Follow the event journal: print each event as a JSON line as it
+    /// happens (from sequence FROM, else only new ones).
+    Watch {
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+        #[command(flatten)]
+        at: MountArg,
+    },
+}
+
+/// Where the operator commands find the local daemon's files.
+#[derive(Debug, Clone, Args)]
+pub struct MountArg {
+    /// The cluster files' mount point.
+    #[arg(long, env = "SERFNODE_MOUNT", default_value = "/serfnode")]
+    pub mount: PathBuf,
+}
+
+/// How handlers run (in a parent and in a child).
+#[derive(Debug, Clone, Args)]
+pub struct HandlerArgs {
+    /// Directory of executables named after events, member events and
+    /// queries [default: the manifest's `handlers:`, else /etc/serfnode/handlers].
+    #[arg(long, env = "SERFNODE_HANDLERS", value_name = "DIR")]
+    pub handlers: Option<PathBuf>,
+    /// Handlers running at once.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub handler_concurrency: usize,
+    /// A handler still running after this many seconds is killed.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub handler_timeout: f64,
+    /// Events kept in the journal (`events`, `events_since/SEQ`).
+    #[arg(long, default_value_t = crate::journal::DEFAULT_CAPACITY, value_name = "N")]
+    pub journal_size: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -124,6 +199,8 @@ pub struct AgentArgs {
     /// mounts over a unix socket there (`replica.sock`).
     #[arg(long, env = "SERFNODE_SHARE", value_name = "DIR")]
     pub share: Option<PathBuf>,
+    #[command(flatten)]
+    pub events: HandlerArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -150,6 +227,8 @@ pub struct ChildArgs {
     /// Run the application as this user (`name`, `uid`, `uid:gid`).
     #[arg(long)]
     pub user: Option<String>,
+    #[command(flatten)]
+    pub events: HandlerArgs,
     /// The application's own entrypoint and arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<std::ffi::OsString>,

@@ -34,6 +34,51 @@ pub struct Config {
     pub share: Option<PathBuf>,
     /// Children to launch with Docker (`--docker`), in order.
     pub docker: Option<Vec<ChildSpec>>,
+    pub events: EventsConfig,
+}
+
+/// Handlers and journal settings, shared by the daemon and the child wrapper.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsConfig {
+    pub handlers: PathBuf,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub journal_size: usize,
+}
+
+pub const DEFAULT_HANDLERS: &str = "/etc/serfnode/handlers";
+
+impl EventsConfig {
+    /// `manifest`: the manifest's `handlers:` (or a child entry's), used
+    /// when the flag and its variable are unset.
+    pub fn resolve(
+        args: &crate::cli::HandlerArgs,
+        manifest: Option<PathBuf>,
+    ) -> Result<EventsConfig, ConfigError> {
+        if args.handler_concurrency == 0 {
+            return Err(ConfigError::Events(
+                "--handler-concurrency must be at least 1",
+            ));
+        }
+        if !(args.handler_timeout.is_finite() && args.handler_timeout > 0.0) {
+            return Err(ConfigError::Events(
+                "--handler-timeout must be a positive number of seconds",
+            ));
+        }
+        if args.journal_size == 0 {
+            return Err(ConfigError::Events("--journal-size must be at least 1"));
+        }
+        Ok(EventsConfig {
+            handlers: args
+                .handlers
+                .clone()
+                .or(manifest)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_HANDLERS)),
+            concurrency: args.handler_concurrency,
+            timeout: Duration::from_secs_f64(args.handler_timeout),
+            journal_size: args.journal_size,
+        })
+    }
 }
 
 /// Where a parent keeps its agent's RPC key: not in the share, so children
@@ -53,6 +98,8 @@ pub enum ConfigError {
     RpcNotLoopback(SocketAddr),
     #[error("--poll-ms must be at least 1")]
     Poll,
+    #[error("{0}")]
+    Events(&'static str),
     #[error("no node name: --node is unset and the hostname is unreadable")]
     NoName,
     #[error(transparent)]
@@ -172,6 +219,10 @@ impl Config {
             allow_other: args.allow_other,
             share: args.share.clone(),
             docker,
+            events: EventsConfig::resolve(
+                &args.events,
+                manifest.as_ref().and_then(|m| m.handlers.clone()),
+            )?,
         })
     }
 }

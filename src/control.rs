@@ -8,10 +8,15 @@
 //! rest, meeting the error), or the errno if the first line failed. So
 //! nothing accepted is lost and nothing rejected is half-sent.
 //!
+//! On the wire each payload travels in the envelope that says which node and
+//! child raised it (see [`crate::events`]). Serf counts the gossip framing
+//! too, so name + enveloped payload must fit in 472 bytes: the envelope
+//! takes 35 bytes plus the node's name (plus 11 and the child's name).
+//!
 //! | outcome | errno |
 //! |---|---|
 //! | not JSON, not `[string, value]`, bad event name | EINVAL |
-//! | name + payload over the agent's limit | EMSGSIZE |
+//! | name + payload (in its envelope) over the agent's limit | EMSGSIZE |
 //! | agent unreachable or not answering in time | EAGAIN |
 //! | agent refused the event for another reason | EIO |
 
@@ -25,11 +30,18 @@ use serfnode_fs::{Completion, ControlSink, Writer};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use crate::events::{self, From};
+use crate::membership::View;
 use crate::names::is_event_name;
 use crate::rpc::{Client, RpcError};
 
 /// Serf's default `UserEventSizeLimit`: name + payload, before encoding.
 pub const DEFAULT_EVENT_LIMIT: usize = 512;
+
+/// Serf applies the same limit again to the encoded gossip message, whose
+/// framing (type, field names, Lamport time) takes at most this much: so
+/// the name plus the enveloped payload may use the rest.
+pub const WIRE_OVERHEAD: usize = 40;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -231,23 +243,32 @@ impl<R: Raise> ControlSink for WriteNode<R> {
 }
 
 /// Raises events on the local agent through whichever RPC connection is
-/// current, waiting (bounded) through a reconnect.
+/// current, waiting (bounded) through a reconnect, each in the envelope that
+/// names this node and the writing child.
 pub struct AgentRaise {
     clients: watch::Receiver<Option<Client>>,
+    view: View,
     /// Bound on how long a write may wait for the agent: the FUSE request is
     /// held open meanwhile, and fuser ignores interrupts.
     timeout: Duration,
 }
 
 impl AgentRaise {
-    pub fn new(clients: watch::Receiver<Option<Client>>) -> AgentRaise {
+    pub fn new(clients: watch::Receiver<Option<Client>>, view: View) -> AgentRaise {
         AgentRaise {
             clients,
+            view,
             timeout: Duration::from_secs(3),
         }
     }
 
-    async fn client(&self) -> Option<Client> {
+    /// The view events are raised from (the envelope's node name).
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The live agent connection, waiting (bounded) through a reconnect.
+    pub async fn client(&self) -> Option<Client> {
         let mut rx = self.clients.clone();
         let wait = async {
             rx.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed()))
@@ -271,12 +292,29 @@ impl Raise for AgentRaise {
             );
             return Err((0, libc::EAGAIN));
         };
+        let from = From {
+            node: self.view.snapshot().local.clone().unwrap_or_default(),
+            child: origin.child.clone(),
+        };
         for (sent, event) in events.iter().enumerate() {
-            let res = tokio::time::timeout(
-                self.timeout,
-                client.event(&event.name, &event.payload, false),
-            )
-            .await;
+            let wire = match events::wrap(&from, &event.payload) {
+                Ok(wire) => wire,
+                Err(e) => {
+                    tracing::warn!("write node: {origin}: event {:?}: {e}", event.name);
+                    return Err((sent, libc::EINVAL));
+                }
+            };
+            let size = event.name.len() + wire.len();
+            if size + WIRE_OVERHEAD > DEFAULT_EVENT_LIMIT {
+                tracing::info!(
+                    "write node: {origin}: event {:?} is {size} bytes in its envelope, over the limit of {}",
+                    event.name,
+                    DEFAULT_EVENT_LIMIT - WIRE_OVERHEAD
+                );
+                return Err((sent, libc::EMSGSIZE));
+            }
+            let res =
+                tokio::time::timeout(self.timeout, client.event(&event.name, &wire, false)).await;
             let errno = match res {
                 Ok(Ok(())) => {
                     tracing::debug!(name = %event.name, "event raised for {origin}");

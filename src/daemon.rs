@@ -1,40 +1,59 @@
 //! The daemon: wires the agent, the membership sync, the file system, the
-//! hosts hook and the write node together, and owns the shutdown order:
-//! stop accepting writes → leave the cluster (bounded) → clear the hosts
-//! block → unmount → return.
+//! hosts hook, the write node, the event pipeline (journal, handlers,
+//! queries) and the children together, and owns the shutdown order: stop
+//! accepting writes → stop the children → leave the cluster (bounded) →
+//! stop the tasks and kill running handlers → clear the hosts block →
+//! unmount → return.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use serfnode_fs::{ControlSink, Mount, MountOptions, Publisher};
+use serfnode_fs::{Mount, MountOptions, Publisher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentConfig};
 use crate::backoff::{sleep_or_shutdown, Backoff};
-use crate::config::Config;
+use crate::config::{Config, EventsConfig};
 use crate::control::{AgentRaise, WriteNode};
 use crate::docker;
-use crate::files::Tree;
+use crate::events;
+use crate::files::{Nodes, Tree};
+use crate::handlers::{HandlerConfig, Handlers};
 use crate::hosts::Hosts;
+use crate::journal::Journal;
 use crate::membership::{self, SyncConfig, View};
+use crate::query::Querier;
 use crate::replica;
 use crate::rpc::Client;
 
 /// Runs until `shutdown` is cancelled, then stops in order.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let view = View::new();
+    let journal = Journal::new(cfg.events.journal_size);
     let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
-    let raise = Arc::new(AgentRaise::new(clients_rx.clone()));
-    let sink = WriteNode::new(raise.clone(), tokio::runtime::Handle::current());
-    let control: Arc<dyn ControlSink> = Arc::new(sink.clone());
+    let raise = Arc::new(AgentRaise::new(clients_rx.clone(), view.clone()));
+    let runtime = tokio::runtime::Handle::current();
+    let sink = WriteNode::new(raise.clone(), runtime.clone());
+    let nodes = Nodes {
+        sink: Arc::new(sink.clone()),
+        queries: Arc::new(Querier::new(raise.clone(), runtime)),
+    };
     let tasks = CancellationToken::new();
 
     // Mount first: a mount point we cannot serve fails the start before the
     // node joins anything.
-    let mount = mount(&cfg, Tree::new(view.snapshot(), control.clone())).await?;
-    let publisher = tokio::spawn(publish(view.clone(), mount.publisher(), control));
+    let root = Tree::new(view.snapshot(), journal.snapshot(), nodes.clone());
+    let mount = mount(&cfg, root).await?;
+    let publisher = tokio::spawn(publish(
+        view.clone(),
+        journal.clone(),
+        mount.publisher(),
+        nodes,
+    ));
+    let handlers_stop = CancellationToken::new();
+    let handlers = Handlers::start(handler_config(&cfg.events), handlers_stop.clone());
     // Children's mounts follow this view over the share's socket.
     let replica = match &cfg.share {
         Some(dir) => {
@@ -44,6 +63,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             Some(tokio::spawn(replica::serve(
                 listener,
                 view.clone(),
+                journal.clone(),
                 raise.clone(),
                 tasks.clone(),
             )))
@@ -107,6 +127,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         clients_tx,
         tasks.clone(),
     ));
+    let events = tokio::spawn(events::follow(
+        clients_rx.clone(),
+        view.clone(),
+        journal,
+        handlers.clone(),
+        tasks.clone(),
+    ));
     let joiner = (!cfg.join.is_empty())
         .then(|| tokio::spawn(join(cfg.join.clone(), clients_rx.clone(), tasks.clone())));
 
@@ -124,9 +151,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         let _ = agent.await;
     }
     tasks.cancel();
-    for t in [Some(sync), joiner, replica].into_iter().flatten() {
+    for t in [Some(sync), Some(events), joiner, replica]
+        .into_iter()
+        .flatten()
+    {
         let _ = t.await;
     }
+    handlers_stop.cancel();
+    handlers.stopped().await;
     if let Some(h) = hosts {
         if let Ok(mut hosts) = h.await {
             if let Err(e) = tokio::task::spawn_blocking(move || hosts.clear()).await? {
@@ -141,6 +173,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .with_context(|| format!("unmount {}", path.display()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+pub(crate) fn handler_config(cfg: &EventsConfig) -> HandlerConfig {
+    HandlerConfig {
+        dir: cfg.handlers.clone(),
+        concurrency: cfg.concurrency,
+        timeout: cfg.timeout,
+        ..HandlerConfig::default()
+    }
 }
 
 /// Puts this (static) binary in the share, where children run it from.
@@ -172,16 +213,25 @@ async fn mount(cfg: &Config, root: Arc<Tree>) -> anyhow::Result<Mount> {
     .await?
 }
 
-/// Publishes each new snapshot to the mount. Publishing invalidates kernel
-/// caches (blocking writes to /dev/fuse), so it runs on a blocking thread;
-/// the watch channel hands over only the latest snapshot, so a burst of
-/// changes costs one publish.
-pub(crate) async fn publish(view: View, publisher: Publisher, control: Arc<dyn ControlSink>) {
+/// Publishes each new snapshot of the view or the journal to the mount.
+/// Publishing invalidates kernel caches (blocking writes to /dev/fuse), so
+/// it runs on a blocking thread; the watch channels hand over only the
+/// latest snapshots, so a burst of changes costs one publish.
+pub(crate) async fn publish(view: View, journal: Journal, publisher: Publisher, nodes: Nodes) {
     let mut rx = view.subscribe();
+    let mut entries = journal.subscribe();
     // Whatever changed between the mount and this subscription is published.
     rx.mark_changed();
-    while rx.changed().await.is_ok() {
-        let tree = Tree::new(rx.borrow_and_update().clone(), control.clone());
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            r = entries.changed() => if r.is_err() { return },
+        }
+        let tree = Tree::new(
+            rx.borrow_and_update().clone(),
+            entries.borrow_and_update().clone(),
+            nodes.clone(),
+        );
         let p = publisher.clone();
         if tokio::task::spawn_blocking(move || p.publish(tree))
             .await
@@ -233,12 +283,8 @@ async fn join(
     stop: CancellationToken,
 ) {
     loop {
-        let client = tokio::select! {
-            c = clients.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed())) => match c {
-                Ok(c) => c.clone().expect("waited for some"),
-                Err(_) => return,
-            },
-            _ = stop.cancelled() => return,
+        let Some(client) = membership::next_client(&mut clients, &stop).await else {
+            return;
         };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         while !client.is_closed() {

@@ -392,6 +392,9 @@ async fn create(parent: &Parent, spec: &ChildSpec, all: &[ChildSpec]) -> Result<
     if let Some(user) = &spec.user {
         wrapper.push(format!("--user={user}"));
     }
+    if let Some(dir) = &spec.handlers {
+        wrapper.push(format!("--handlers={dir}"));
+    }
     wrapper.push("--".into());
     for ignored in [
         ("links", &spec.links),

@@ -9,9 +9,11 @@
 //! | `serfnodes_by_role.json` | role → [Node info], oldest first |
 //! | `me.json`, `parent.json` | Container info `{"id", "inspect"}` |
 //! | `children_by_name.json` | child container name → Container info |
-//! | `status.json` | generation, agent state, member counts |
+//! | `status.json` | generation, agent state, member counts, children's states |
 //! | `members/<id>.json` | every known member, with its status and tags |
 //! | `parent` | write node: `["event", payload]` lines → Serf user events |
+//! | `events`, `events_since/<seq>` | the event journal (see [`crate::journal`]) |
+//! | `query/<name>/<arg>` | a query's answers, asked per read (see [`crate::query`]) |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,9 +21,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use serfnode_fs::{ControlSink, Dir, Doc, Node, NodeKind};
+use serfnode_fs::{ControlSink, Dir, Doc, Node, NodeKind, Resolve, Resolved};
 
+use crate::journal::{JournalSnap, EVENTS, EVENTS_SINCE};
 use crate::membership::Snapshot;
+use crate::names::is_event_name;
 use crate::rpc::Member;
 use crate::tags::{self, NodeInfo};
 
@@ -33,17 +37,33 @@ pub const CHILDREN: &str = "children_by_name.json";
 pub const STATUS: &str = "status.json";
 pub const MEMBERS: &str = "members";
 pub const WRITE_NODE: &str = "parent";
+pub const QUERY: &str = "query";
 
-/// The root directory for one snapshot; cheap to build per generation.
+/// The root directory for one snapshot of the view and of the journal;
+/// cheap to build per generation.
 #[derive(Clone)]
 pub struct Tree {
     pub snap: Arc<Snapshot>,
+    pub journal: Arc<JournalSnap>,
+    pub nodes: Nodes,
+}
+
+/// The nodes that act rather than show state, the same in every tree.
+#[derive(Clone)]
+pub struct Nodes {
+    /// The write node's sink.
     pub sink: Arc<dyn ControlSink>,
+    /// Answers `query/` reads.
+    pub queries: Arc<dyn QueryFiles>,
 }
 
 impl Tree {
-    pub fn new(snap: Arc<Snapshot>, sink: Arc<dyn ControlSink>) -> Arc<Tree> {
-        Arc::new(Tree { snap, sink })
+    pub fn new(snap: Arc<Snapshot>, journal: Arc<JournalSnap>, nodes: Nodes) -> Arc<Tree> {
+        Arc::new(Tree {
+            snap,
+            journal,
+            nodes,
+        })
     }
 
     fn doc(&self, version: u64, render: fn(&Snapshot) -> Value) -> Node {
@@ -63,7 +83,9 @@ impl Dir for Tree {
             CHILDREN => self.doc(s.containers_gen, children),
             STATUS => self.doc(s.generation, status),
             MEMBERS => Node::Dir(Arc::new(MembersDir(s.clone()))),
-            WRITE_NODE => Node::Control(self.sink.clone()),
+            WRITE_NODE => Node::Control(self.nodes.sink.clone()),
+            QUERY => Node::Dir(Arc::new(QueryDir(self.nodes.queries.clone()))),
+            EVENTS | EVENTS_SINCE => return self.journal.node(name),
             _ => return None,
         })
     }
@@ -76,7 +98,67 @@ impl Dir for Tree {
             .collect();
         out.push((MEMBERS.into(), NodeKind::Dir));
         out.push((WRITE_NODE.into(), NodeKind::Control));
+        out.push((QUERY.into(), NodeKind::Dir));
+        out.extend(
+            JournalSnap::listing()
+                .into_iter()
+                .map(|(n, k)| (n.to_string(), k)),
+        );
         out
+    }
+}
+
+/// Answers a read of `query/<name>/<segment>` (see [`crate::query`]).
+pub trait QueryFiles: Send + Sync + 'static {
+    fn resolve(&self, name: &str, segment: &str, done: Resolved);
+}
+
+/// `query/`: one directory per valid query name, listing nothing.
+struct QueryDir(Arc<dyn QueryFiles>);
+
+impl Dir for QueryDir {
+    fn get(&self, name: &str) -> Option<Node> {
+        is_event_name(name).then(|| {
+            Node::Dir(Arc::new(QueryNameDir {
+                name: name.to_string(),
+                files: self.0.clone(),
+            }))
+        })
+    }
+
+    fn entries(&self) -> Vec<(String, NodeKind)> {
+        Vec::new()
+    }
+}
+
+struct QueryNameDir {
+    name: String,
+    files: Arc<dyn QueryFiles>,
+}
+
+impl Dir for QueryNameDir {
+    fn get(&self, segment: &str) -> Option<Node> {
+        Some(Node::Volatile(Arc::new(QueryFile {
+            name: self.name.clone(),
+            segment: segment.to_string(),
+            files: self.files.clone(),
+        })))
+    }
+
+    fn entries(&self) -> Vec<(String, NodeKind)> {
+        Vec::new()
+    }
+}
+
+struct QueryFile {
+    name: String,
+    segment: String,
+    files: Arc<dyn QueryFiles>,
+}
+
+impl Resolve for QueryFile {
+    fn resolve(&self, done: Resolved) {
+        self.files.resolve(&self.name, &self.segment, done);
     }
 }
 
@@ -171,10 +253,15 @@ fn status(s: &Snapshot) -> Value {
         },
         "members": counts,
         "total": s.members.len(),
+        // A parent's children and their Docker state (running, exited, ...).
+        "children": s.containers.children.iter().map(|(name, inspect)| {
+            (name.clone(), inspect["State"]["Status"].clone())
+        }).collect::<BTreeMap<String, Value>>(),
     })
 }
 
-fn member_doc(m: &Member) -> Value {
+/// A member as `members/<id>.json` shows it (and member events carry it).
+pub fn member_doc(m: &Member) -> Value {
     let mut v = json!(NodeInfo::of(m));
     let obj = v.as_object_mut().expect("node info is an object");
     obj.insert("status".into(), json!(m.status.as_str()));
@@ -199,17 +286,8 @@ mod tests {
 
     fn member(name: &str, role: &str, ts: &str, status: MemberStatus) -> Member {
         Member {
-            name: name.into(),
-            addr: "127.0.0.9".parse().unwrap(),
-            port: 7946,
-            tags: [
-                ("role".to_string(), role.to_string()),
-                ("timestamp".to_string(), ts.to_string()),
-            ]
-            .into(),
             status,
-            protocol: [1, 5, 5],
-            delegate: [2, 5, 4],
+            ..Member::fixture(name, &[("role", role), ("timestamp", ts)])
         }
     }
 
@@ -230,8 +308,20 @@ mod tests {
         serde_json::from_slice(&doc(dir, path).render()).unwrap()
     }
 
+    struct NoQueries;
+    impl QueryFiles for NoQueries {
+        fn resolve(&self, _: &str, _: &str, done: Resolved) {
+            done.fail(libc::EIO);
+        }
+    }
+
     fn tree(view: &View) -> Arc<Tree> {
-        Tree::new(view.snapshot(), Arc::new(NoSink))
+        let nodes = Nodes {
+            sink: Arc::new(NoSink),
+            queries: Arc::new(NoQueries),
+        };
+        let journal = crate::journal::Journal::new(4).snapshot();
+        Tree::new(view.snapshot(), journal, nodes)
     }
 
     #[test]

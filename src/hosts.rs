@@ -188,19 +188,10 @@ mod tests {
     use crate::rpc::{Member, MemberStatus};
 
     fn member(name: &str, role: &str, ts: &str, service: &str, status: MemberStatus) -> Member {
+        let tags = [("role", role), ("timestamp", ts), ("service", service)];
         Member {
-            name: name.into(),
-            addr: "127.0.0.9".parse().unwrap(),
-            port: 7946,
-            tags: [
-                ("role".to_string(), role.to_string()),
-                ("timestamp".to_string(), ts.to_string()),
-                ("service".to_string(), service.to_string()),
-            ]
-            .into(),
             status,
-            protocol: [1, 5, 5],
-            delegate: [2, 5, 4],
+            ..Member::fixture(name, &tags)
         }
     }
 

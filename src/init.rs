@@ -1,6 +1,7 @@
 //! PID 1's duties for a process that runs one main child: forward the
 //! signals that stop or steer it, reap every zombie (orphans of a container
-//! are reparented to PID 1), and report how the main child ended. Used by
+//! are reparented to PID 1) except the handlers this process runs itself,
+//! and report how the main child ended. Used by
 //! `serfnode child` (around the application) and `serfnode parent` (around
 //! the daemon).
 
@@ -65,18 +66,35 @@ pub async fn wait_forwarding(main: libc::pid_t) -> anyhow::Result<Exit> {
 
 fn reap_until(main: libc::pid_t) -> i32 {
     loop {
+        // Peek first: the handlers this process runs are reaped by tokio,
+        // which needs their exit status.
+        // SAFETY: waitid(2) with a zeroed siginfo_t out pointer.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                // Cannot happen while the main child lives; never spin if it does.
+                Some(libc::ECHILD) => return 255,
+                _ => continue,
+            }
+        }
+        // SAFETY: waitid filled `info` for an exited child.
+        let pid = unsafe { info.si_pid() };
+        if crate::handlers::is_handler_pid(pid) {
+            // tokio reaps it as soon as its SIGCHLD is handled.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        }
         let mut status = 0;
         // SAFETY: waitpid(2) with a valid out pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+            continue;
+        }
         if pid == main {
             if libc::WIFEXITED(status) {
                 return libc::WEXITSTATUS(status);
             }
             return 128 + libc::WTERMSIG(status);
-        }
-        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            // Cannot happen while the main child lives; never spin if it does.
-            return 255;
         }
     }
 }

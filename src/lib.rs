@@ -4,7 +4,9 @@
 //! protocol into an in-memory view ([`membership`]), serves that view as
 //! JSON files through a FUSE mount ([`files`], over the `serfnode-fs`
 //! crate), raises user events written to the `parent` write node
-//! ([`control`]) and keeps each role's oldest member in the hosts file
+//! ([`control`]), runs handlers for cluster events ([`events`],
+//! [`handlers`]), keeps an event journal ([`journal`]), asks and answers
+//! queries ([`query`]) and keeps each role's oldest member in the hosts file
 //! ([`hosts`]). See README.md for the file contract.
 
 pub mod agent;
@@ -15,13 +17,18 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod docker;
+pub mod events;
 pub mod files;
+pub mod handlers;
 pub mod hosts;
 pub mod init;
+pub mod journal;
 pub mod manifest;
 pub mod membership;
 pub mod names;
+pub mod operator;
 pub mod parent;
+pub mod query;
 pub mod replica;
 pub mod rpc;
 pub mod tags;

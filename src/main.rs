@@ -40,6 +40,10 @@ fn main() -> ExitCode {
             }
             Command::Parent(_) => serfnode::parent::run(std::env::args_os().collect()).await,
             Command::Child(args) => serfnode::child::run(ChildConfig::resolve(args)?).await,
+            // The operator commands block on file reads: off the runtime.
+            op => tokio::task::spawn_blocking(move || operate(op))
+                .await?
+                .map(|()| 0),
         }
     });
     match result {
@@ -47,6 +51,40 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn operate(command: Command) -> anyhow::Result<()> {
+    use serfnode::operator;
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Members { json, at } => operator::members(&at.mount, json, &mut out),
+        Command::Event { name, payload, at } => {
+            operator::event(&at.mount, &name, payload.as_deref())
+        }
+        Command::Query {
+            name,
+            payload,
+            role,
+            nodes,
+            timeout,
+            at,
+        } => operator::query(
+            &at.mount,
+            &name,
+            payload.as_deref(),
+            role,
+            nodes,
+            timeout,
+            &mut out,
+        ),
+        Command::Status { json, at } => operator::status(&at.mount, json, &mut out),
+        Command::Watch { from, at } => {
+            serfnode::journal::watch(&at.mount, from, &mut out, || false).map_err(Into::into)
+        }
+        Command::Agent(_) | Command::Parent(_) | Command::Child(_) => {
+            unreachable!("daemons are run by main")
         }
     }
 }

@@ -32,7 +32,8 @@
 //!       environment: [B=2]       # or a mapping
 //!       volumes_from: [db]       # a sibling: only an earlier one
 //!       privileged: no           # YAML 1.1 booleans, as PyYAML read them
-//! handlers: /handlers            # read later
+//!       handlers: /app/handlers  # run in the child [/etc/serfnode/handlers]
+//! handlers: /handlers            # the parent's [/etc/serfnode/handlers]
 //! ```
 //!
 //! Scalars are read as the original (PyYAML) read them where a string is
@@ -57,7 +58,7 @@ pub struct Manifest {
     pub serfnode: NodeSection,
     /// In start order.
     pub children: Vec<ChildSpec>,
-    /// The `handlers:` key.
+    /// The `handlers:` key: the parent's handlers directory.
     pub handlers: Option<PathBuf>,
 }
 
@@ -121,6 +122,10 @@ pub struct ChildSpec {
     pub expose: Vec<String>,
     #[serde(default, deserialize_with = "texts")]
     pub ports: Vec<String>,
+    /// The child's handlers directory, inside the child
+    /// [default: /etc/serfnode/handlers].
+    #[serde(default, deserialize_with = "text")]
+    pub handlers: Option<String>,
 }
 
 /// What is wrong, whole in its message (the causes are not chained).

@@ -7,9 +7,15 @@
 //! parent's daemon restarts a child keeps serving the last view, marked
 //! stale, instead of failing reads ("Transport endpoint is not connected").
 //!
+//! The parent also sends its event journal (the entries it held when the
+//! child connected, marked `backlog`, then each new one), which the child
+//! mirrors as its own `events` files and runs its own handlers from, and
+//! asks the cluster the queries the child's `query/` files ask.
+//!
 //! Wire: one JSON object per line, `{"type": ...}`. The child speaks first
 //! (`hello`); the parent sends a `view` at once and after every change
-//! (only the latest when the child lags), and an `outcome` per `events`.
+//! (only the latest when the child lags), `journal` entries, an `outcome`
+//! per `events` and `answers` per `query`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::control::{Event, Origin, Raise, DEFAULT_EVENT_LIMIT};
+use crate::journal::{Entry, Journal};
 use crate::membership::{Containers, Mirror, Snapshot, View};
+use crate::query::{Answers, Ask, Asker, MAX_TIMEOUT};
 use crate::rpc::Member;
 
 /// The socket's file name in the share directory.
@@ -61,6 +69,11 @@ pub enum ToParent {
         pid: u32,
         events: Vec<WireEvent>,
     },
+    Query {
+        id: u64,
+        pid: u32,
+        ask: Ask,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +84,16 @@ pub enum ToChild {
         id: u64,
         raised: usize,
         errno: Option<i32>,
+    },
+    Journal {
+        entries: Vec<Entry>,
+        /// The entries the parent held when the child connected: history,
+        /// which the child's handlers do not run for.
+        backlog: bool,
+    },
+    Answers {
+        id: u64,
+        result: Result<Answers, i32>,
     },
 }
 
@@ -205,9 +228,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, ReplicaError> {
 }
 
 /// The parent's side: serves every child that connects until `stop`.
-pub async fn serve<R: Raise>(
+pub async fn serve<R: Raise + Asker>(
     listener: UnixListener,
     view: View,
+    journal: Journal,
     raise: Arc<R>,
     stop: CancellationToken,
 ) {
@@ -222,18 +246,20 @@ pub async fn serve<R: Raise>(
             },
             _ = stop.cancelled() => return,
         };
-        let (view, raise, stop) = (view.clone(), raise.clone(), stop.clone());
+        let (view, journal, raise, stop) =
+            (view.clone(), journal.clone(), raise.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_child(stream, view, raise, stop).await {
+            if let Err(e) = serve_child(stream, view, journal, raise, stop).await {
                 tracing::warn!("replica: {e}");
             }
         });
     }
 }
 
-async fn serve_child<R: Raise>(
+async fn serve_child<R: Raise + Asker>(
     stream: UnixStream,
     view: View,
+    journal: Journal,
     raise: Arc<R>,
     stop: CancellationToken,
 ) -> Result<(), ReplicaError> {
@@ -253,16 +279,32 @@ async fn serve_child<R: Raise>(
 
     let (outcomes, mut outcomes_rx) = mpsc::channel::<ToChild>(64);
     let mut snaps = view.subscribe();
+    let mut entries = journal.subscribe();
     let name = child.clone();
     let writer = async move {
         let snap = snaps.borrow_and_update().clone();
         write_frame(&mut w, &ToChild::View(Box::new(WireView::of(&snap, &name)))).await?;
+        let held = entries.borrow_and_update().entries_since(0);
+        let mut sent = held.last().map_or(0, |e| e.seq);
+        let backlog = ToChild::Journal {
+            entries: held,
+            backlog: true,
+        };
+        write_frame(&mut w, &backlog).await?;
         loop {
             tokio::select! {
                 changed = snaps.changed() => {
                     if changed.is_err() { return Ok(()) }
                     let snap = snaps.borrow_and_update().clone();
                     write_frame(&mut w, &ToChild::View(Box::new(WireView::of(&snap, &name)))).await?;
+                }
+                changed = entries.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    let new = entries.borrow_and_update().entries_since(sent);
+                    if let Some(last) = new.last() {
+                        sent = last.seq;
+                        write_frame(&mut w, &ToChild::Journal { entries: new, backlog: false }).await?;
+                    }
                 }
                 out = outcomes_rx.recv() => match out {
                     Some(out) => write_frame(&mut w, &out).await?,
@@ -273,18 +315,30 @@ async fn serve_child<R: Raise>(
     };
     let reader = async {
         while let Some(msg) = read_frame::<ToParent>(&mut r, &mut buf).await? {
-            let ToParent::Events { id, pid, events } = msg else {
-                return Err(ReplicaError::Frame("second hello".into()));
-            };
-            let origin = Origin {
-                pid,
-                child: Some(child.clone()),
-            };
             let (raise, outcomes) = (raise.clone(), outcomes.clone());
-            tokio::spawn(async move {
-                let (raised, errno) = raise_from_child(&*raise, &origin, events).await;
-                let _ = outcomes.send(ToChild::Outcome { id, raised, errno }).await;
-            });
+            match msg {
+                ToParent::Events { id, pid, events } => {
+                    let origin = Origin {
+                        pid,
+                        child: Some(child.clone()),
+                    };
+                    tokio::spawn(async move {
+                        let (raised, errno) = raise_from_child(&*raise, &origin, events).await;
+                        let _ = outcomes.send(ToChild::Outcome { id, raised, errno }).await;
+                    });
+                }
+                ToParent::Query { id, pid, ask } => {
+                    let origin = Origin {
+                        pid,
+                        child: Some(child.clone()),
+                    };
+                    tokio::spawn(async move {
+                        let result = raise.ask(&origin, ask).await;
+                        let _ = outcomes.send(ToChild::Answers { id, result }).await;
+                    });
+                }
+                ToParent::Hello { .. } => return Err(ReplicaError::Frame("second hello".into())),
+            }
         }
         Ok::<_, ReplicaError>(())
     };
@@ -327,9 +381,36 @@ async fn raise_from_child<R: Raise>(
     (n, bad)
 }
 
-/// A child's write: the writer's pid, its events, and where the parent's
-/// answer (events raised, errno) goes.
-pub type Request = (u32, Vec<WireEvent>, oneshot::Sender<(usize, Option<i32>)>);
+/// What a child's mount asks of the parent, and where the answer goes.
+pub enum Request {
+    /// A write: the writer's pid, its events; the answer is (events raised,
+    /// errno).
+    Events {
+        pid: u32,
+        events: Vec<WireEvent>,
+        reply: oneshot::Sender<(usize, Option<i32>)>,
+    },
+    /// A query file's read.
+    Query {
+        pid: u32,
+        ask: Ask,
+        reply: oneshot::Sender<Result<Answers, i32>>,
+    },
+}
+
+impl Request {
+    /// Answers "try again" (the link is down).
+    fn unavailable(self) {
+        match self {
+            Request::Events { reply, .. } => {
+                let _ = reply.send((0, Some(libc::EAGAIN)));
+            }
+            Request::Query { reply, .. } => {
+                let _ = reply.send(Err(libc::EAGAIN));
+            }
+        }
+    }
+}
 
 /// The child's side of the write node: events go to the parent's daemon.
 pub struct ParentRaise {
@@ -358,7 +439,12 @@ impl Raise for ParentRaise {
             .collect();
         let (tx, rx) = oneshot::channel();
         let asked = async {
-            self.requests.send((origin.pid, wire, tx)).await.ok()?;
+            let req = Request::Events {
+                pid: origin.pid,
+                events: wire,
+                reply: tx,
+            };
+            self.requests.send(req).await.ok()?;
             rx.await.ok()
         };
         match tokio::time::timeout(self.timeout, asked).await {
@@ -372,6 +458,38 @@ impl Raise for ParentRaise {
     }
 }
 
+impl Asker for ParentRaise {
+    async fn ask(&self, origin: &Origin, ask: Ask) -> Result<Answers, i32> {
+        let name = ask.name.clone();
+        let (tx, rx) = oneshot::channel();
+        let asked = async {
+            let req = Request::Query {
+                pid: origin.pid,
+                ask,
+                reply: tx,
+            };
+            self.requests.send(req).await.ok()?;
+            rx.await.ok()
+        };
+        match tokio::time::timeout(MAX_TIMEOUT + Duration::from_secs(2), asked).await {
+            Ok(Some(result)) => result,
+            _ => {
+                tracing::warn!("query {name}: {origin}: parent serfnode unreachable");
+                Err(libc::EAGAIN)
+            }
+        }
+    }
+}
+
+/// Where a child keeps what the parent sends besides the view.
+#[derive(Clone)]
+pub struct ChildSide {
+    pub journal: Journal,
+    /// The seq of the last backlog entry of the first link: the child's
+    /// handlers run for entries after it.
+    pub start: Arc<std::sync::OnceLock<u64>>,
+}
+
 /// The child's side of the link: mirrors the parent's view into `view` and
 /// carries write-node events, reconnecting with backoff until `stop`. While
 /// the parent is unreachable the view stays, marked stale.
@@ -379,6 +497,7 @@ pub async fn follow(
     socket: PathBuf,
     child: String,
     view: View,
+    side: ChildSide,
     mut requests: mpsc::Receiver<Request>,
     stop: CancellationToken,
 ) {
@@ -389,7 +508,7 @@ pub async fn follow(
             Ok(stream) => {
                 backoff.reset();
                 reported = false;
-                match link(stream, &child, &view, &mut requests, &stop).await {
+                match link(stream, &child, &view, &side, &mut requests, &stop).await {
                     Ok(()) => return,
                     Err(e) => e,
                 }
@@ -405,8 +524,8 @@ pub async fn follow(
             reported = true;
         }
         // Writes meanwhile fail fast instead of waiting out their timeout.
-        while let Ok((_, _, reply)) = requests.try_recv() {
-            let _ = reply.send((0, Some(libc::EAGAIN)));
+        while let Ok(req) = requests.try_recv() {
+            req.unavailable();
         }
         if sleep_or_shutdown(backoff.next_delay(), &stop).await {
             return;
@@ -419,6 +538,7 @@ async fn link(
     stream: UnixStream,
     child: &str,
     view: &View,
+    side: &ChildSide,
     requests: &mut mpsc::Receiver<Request>,
     stop: &CancellationToken,
 ) -> Result<(), ReplicaError> {
@@ -432,7 +552,7 @@ async fn link(
         },
     )
     .await?;
-    let mut pending: HashMap<u64, oneshot::Sender<(usize, Option<i32>)>> = HashMap::new();
+    let mut pending: HashMap<u64, Request> = HashMap::new();
     let mut next_id = 0u64;
     let res = loop {
         tokio::select! {
@@ -441,18 +561,35 @@ async fn link(
                     view.mirror(v.into_mirror());
                 }
                 Ok(Some(ToChild::Outcome { id, raised, errno })) => {
-                    if let Some(reply) = pending.remove(&id) {
+                    if let Some(Request::Events { reply, .. }) = pending.remove(&id) {
                         let _ = reply.send((raised, errno));
                     }
+                }
+                Ok(Some(ToChild::Answers { id, result })) => {
+                    if let Some(Request::Query { reply, .. }) = pending.remove(&id) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Ok(Some(ToChild::Journal { entries, backlog })) => {
+                    if backlog {
+                        let last = entries.last().map_or(0, |e| e.seq);
+                        side.start.get_or_init(|| last);
+                    }
+                    side.journal.mirror(entries);
                 }
                 Ok(None) => break Err(ReplicaError::Link(std::io::ErrorKind::UnexpectedEof.into())),
                 Err(e) => break Err(e),
             },
             req = requests.recv() => {
-                let Some((pid, events, reply)) = req else { break Ok(()) };
+                let Some(req) = req else { break Ok(()) };
                 next_id += 1;
-                pending.insert(next_id, reply);
-                if let Err(e) = write_frame(&mut w, &ToParent::Events { id: next_id, pid, events }).await {
+                let id = next_id;
+                let frame = match req {
+                    Request::Events { pid, ref events, .. } => ToParent::Events { id, pid, events: events.clone() },
+                    Request::Query { pid, ref ask, .. } => ToParent::Query { id, pid, ask: ask.clone() },
+                };
+                pending.insert(id, req);
+                if let Err(e) = write_frame(&mut w, &frame).await {
                     break Err(e.into());
                 }
             }
@@ -461,8 +598,8 @@ async fn link(
     };
     // Writes in flight on a lost link may or may not have been raised; the
     // writer is told to try again (EAGAIN), as for an unreachable agent.
-    for (_, reply) in pending.drain() {
-        let _ = reply.send((0, Some(libc::EAGAIN)));
+    for (_, req) in pending.drain() {
+        req.unavailable();
     }
     res
 }

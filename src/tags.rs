@@ -163,20 +163,11 @@ impl OwnTags {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::MemberStatus;
 
     fn member(name: &str, tags: &[(&str, &str)]) -> Member {
         Member {
-            name: name.into(),
             addr: "10.1.2.3".parse().unwrap(),
-            port: 7946,
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            status: MemberStatus::Alive,
-            protocol: [1, 5, 5],
-            delegate: [2, 5, 4],
+            ..Member::fixture(name, tags)
         }
     }
 

@@ -31,6 +31,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -283,18 +284,30 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     const SLEEP_DEB: &[&str] = &["sleep", "infinity"];
     const SLEEP_BB: &[&str] = &["sleep", "3600"];
     const CRASH: &[&str] = &["sh", "-c", "sleep 1; exit 3"];
-    let old = cluster.start_parent(
-        "old",
+    // old's Debian child has a handler for `hello`, run inside that child.
+    let handlers = tempfile::tempdir().unwrap();
+    let hello = handlers.path().join("hello");
+    std::fs::write(
+        &hello,
+        "#!/bin/sh\n{ cat; echo \" $SERFNODE_FROM_NODE/$SERFNODE_FROM_CHILD $SERF_SELF_NAME\"; } > /tmp/handled.tmp\nmv /tmp/handled.tmp /tmp/handled-hello\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hello, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let old_yml = manifest(
         "web",
-        None,
-        &manifest(
-            "web",
-            &[
-                ChildDef("deb", debian_image(), SLEEP_DEB),
-                ChildDef("bb", busybox_image(), SLEEP_BB),
-            ],
+        &[
+            ChildDef("deb", debian_image(), SLEEP_DEB),
+            ChildDef("bb", busybox_image(), SLEEP_BB),
+        ],
+    )
+    .replace(
+        "  - deb:\n",
+        &format!(
+            "  - deb:\n      handlers: /handlers\n      volumes: [\"{}:/handlers:ro\"]\n",
+            handlers.path().display()
         ),
     );
+    let old = cluster.start_parent("old", "web", None, &old_yml);
     let (old_deb, old_bb) = (old.child("deb"), old.child("bb"));
     // Its agent (and so its `timestamp`) must start before the others'.
     wait_for(START, "old's first child to list old", || {
@@ -434,11 +447,55 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
         r#"echo '["hello-bb",{"from":"busybox"}]' > /serfnode/parent"#,
     )
     .unwrap();
-    monitor.wait_event(T, "hello", |p| *p == serde_json::json!({"n": 1}));
-    monitor.wait_event(T, "hello-bb", |p| {
+    let hello = monitor.wait_event(T, "hello", |p| *p == serde_json::json!({"n": 1}));
+    let hello_bb = monitor.wait_event(T, "hello-bb", |p| {
         *p == serde_json::json!({"from": "busybox"})
     });
-    clock.phase("events: two child writes on old arrived on db");
+    // Each event says which node and which child raised it.
+    for (event, child) in [(&hello, "deb"), (&hello_bb, "bb")] {
+        let want = serfnode::events::From {
+            node: old.name.clone(),
+            child: Some(child.into()),
+        };
+        checks.check(event.from.as_ref() == Some(&want), || {
+            format!("{} came from {:?}, not {want:?}", event.name, event.from)
+        });
+    }
+    clock.phase("events: two child writes on old arrived on db, naming their child");
+
+    // 3b. the events at work inside children: old's deb ran its own handler
+    // for `hello`; a child's journal shows the event and who raised it; a
+    // child asks the cluster a query by reading a file.
+    let handled = wait_for(T, "the hello handler in old's deb child", || {
+        exec_sh(&old_deb, "cat /tmp/handled-hello")
+    });
+    checks.check(
+        handled.trim() == format!(r#"{{"n":1}} {}/deb {}"#, old.name, old.name),
+        || format!("hello handler in {old_deb} got {handled:?}"),
+    );
+    let journal = wait_for(T, "hello in new's deb journal", || {
+        let text = exec_sh(&new_deb, "cat /serfnode/events")?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["name"] == "hello")
+            .ok_or(text)
+    });
+    checks.check(
+        journal["from"] == serde_json::json!({"node": old.name, "child": "deb"}),
+        || format!("journal line in {new_deb}: {journal}"),
+    );
+    let answers = exec_sh(&db_bb, "cat /serfnode/query/where/web")
+        .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| format!("{e}: {t}")));
+    checks.check(
+        answers.as_ref().is_ok_and(|a| {
+            a["complete"] == true
+                && a["responses"][&old.name]["id"] == old.name.as_str()
+                && a["responses"][&new.name]["role"] == "web"
+                && a["responses"].as_object().is_some_and(|r| r.len() == 2)
+        }),
+        || format!("query where/web from {db_bb}: {answers:?}"),
+    );
+    clock.phase("handlers, journal and queries work inside children");
 
     // 4. crash: restarts of the same container, events on db.
     let events = wait_for(

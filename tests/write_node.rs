@@ -34,7 +34,11 @@ impl Observer {
                 let _keep = client;
                 while let Some(rec) = sub.recv().await {
                     if let StreamRecord::User { name, payload, .. } = rec {
-                        let _ = tx.send((name, String::from_utf8(payload).unwrap()));
+                        // The payload travels in the envelope naming its origin.
+                        let (payload, from) = serfnode::events::unwrap(&payload);
+                        let from = from.expect("events from a write node carry their origin");
+                        assert_eq!((from.node.as_str(), from.child), ("writer", None));
+                        let _ = tx.send((name, payload.to_string()));
                     }
                 }
             });
@@ -128,15 +132,17 @@ fn lines_become_events_and_errors_reach_the_writer() {
     let big = format!(r#"["big","{}"]"#, "x".repeat(600));
     let (ok, err) = bash(&format!("echo '{big}' > {p}"));
     assert!(!ok && err.contains("Message too long"), "{err}");
-    // Serf also limits the encoded message (about 40 bytes of framing): a
-    // line under 512 bytes of name + payload can still be refused by the
-    // agent, and the writer sees the same EMSGSIZE.
-    let near = format!(r#"["big","{}"]"#, "x".repeat(500 - 3 - 2));
+    // Serf also limits the encoded message, and the payload travels in its
+    // envelope: name + enveloped payload may take 472 bytes. The largest
+    // line that fits is accepted; one byte more is EMSGSIZE.
+    let envelope = r#"{"serfnode":{"node":"writer"},"payload":}"#.len();
+    let room = 472 - "big".len() - envelope - 2;
+    let fits = format!(r#"["big","{}"]"#, "x".repeat(room));
+    let over = format!(r#"["big","{}"]"#, "x".repeat(room + 1));
     assert_eq!(
-        raw_write(&node, format!("{near}\n").as_bytes()),
+        raw_write(&node, format!("{over}\n").as_bytes()),
         Err(libc::EMSGSIZE)
     );
-    let fits = format!(r#"["big","{}"]"#, "x".repeat(460 - 3 - 2));
     assert_eq!(
         raw_write(&node, format!("{fits}\n").as_bytes()),
         Ok(fits.len() + 1)

@@ -1,24 +1,33 @@
 //! The filesystem without FUSE: the inode table, lookup, read, readdir listings, poll state,
-//! control writes and the publish diff. `mount.rs` maps kernel requests onto these calls and
-//! sends the kernel notifications a publish returns; everything here is testable unmounted.
+//! control writes, volatile resolutions and the publish diff. `mount.rs` maps kernel requests
+//! onto these calls and sends the kernel notifications a publish returns; everything here is
+//! testable unmounted.
 //!
 //! Invariants:
 //! - Inode numbers come from a counter and are never reused (1 is the root), so the kernel
 //!   can never confuse an old inode with a new one.
-//! - A file inode is one (path, version). Its bytes are rendered once and never change, so
-//!   the kernel may cache its pages for as long as it likes, and an open fd always reads one
-//!   complete version.
+//! - A file inode is one (path, version), or one answer of a volatile name. Its bytes are
+//!   rendered once and never change, so the kernel may cache its pages for as long as it
+//!   likes, and an open fd always reads one complete version.
 //! - The `children` of a current directory inode are exactly the names we track below it:
 //!   every name the kernel looked up and has not forgotten, plus current names it forgot
 //!   (kept so a current version keeps its inode number). Each child inode matches the node
 //!   its name has in the current tree; `publish` restores that after swapping the root.
+//!   Volatile names are never tracked: a lookup of one returns its resolver (called by the
+//!   adapter without the lock), and each answer becomes a fresh inode that no name leads to.
 //! - An inode is "current" while reachable from the root through `children`. A non-current
-//!   inode lives only until the kernel forgets it; it stays readable until then.
+//!   inode lives only until the kernel forgets it; it stays readable until then. A volatile
+//!   answer is never current but never outdated either (poll gives it no POLLPRI): it was
+//!   complete when made, and publishes never touch it. It is created already counted once
+//!   (the LOOKUP it answers) and freed when the kernel forgets it.
 //! - Dentry invalidations are computed under the lock but sent by the caller after it is
 //!   released: the kernel takes directory locks for them that a pending lookup may hold.
 //!   A lookup counts itself under the same lock that orders it against a publish, and the
 //!   kernel applies an invalidation only after a lookup in progress in that directory has
 //!   instantiated its dentry, so no stale dentry survives a publish.
+//! - The dentry of each answered volatile name is invalidated too (so the next walk looks
+//!   the name up once instead of revalidating it first), but only once no volatile lookup is
+//!   pending in its directory; see `Core::answered`.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -30,7 +39,8 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::control::{self, ControlSink, ReplyFn, Writer, Writers};
-use crate::node::{Body, Dir, Node, NodeKind};
+use crate::node::{Body, Dir, Doc, Node, NodeKind};
+use crate::volatile::{Resolve, Resolved};
 
 pub(crate) const ROOT: u64 = 1;
 /// d_ino reported in listings for names never looked up (libfuse does the same).
@@ -45,6 +55,27 @@ pub(crate) struct Attr {
     /// When this inode was created: for a file, when this version was first looked up.
     pub created: SystemTime,
 }
+
+/// What a lookup found.
+pub(crate) enum Found {
+    /// A tracked inode, counted once more for the kernel.
+    Inode(Attr),
+    /// A volatile name: pass this to `Core::resolve`, outside any lock.
+    Volatile(Resolution),
+}
+
+/// A lookup of a volatile name, to be resolved.
+pub(crate) struct Resolution {
+    parent: u64,
+    name: Arc<str>,
+    resolver: Arc<dyn Resolve>,
+}
+
+/// Answers a LOOKUP of a volatile name: the new inode, or an errno.
+pub(crate) type EntryFn = Box<dyn FnOnce(Result<Attr, i32>) + Send>;
+/// Called after each answer with the names below the looked-up directory whose dentries
+/// the kernel should now drop (often none); the caller sends the invalidations.
+pub(crate) type UnhashFn = Box<dyn FnOnce(Vec<Arc<str>>) + Send>;
 
 /// One readdir entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +124,16 @@ pub(crate) struct Core {
     listings: Mutex<HashMap<u64, Arc<[Entry]>>>,
     next_fh: AtomicU64,
     requests: AtomicU64,
+    /// Per directory: volatile lookups in progress, and names answered since it last had
+    /// none (their dentries are dropped once none is in progress).
+    resolving: Mutex<HashMap<u64, Resolving>>,
+}
+
+/// Present only while `pending > 0`.
+#[derive(Default)]
+struct Resolving {
+    pending: usize,
+    answered: Vec<Arc<str>>,
 }
 
 struct Tree {
@@ -104,6 +145,8 @@ struct Inode {
     /// Lookups the kernel has not forgotten yet.
     nlookup: u64,
     current: bool,
+    /// An answer of a volatile name: not current, yet never outdated.
+    volatile: bool,
     created: SystemTime,
     /// Poll handles (kernel `kh`) to wake when this inode stops being current.
     polls: Vec<u64>,
@@ -128,6 +171,7 @@ impl Inode {
         Inode {
             nlookup: 0,
             current: true,
+            volatile: false,
             created: SystemTime::now(),
             polls: Vec::new(),
             kind,
@@ -172,6 +216,12 @@ impl Inode {
             },
         }
     }
+}
+
+/// What `Tree::lookup` found (the attributes are made outside the lock).
+enum Hit {
+    Inode(View),
+    Volatile(Resolution),
 }
 
 struct View {
@@ -229,9 +279,21 @@ impl Tree {
         }
     }
 
-    fn lookup(&mut self, parent: u64, name: &str) -> Result<View, i32> {
+    fn lookup(&mut self, parent: u64, name: &str) -> Result<Hit, i32> {
         let node = self.live_dir(parent)?.get(name).ok_or(libc::ENOENT)?;
         let known = self.children(parent).and_then(|c| c.get(name)).copied();
+        if let Node::Volatile(resolver) = node {
+            // The name was something else until the owner's tree changed without a publish:
+            // stop tracking it (the kernel holds no valid dentry for it, as below).
+            if let Some(ino) = known {
+                self.detach(parent, name.into(), ino, false, &mut Published::default());
+            }
+            return Ok(Hit::Volatile(Resolution {
+                parent,
+                name: name.into(),
+                resolver,
+            }));
+        }
         let ino = match known {
             None => self.insert(parent, name, node),
             Some(ino) => match self.tracked(ino).refresh(node) {
@@ -246,7 +308,24 @@ impl Tree {
         };
         let inode = self.inodes.get_mut(&ino).expect("just found or inserted");
         inode.nlookup += 1;
-        Ok(inode.view(ino))
+        Ok(Hit::Inode(inode.view(ino)))
+    }
+
+    /// A fresh file inode for one answer of a volatile name, counted for the LOOKUP it
+    /// answers and tracked by no directory.
+    fn insert_volatile(&mut self, bytes: Vec<u8>) -> View {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let mut inode = Inode::new(Kind::File {
+            version: 0,
+            body: Arc::new(Body::from(Doc::ready(0, bytes))),
+        });
+        inode.nlookup = 1;
+        inode.current = false;
+        inode.volatile = true;
+        let view = inode.view(ino);
+        self.inodes.insert(ino, inode);
+        view
     }
 
     fn insert(&mut self, parent: u64, name: &str, node: Node) -> u64 {
@@ -263,6 +342,7 @@ impl Tree {
                 children: HashMap::new(),
             },
             Node::Control(sink) => Kind::Control(sink),
+            Node::Volatile(_) => unreachable!("volatile names are never tracked"),
         };
         self.inodes.insert(ino, Inode::new(kind));
         if let Some(children) = self.children_mut(parent) {
@@ -373,6 +453,7 @@ impl Core {
             listings: Mutex::default(),
             next_fh: AtomicU64::new(1),
             requests: AtomicU64::new(0),
+            resolving: Mutex::default(),
         }
     }
 
@@ -389,11 +470,84 @@ impl Core {
         self.tree.lock().inodes.len() as u64
     }
 
-    /// Looks `name` up in the current tree and counts one kernel reference to the result.
-    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr, i32> {
+    /// Looks `name` up in the current tree and counts one kernel reference to the result;
+    /// for a volatile name, returns its resolver instead (see `resolve`).
+    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<Found, i32> {
         let name = name.to_str().ok_or(libc::ENOENT)?;
-        let view = self.tree.lock().lookup(parent, name)?;
-        Ok(view.attr())
+        let found = self.tree.lock().lookup(parent, name)?;
+        Ok(match found {
+            Hit::Inode(view) => Found::Inode(view.attr()),
+            Hit::Volatile(resolution) => Found::Volatile(resolution),
+        })
+    }
+
+    /// Asks the resolver for one answer of a volatile name; `reply` answers the LOOKUP when
+    /// it completes, possibly later and from another thread. Call without holding any lock.
+    /// An answer becomes its inode (counted once for this LOOKUP) before `reply` runs, so the
+    /// kernel never hears of an inode that does not exist yet. Then `unhash` gets the names
+    /// whose dentries to drop now (see `answered`).
+    pub(crate) fn resolve(self: &Arc<Self>, lookup: Resolution, reply: EntryFn, unhash: UnhashFn) {
+        let Resolution {
+            parent,
+            name,
+            resolver,
+        } = lookup;
+        self.resolving.lock().entry(parent).or_default().pending += 1;
+        let core = Arc::clone(self);
+        resolver.resolve(Resolved::new(Box::new(move |answer| {
+            let answer = answer.map(|bytes| core.tree.lock().insert_volatile(bytes).attr());
+            // Hand out the names first: their invalidation waits for the directory lock this
+            // LOOKUP holds and applies as soon as the kernel has added the answer's dentry,
+            // before the looking-up process can walk to the name again.
+            unhash(core.answered(parent, answer.is_ok().then_some(name)));
+            reply(answer);
+        })));
+    }
+
+    /// One volatile lookup below `parent` was answered (`name`, unless it failed). Returns the
+    /// names whose dentries the kernel should drop now.
+    ///
+    /// A dentry the kernel keeps for an answered name (entry TTL 0 only makes it expire; the
+    /// kernel drops expired dentries only under memory pressure) costs the next walk a second
+    /// resolution: it revalidates the dentry with a LOOKUP, sees another inode, drops the
+    /// dentry and looks the name up again. Dropping the dentry after each answer avoids that
+    /// and lets the kernel forget the answer's inode as soon as its last user is done. But a
+    /// dentry invalidation waits for the directory's lock, which every LOOKUP in progress in
+    /// that directory holds (shared) until answered, and new lookups there queue behind the
+    /// waiting invalidation: sent while another volatile lookup is pending in the directory,
+    /// it would hold up all uncached lookups there until that resolver completes. So names
+    /// are collected per directory and handed out only when none is pending there.
+    fn answered(&self, parent: u64, name: Option<Arc<str>>) -> Vec<Arc<str>> {
+        let mut resolving = self.resolving.lock();
+        let Some(dir) = resolving.get_mut(&parent) else {
+            return Vec::new();
+        };
+        dir.pending = dir.pending.saturating_sub(1);
+        if let Some(name) = name.filter(|n| !dir.answered.contains(n)) {
+            dir.answered.push(name);
+        }
+        if dir.pending > 0 {
+            return Vec::new();
+        }
+        resolving
+            .remove(&parent)
+            .map(|dir| dir.answered)
+            .unwrap_or_default()
+    }
+
+    /// Whether the dentry of `parent`/`name`, handed out by `answered`, may be dropped now:
+    /// call right before. If a volatile lookup has started there meanwhile, the name goes
+    /// back to wait for it. (One that the kernel has begun but not yet sent us can still
+    /// make the invalidation wait for its resolver.)
+    pub(crate) fn unhash_now(&self, parent: u64, name: &Arc<str>) -> bool {
+        let mut resolving = self.resolving.lock();
+        let Some(dir) = resolving.get_mut(&parent) else {
+            return true;
+        };
+        if !dir.answered.contains(name) {
+            dir.answered.push(Arc::clone(name));
+        }
+        false
     }
 
     /// The kernel dropped `n` references. Non-current inodes are freed at zero; current ones
@@ -466,7 +620,8 @@ impl Core {
 
     /// poll(2) readiness: files and directories are always readable, control nodes always
     /// writable; POLLPRI once the inode is no longer current (a newer version exists or the
-    /// name is gone). With `kh`, the kernel waits: remember it to wake after a publish.
+    /// name is gone), never for a volatile answer. With `kh`, the kernel waits: remember it
+    /// to wake after a publish.
     pub(crate) fn poll(&self, ino: u64, kh: Option<u64>) -> Result<u32, i32> {
         let mut tree = self.tree.lock();
         let inode = tree.inodes.get_mut(&ino).ok_or(libc::ENOENT)?;
@@ -474,6 +629,10 @@ impl Core {
             Kind::Control(_) => libc::POLLOUT,
             _ => libc::POLLIN,
         } as u32;
+        if inode.volatile {
+            // Never changes, never outdated: nothing to wait for.
+            return Ok(ready);
+        }
         if !inode.current {
             return Ok(ready | libc::POLLPRI as u32);
         }

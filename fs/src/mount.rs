@@ -7,11 +7,16 @@
 //! inode's attributes never change), an open+read+close of a file read before costs no
 //! request at all: the page cache serves it. Directories keep OPENDIR: in no-opendir mode the
 //! kernel would cache listings, which change with every publish.
+//!
+//! Volatile names: the LOOKUP handler hands the resolver a `Resolved` carrying the reply and
+//! returns at once, freeing the worker; the reply goes out (entry TTL 0, attribute TTL long:
+//! the answer's inode never changes) from whichever thread completes it.
 
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +31,7 @@ use fuser::{
 use tracing::{debug, warn};
 
 use crate::control::Writer;
-use crate::core::{Attr, Core};
+use crate::core::{Attr, Core, EntryFn, Found, UnhashFn};
 use crate::error::FsError;
 use crate::node::{Dir, NodeKind};
 
@@ -92,14 +97,21 @@ pub fn mount(path: &Path, root: Arc<dyn Dir>, opts: &MountOptions) -> Result<Mou
         SessionACL::Owner
     };
     cfg.n_threads = Some(opts.threads.max(1));
+    let (unhash, unhash_rx) = mpsc::channel();
     let fs = Fs {
         core: Arc::clone(&core),
+        unhash,
         // SAFETY: geteuid/getegid cannot fail and touch no memory.
         uid: unsafe { libc::geteuid() },
         gid: unsafe { libc::getegid() },
     };
     let session = Session::new(fs, &path, &cfg).map_err(failed)?;
     let notifier = session.notifier();
+    let (unhasher, unhash_core) = (notifier.clone(), Arc::clone(&core));
+    thread::Builder::new()
+        .name("serfnode-unhash".to_owned())
+        .spawn(move || unhash_answered(&unhash_core, &unhasher, &unhash_rx))
+        .map_err(failed)?;
     let session = session.spawn().map_err(failed)?;
     Ok(Mount {
         path,
@@ -157,8 +169,9 @@ impl Mount {
     }
 
     /// Detaches the mount (lazily: it vanishes from the namespace at once, even if files are
-    /// open) and waits up to 2 s for the session to end. If files are still open then, the
-    /// session keeps serving them until they close and this returns a timeout error.
+    /// open) and waits up to 2 s for the session to end. If files are still open (or volatile
+    /// lookups pending) then, the session keeps serving them until they close (or resolve)
+    /// and this returns a timeout error.
     pub fn unmount(mut self) -> Result<(), FsError> {
         self.shutdown()
     }
@@ -221,7 +234,9 @@ impl std::fmt::Debug for Mount {
 impl Publisher {
     /// Makes `root` the current tree. Returns once the kernel has dropped every dentry that
     /// now leads elsewhere (so the next open sees the new version) and pollers of outdated
-    /// inodes have been woken. Open fds keep reading the version they opened.
+    /// inodes have been woken. Open fds keep reading the version they opened. Dropping a
+    /// dentry waits for the lookups in progress in its directory, volatile ones included:
+    /// a publish may take as long as a resolver pending there.
     pub fn publish(&self, root: Arc<dyn Dir>) {
         let published = self.core.publish(root);
         for inval in &published.invals {
@@ -250,6 +265,24 @@ impl Publisher {
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+/// Names below a directory whose dentries the kernel should drop.
+type Unhash = (INodeNo, Vec<Arc<str>>);
+
+/// Drops the dentries of answered volatile names (see `Core::answered` for why and when)
+/// until the session ends. Its own thread: the invalidation waits for the directory's lock,
+/// which lookups waiting for a FUSE worker or for a resolver (maybe one running on the thread
+/// that answered) may hold.
+fn unhash_answered(core: &Core, notifier: &Notifier, names: &Receiver<Unhash>) {
+    for (parent, names) in names {
+        for name in names.iter().filter(|name| core.unhash_now(parent.0, name)) {
+            // Fails harmlessly when the kernel has no such dentry any more.
+            if let Err(e) = notifier.inval_entry(parent, OsStr::new(&**name)) {
+                debug!(%name, "volatile dentry not dropped: {e}");
+            }
+        }
     }
 }
 
@@ -313,33 +346,40 @@ fn unescape(field: &str) -> Vec<u8> {
 /// The `fuser::Filesystem`: every method counts the request, asks `Core` and replies.
 struct Fs {
     core: Arc<Core>,
+    /// To the thread that drops the dentries of answered volatile names.
+    unhash: Sender<Unhash>,
     uid: u32,
     gid: u32,
 }
 
 impl Fs {
     fn attr(&self, attr: &Attr) -> FileAttr {
-        let (kind, nlink) = match attr.kind {
-            NodeKind::Dir => (FileType::Directory, 2),
-            NodeKind::File | NodeKind::Control => (FileType::RegularFile, 1),
-        };
-        FileAttr {
-            ino: INodeNo(attr.ino),
-            size: attr.size,
-            blocks: attr.size.div_ceil(512),
-            atime: attr.created,
-            mtime: attr.created,
-            ctime: attr.created,
-            crtime: attr.created,
-            kind,
-            perm: attr.kind.perm(),
-            nlink,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        }
+        file_attr(attr, self.uid, self.gid)
+    }
+}
+
+/// The kernel's view of an inode: owned by the mounting user, with its kind's permission bits.
+fn file_attr(attr: &Attr, uid: u32, gid: u32) -> FileAttr {
+    let (kind, nlink) = match attr.kind {
+        NodeKind::Dir => (FileType::Directory, 2),
+        NodeKind::File | NodeKind::Control => (FileType::RegularFile, 1),
+    };
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.created,
+        mtime: attr.created,
+        ctime: attr.created,
+        crtime: attr.created,
+        kind,
+        perm: attr.kind.perm(),
+        nlink,
+        uid,
+        gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
     }
 }
 
@@ -351,13 +391,39 @@ impl fuser::Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         config
             .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
-            .map_err(|_| io::Error::other("the kernel lacks FUSE_NO_OPEN_SUPPORT"))
+            .map_err(|_| io::Error::other("the kernel lacks FUSE_NO_OPEN_SUPPORT"))?;
+        // Without it the kernel serializes LOOKUPs per directory (a FUSE mutex on the parent
+        // inode): one pending volatile lookup would hold up every uncached name beside it.
+        config
+            .add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS)
+            .map_err(|_| io::Error::other("the kernel lacks FUSE_PARALLEL_DIROPS"))
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.core.note_request();
         match self.core.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&TTL, &self.attr(&attr), Generation(0)),
+            Ok(Found::Inode(attr)) => reply.entry(&TTL, &self.attr(&attr), Generation(0)),
+            Ok(Found::Volatile(resolution)) => {
+                let (uid, gid) = (self.uid, self.gid);
+                let reply: EntryFn = Box::new(move |answer| match answer {
+                    // Entry TTL 0: the next walk to the name must look it up (resolve) again.
+                    Ok(attr) => reply.entry_with_ttls(
+                        &TTL,
+                        &Duration::ZERO,
+                        &file_attr(&attr, uid, gid),
+                        Generation(0),
+                    ),
+                    Err(e) => reply.error(errno(e)),
+                });
+                let unhash = self.unhash.clone();
+                let unhash: UnhashFn = Box::new(move |names| {
+                    if !names.is_empty() {
+                        // Fails only once the session is gone, and then there is no dentry.
+                        let _ = unhash.send((parent, names));
+                    }
+                });
+                self.core.resolve(resolution, reply, unhash);
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

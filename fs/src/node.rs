@@ -1,6 +1,6 @@
-//! The tree an owner publishes: named nodes that are versioned documents, directories or
-//! control (write) nodes, plus `MapDir`, a ready-made directory, and `Body`, the
-//! render-once bytes of one document version.
+//! The tree an owner publishes: named nodes that are versioned documents, directories,
+//! control (write) nodes or volatile files (resolved anew by each lookup), plus `MapDir`, a
+//! ready-made directory, and `Body`, the render-once bytes of one document version.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use crate::control::ControlSink;
+use crate::volatile::Resolve;
 
 /// One name in a published tree.
 #[derive(Clone)]
@@ -19,12 +20,15 @@ pub enum Node {
     Dir(Arc<dyn Dir>),
     /// A write-only node whose written lines go to the sink.
     Control(Arc<dyn ControlSink>),
+    /// A read-only file whose bytes the resolver produces anew for every lookup of the name
+    /// (see `Resolve`). Listed as `NodeKind::File`.
+    Volatile(Arc<dyn Resolve>),
 }
 
 impl Node {
     pub fn kind(&self) -> NodeKind {
         match self {
-            Node::File(_) => NodeKind::File,
+            Node::File(_) | Node::Volatile(_) => NodeKind::File,
             Node::Dir(_) => NodeKind::Dir,
             Node::Control(_) => NodeKind::Control,
         }
@@ -37,6 +41,7 @@ impl fmt::Debug for Node {
             Node::File(doc) => f.debug_tuple("File").field(doc).finish(),
             Node::Dir(_) => f.write_str("Dir"),
             Node::Control(_) => f.write_str("Control"),
+            Node::Volatile(_) => f.write_str("Volatile"),
         }
     }
 }
@@ -126,6 +131,8 @@ impl fmt::Debug for Doc {
 /// Both methods are called with the filesystem's state lock held, from FUSE request threads
 /// and from `Publisher::publish`: they must be cheap, must not block and must not touch the
 /// mount. A `Dir` should be an immutable snapshot; changes are announced by publishing.
+/// (`get` returning `Node::Volatile` only hands out the resolver: it runs after the lock is
+/// released.)
 pub trait Dir: Send + Sync + 'static {
     fn get(&self, name: &str) -> Option<Node>;
     /// The readdir listing, in any order.

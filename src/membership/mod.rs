@@ -5,5 +5,5 @@
 mod sync;
 mod view;
 
-pub use sync::{run as sync, SyncConfig};
+pub use sync::{next_client, run as sync, SyncConfig};
 pub use view::{AgentState, Containers, Entry, Mirror, Snapshot, View};

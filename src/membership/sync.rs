@@ -33,6 +33,20 @@ pub struct SyncConfig {
     pub poll: Duration,
 }
 
+/// The next live agent connection `clients` publishes, or `None` at
+/// shutdown (or once the sync task is gone).
+pub async fn next_client(
+    clients: &mut watch::Receiver<Option<Client>>,
+    stop: &CancellationToken,
+) -> Option<Client> {
+    tokio::select! {
+        c = clients.wait_for(|c| c.as_ref().is_some_and(|c| !c.is_closed())) => {
+            c.ok().and_then(|c| c.clone())
+        }
+        _ = stop.cancelled() => None,
+    }
+}
+
 pub async fn run(
     view: View,
     cfg: SyncConfig,

@@ -378,6 +378,25 @@ impl MemberEvent {
     }
 }
 
+impl Member {
+    /// An alive member at 127.0.0.9:7946 with these tags (unit tests).
+    #[cfg(test)]
+    pub(crate) fn fixture(name: &str, tags: &[(&str, &str)]) -> Member {
+        Member {
+            name: name.into(),
+            addr: "127.0.0.9".parse().expect("an address"),
+            port: 7946,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            status: MemberStatus::Alive,
+            protocol: [1, 5, 5],
+            delegate: [2, 5, 4],
+        }
+    }
+}
+
 /// One record of a `stream` subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamRecord {

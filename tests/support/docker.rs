@@ -534,8 +534,11 @@ fn container_logs(container: &str, tail: usize) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserEvent {
     pub name: String,
-    /// The payload parsed as JSON (None when it is not JSON).
+    /// The payload out of its envelope, parsed as JSON (None when it is not
+    /// JSON).
     pub payload: Option<Value>,
+    /// Who raised it, from the envelope.
+    pub from: Option<serfnode::events::From>,
     pub raw: Vec<u8>,
 }
 
@@ -703,9 +706,12 @@ pub fn parse_event_infos(text: &str) -> Vec<UserEvent> {
             }
         }
         if let (Some(name), Some("user")) = (name, kind.as_deref()) {
+            let (payload, from) = serfnode::events::unwrap(&raw);
+            let json = from.is_some() || serde_json::from_slice::<Value>(&raw).is_ok();
             events.push(UserEvent {
                 name,
-                payload: serde_json::from_slice(&raw).ok(),
+                payload: json.then_some(payload),
+                from,
                 raw,
             });
         }

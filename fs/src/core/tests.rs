@@ -1,5 +1,5 @@
 //! Unit tests of the unmounted filesystem: versions and inodes, the publish diff, forget,
-//! poll, listings, rendering, and control-node writes.
+//! poll, listings, rendering, control-node writes, and volatile names.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::*;
 use crate::control::{Completion, FRAGMENT_IDLE, MAX_FRAGMENT};
 use crate::node::{Doc, MapDir};
+use crate::volatile::{Resolve, Resolved};
 
 fn tree(entries: Vec<(&str, Node)>) -> Arc<dyn Dir> {
     Arc::new(
@@ -36,7 +37,10 @@ fn counted(version: u64, text: &'static str, renders: &Arc<AtomicUsize>) -> Node
 }
 
 fn lookup(core: &Core, parent: u64, name: &str) -> Result<Attr, i32> {
-    core.lookup(parent, OsStr::new(name))
+    match core.lookup(parent, OsStr::new(name))? {
+        Found::Inode(attr) => Ok(attr),
+        Found::Volatile(_) => panic!("{name} is volatile"),
+    }
 }
 
 fn ino(core: &Core, parent: u64, name: &str) -> u64 {
@@ -676,4 +680,249 @@ fn writes_to_removed_control_nodes_and_other_inodes_fail() {
     assert_eq!(write(&core, d, 1, b"x\n"), Err(libc::EISDIR));
     assert_eq!(write(&core, 4242, 1, b"x\n"), Err(libc::ENOENT));
     assert!(sink.lines().is_empty());
+}
+
+/// A resolver that answers at once with "answer N", N counting its resolutions.
+#[derive(Default)]
+struct Counter(AtomicUsize);
+
+impl Resolve for Counter {
+    fn resolve(&self, done: Resolved) {
+        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+        done.file(format!("answer {n}").into_bytes());
+    }
+}
+
+/// A resolver that hands each `Resolved` to the test, to answer later from another thread.
+struct Later(Mutex<mpsc::Sender<Resolved>>);
+
+impl Later {
+    fn new() -> (Arc<Later>, mpsc::Receiver<Resolved>) {
+        let (tx, rx) = mpsc::channel();
+        (Arc::new(Later(Mutex::new(tx))), rx)
+    }
+}
+
+impl Resolve for Later {
+    fn resolve(&self, done: Resolved) {
+        self.0.lock().send(done).unwrap();
+    }
+}
+
+/// The answer to one volatile lookup, and the names handed out for unhashing with it.
+struct Answer {
+    entry: mpsc::Receiver<Result<Attr, i32>>,
+    unhash: mpsc::Receiver<Vec<String>>,
+    /// "unhash" and "reply", in the order they happened.
+    events: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Answer {
+    fn entry(&self) -> Result<Attr, i32> {
+        self.entry
+            .recv_timeout(Duration::from_secs(5))
+            .expect("lookup answered")
+    }
+
+    fn unhashed(&self) -> Vec<String> {
+        self.unhash.try_recv().expect("unhash called")
+    }
+}
+
+/// Looks up a volatile name and asks its resolver, as the adapter does.
+fn resolve(core: &Arc<Core>, parent: u64, name: &str) -> Answer {
+    let Found::Volatile(resolution) = core.lookup(parent, OsStr::new(name)).unwrap() else {
+        panic!("{name} is not volatile");
+    };
+    let (entry_tx, entry) = mpsc::channel();
+    let (unhash_tx, unhash) = mpsc::channel();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (on_reply, on_unhash) = (Arc::clone(&events), Arc::clone(&events));
+    core.resolve(
+        resolution,
+        Box::new(move |result| {
+            on_reply.lock().push("reply");
+            entry_tx.send(result).unwrap();
+        }),
+        Box::new(move |names| {
+            on_unhash.lock().push("unhash");
+            let names = names.iter().map(|n| n.to_string()).collect();
+            unhash_tx.send(names).unwrap();
+        }),
+    );
+    Answer {
+        entry,
+        unhash,
+        events,
+    }
+}
+
+#[test]
+fn each_lookup_of_a_volatile_name_resolves_to_a_fresh_untracked_inode() {
+    let counter = Arc::new(Counter::default());
+    let core = Arc::new(Core::new(tree(vec![
+        ("q", Node::Volatile(counter.clone())),
+        ("d", subdir(vec![("w", Node::Volatile(counter.clone()))])),
+        ("a", file(1, "a1")),
+    ])));
+    let base = core.inode_count();
+
+    let first = resolve(&core, ROOT, "q");
+    let one = first.entry().unwrap();
+    assert_eq!(first.unhashed(), ["q"]);
+    assert_eq!(*first.events.lock(), ["unhash", "reply"]);
+    assert_eq!((one.kind, one.size), (NodeKind::File, 8));
+    assert_eq!(content(&core, one.ino).unwrap(), b"answer 1");
+    assert_eq!(core.getattr(one.ino).unwrap(), one);
+    assert_eq!(core.inode_count(), base + 1);
+
+    let two = resolve(&core, ROOT, "q").entry().unwrap();
+    assert_ne!(two.ino, one.ino, "every resolution is a new inode");
+    assert_eq!(content(&core, two.ino).unwrap(), b"answer 2");
+    assert_eq!(
+        content(&core, one.ino).unwrap(),
+        b"answer 1",
+        "answers never change"
+    );
+
+    let d = ino(&core, ROOT, "d");
+    let w = resolve(&core, d, "w");
+    assert_eq!(content(&core, w.entry().unwrap().ino).unwrap(), b"answer 3");
+    assert_eq!(w.unhashed(), ["w"]);
+
+    // Never tracked: listed as files of unknown inode, untouched by publishes, which have
+    // nothing to invalidate or wake for them.
+    let fh = core.opendir(ROOT).unwrap();
+    let listed = core.readdir(fh).unwrap();
+    let q = listed.iter().find(|e| e.name == "q").unwrap();
+    assert_eq!((q.ino, q.kind), (UNKNOWN_INO, NodeKind::File));
+    assert_eq!(core.poll(two.ino, Some(3)), Ok(libc::POLLIN as u32));
+    let published = core.publish(tree(vec![("a", file(1, "a1"))]));
+    assert_eq!(published.polls, Vec::<u64>::new());
+    assert!(published.invals.iter().all(|i| i.name.as_ref() == "d"));
+    assert_eq!(
+        core.poll(two.ino, None),
+        Ok(libc::POLLIN as u32),
+        "an answer is never outdated"
+    );
+    assert_eq!(content(&core, two.ino).unwrap(), b"answer 2");
+
+    // Read-only like any file; freed when the kernel forgets it.
+    assert_eq!(write(&core, two.ino, 1, b"x\n"), Err(libc::EACCES));
+    assert_eq!(core.setattr(two.ino, Some(0), false), Err(libc::EPERM));
+    for attr in [one, two] {
+        core.forget(attr.ino, 1);
+        assert_eq!(core.getattr(attr.ino), Err(libc::ENOENT));
+    }
+    assert_eq!(counter.0.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn volatile_answers_may_come_later_from_another_thread_or_fail() {
+    let (later, pending) = Later::new();
+    let core = Arc::new(Core::new(tree(vec![
+        ("a", Node::Volatile(later.clone())),
+        ("b", Node::Volatile(later.clone())),
+        ("c", Node::Volatile(later.clone())),
+        ("d", subdir(vec![("w", Node::Volatile(later.clone()))])),
+    ])));
+    let d = ino(&core, ROOT, "d");
+    let base = core.inode_count();
+    let recv = || pending.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    let a = resolve(&core, ROOT, "a");
+    let done_a = recv();
+    let b = resolve(&core, ROOT, "b");
+    let done_b = recv();
+    let w = resolve(&core, d, "w");
+    let done_w = recv();
+    assert!(
+        a.entry.try_recv().is_err(),
+        "the lookup waits for its resolver"
+    );
+    assert_eq!(core.inode_count(), base);
+
+    thread::spawn(move || done_a.file(b"A".to_vec()))
+        .join()
+        .unwrap();
+    let attr = a.entry().unwrap();
+    assert_eq!(content(&core, attr.ino).unwrap(), b"A");
+    // "b" is still being resolved in the same directory: dropping the dentry of "a" now
+    // would make the kernel hold up the directory's lookups until "b" is answered.
+    assert_eq!(a.unhashed(), Vec::<String>::new());
+    done_w.file(b"W".to_vec());
+    assert_eq!(w.unhashed(), ["w"], "other directories are independent");
+    let c = resolve(&core, ROOT, "c");
+    let done_c = recv();
+    done_b.fail(libc::EAGAIN);
+    assert_eq!(b.entry(), Err(libc::EAGAIN));
+    assert_eq!(b.unhashed(), Vec::<String>::new(), "c is pending");
+    drop(done_c);
+    assert_eq!(c.entry(), Err(libc::EIO), "dropped unanswered");
+    assert_eq!(c.unhashed(), ["a"], "failed lookups leave no dentry");
+    assert_eq!(core.inode_count(), base + 2);
+
+    // Handed out, but a lookup started there before the invalidation: it waits again.
+    let a: Arc<str> = "a".into();
+    let zero = resolve(&core, ROOT, "a");
+    assert!(!core.unhash_now(ROOT, &a));
+    assert!(core.unhash_now(d, &"w".into()), "no lookup pending below d");
+    recv().fail(0);
+    assert_eq!(zero.entry(), Err(libc::EIO));
+    assert_eq!(zero.unhashed(), ["a"]);
+    assert!(core.unhash_now(ROOT, &a));
+}
+
+/// A directory whose content its owner changes in place, without publishing.
+struct Swap(Mutex<Arc<dyn Dir>>);
+
+impl Dir for Swap {
+    fn get(&self, name: &str) -> Option<Node> {
+        self.0.lock().get(name)
+    }
+
+    fn entries(&self) -> Vec<(String, NodeKind)> {
+        self.0.lock().entries()
+    }
+}
+
+#[test]
+fn a_name_that_turns_volatile_stops_being_tracked() {
+    let counter = Arc::new(Counter::default());
+    let core = Arc::new(Core::new(tree(vec![
+        ("a", file(1, "a1")),
+        ("b", file(1, "b1")),
+    ])));
+    let a = ino(&core, ROOT, "a");
+    let published = core.publish(tree(vec![
+        ("a", Node::Volatile(counter.clone())),
+        ("b", file(1, "b1")),
+    ]));
+    assert_eq!(published.invals, vec![inval(ROOT, "a", a, false)]);
+    assert_eq!(
+        core.poll(a, None),
+        Ok((libc::POLLIN | libc::POLLPRI) as u32)
+    );
+    let answer = resolve(&core, ROOT, "a").entry().unwrap();
+    assert_eq!(content(&core, answer.ino).unwrap(), b"answer 1");
+
+    // Changed without a publish: the lookup itself lets go of the tracked inode.
+    let swap = Arc::new(Swap(Mutex::new(tree(vec![("b", file(1, "b1"))]))));
+    core.publish(tree(vec![("s", Node::Dir(swap.clone()))]));
+    let s = ino(&core, ROOT, "s");
+    let b = ino(&core, s, "b");
+    *swap.0.lock() = tree(vec![("b", Node::Volatile(counter.clone()))]);
+    resolve(&core, s, "b").entry().unwrap();
+    assert!(core.tree.lock().children(s).unwrap().is_empty());
+    assert_eq!(
+        core.poll(b, None),
+        Ok((libc::POLLIN | libc::POLLPRI) as u32)
+    );
+    assert_eq!(
+        content(&core, b).unwrap(),
+        b"b1",
+        "readable until forgotten"
+    );
+    core.forget(b, 1);
+    assert_eq!(core.getattr(b), Err(libc::ENOENT));
 }

@@ -1,0 +1,237 @@
+//! The operator commands (`serfnode members|event|query|status|watch`):
+//! each talks to the local daemon through its files, so they work the same
+//! in a parent, on a host and inside a child, with the child's limits.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::files;
+use crate::query::{self, Ask};
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+}
+
+/// Every known member (`members/*.json`), sorted by name.
+pub fn members(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let dir = mount.join(files::MEMBERS);
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+        let path = entry
+            .with_context(|| format!("list {}", dir.display()))?
+            .path();
+        match read_json(&path) {
+            Ok(m) => members.push(m),
+            // The member was reaped between the listing and the read.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    members.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&members)?)?;
+        return Ok(());
+    }
+    let rows: Vec<[String; 5]> = members
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+            [
+                s("id"),
+                format!("{}:{}", s("addr"), m["port"]),
+                s("status"),
+                s("role"),
+                format!("{}:{}", s("service_ip"), s("service_port")),
+            ]
+        })
+        .collect();
+    table(out, ["NAME", "ADDRESS", "STATUS", "ROLE", "SERVICE"], &rows)
+}
+
+fn table<const N: usize>(
+    out: &mut impl Write,
+    head: [&str; N],
+    rows: &[[String; N]],
+) -> anyhow::Result<()> {
+    let mut widths = head.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(head.to_vec()))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// A command-line payload: JSON if it parses, else a string; none is null.
+fn payload_arg(raw: Option<&str>) -> Value {
+    match raw {
+        None => Value::Null,
+        Some(s) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string())),
+    }
+}
+
+/// Writes one line to the write node, in one write(2), and explains the
+/// errno it may fail with.
+pub fn event(mount: &Path, name: &str, payload: Option<&str>) -> anyhow::Result<()> {
+    let path = mount.join(files::WRITE_NODE);
+    let mut line = serde_json::to_vec(&(name, payload_arg(payload)))?;
+    line.push(b'\n');
+    let res = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write(&line));
+    match res {
+        Ok(n) if n == line.len() => Ok(()),
+        Ok(n) => bail!(
+            "event {name}: short write to {} ({n} of {} bytes)",
+            path.display(),
+            line.len()
+        ),
+        Err(e) => {
+            let why = match e.raw_os_error() {
+                Some(libc::EINVAL) => "not a valid event (name or payload)",
+                Some(libc::EMSGSIZE) => "name and payload are over serf's size limit",
+                Some(libc::EAGAIN) => "the agent is unreachable; try again",
+                Some(libc::EACCES) => "this container may not raise it",
+                _ => "",
+            };
+            let sep = if why.is_empty() { "" } else { ": " };
+            bail!("event {name}: write {}: {e}{sep}{why}", path.display())
+        }
+    }
+}
+
+/// Reads the query file for this ask and prints its answers.
+pub fn query(
+    mount: &Path,
+    name: &str,
+    payload: Option<&str>,
+    role: Option<String>,
+    nodes: Vec<String>,
+    timeout: f64,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if !(timeout.is_finite() && timeout > 0.0) {
+        bail!("query {name}: timeout {timeout} is not a positive number of seconds");
+    }
+    let ask = Ask {
+        name: name.into(),
+        payload: Value::Null,
+        role,
+        nodes,
+        timeout: Duration::from_secs_f64(timeout).min(query::MAX_TIMEOUT),
+    };
+    // For where/ports the argument is the role itself.
+    let arg = payload.unwrap_or("null");
+    let path: PathBuf = mount
+        .join(files::QUERY)
+        .join(name)
+        .join(ask.to_segment(arg));
+    let answers = read_json(&path).map_err(|e| {
+        let why = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            Some(libc::ENOENT) => ": not a valid query name or option",
+            Some(libc::EAGAIN) => ": the agent is unreachable; try again",
+            Some(libc::EACCES) => ": this container may not ask it",
+            Some(libc::ENAMETOOLONG) => ": the payload is too long for a file name",
+            _ => "",
+        };
+        anyhow::anyhow!("query {name}: {e:#}{why}")
+    })?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&answers)?)?;
+    Ok(())
+}
+
+/// The daemon's status, as a short summary or as status.json.
+pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let s = read_json(&mount.join(files::STATUS))?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+        return Ok(());
+    }
+    let agent = &s["agent"];
+    let agent_line = if agent["connected"] == true {
+        "connected".to_string()
+    } else {
+        format!(
+            "unreachable since {} (stale view)",
+            agent["stale_since"]
+                .as_f64()
+                .map_or("?".into(), |t| format!("{t:.0}"))
+        )
+    };
+    writeln!(out, "node        {}", s["node"].as_str().unwrap_or("?"))?;
+    writeln!(out, "generation  {}", s["generation"])?;
+    writeln!(out, "agent       {agent_line}")?;
+    if let Some(err) = agent["last_error"].as_str() {
+        writeln!(out, "last outage {err}")?;
+    }
+    let counts = &s["members"];
+    writeln!(
+        out,
+        "members     {} alive, {} failed, {} leaving, {} left",
+        counts["alive"], counts["failed"], counts["leaving"], counts["left"]
+    )?;
+    if let Some(children) = s["children"].as_object().filter(|c| !c.is_empty()) {
+        let list: Vec<String> = children
+            .iter()
+            .map(|(name, state)| format!("{name} {}", state.as_str().unwrap_or("?")))
+            .collect();
+        writeln!(out, "children    {}", list.join(", "))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_args_are_json_or_strings() {
+        assert_eq!(payload_arg(None), Value::Null);
+        assert_eq!(payload_arg(Some(r#"{"a":1}"#)), serde_json::json!({"a": 1}));
+        assert_eq!(payload_arg(Some("hello world")), Value::from("hello world"));
+        assert_eq!(payload_arg(Some("7")), Value::from(7));
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut out = Vec::new();
+        table(
+            &mut out,
+            ["A", "BB"],
+            &[["long-name".into(), "x".into()], ["b".into(), "yy".into()]],
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "A          BB\nlong-name  x\nb          yy\n"
+        );
+    }
+}
