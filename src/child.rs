@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::WriteNode;
 use crate::files::{Nodes, Tree};
+use crate::grants::TOKEN_ENV;
 use crate::handlers::Handlers;
 use crate::journal::Journal;
 use crate::membership::View;
@@ -41,6 +42,9 @@ pub struct ChildConfig {
     pub user: Option<String>,
     /// The child's own handlers (run in the child for the parent's events).
     pub events: crate::config::EventsConfig,
+    /// Proves to the parent which child this is (never given to the
+    /// application).
+    pub token: Option<String>,
     pub command: Vec<OsString>,
 }
 
@@ -61,6 +65,7 @@ impl ChildConfig {
             keep_caps: args.keep_caps,
             user: args.user,
             events: crate::config::EventsConfig::resolve(&args.events, None)?,
+            token: std::env::var(TOKEN_ENV).ok(),
             command: args.command,
         })
     }
@@ -86,6 +91,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let side = ChildSide {
         journal: Journal::new(cfg.events.journal_size),
         start: Default::default(),
+        token: cfg.token.clone(),
     };
     let handlers_stop = CancellationToken::new();
     let handlers = Handlers::start(
@@ -138,7 +144,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let user = cfg.user.as_deref().map(resolve_user).transpose()?;
     let keep_caps = cfg.keep_caps;
     let mut cmd = Command::new(program);
-    cmd.args(args);
+    cmd.args(args).env_remove(TOKEN_ENV);
     // SAFETY: only async-signal-safe syscalls run between fork and exec.
     // Capabilities go first: after setuid the process could not drop them.
     unsafe {

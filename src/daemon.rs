@@ -20,6 +20,7 @@ use crate::control::{AgentRaise, WriteNode};
 use crate::docker;
 use crate::events;
 use crate::files::{Nodes, Tree};
+use crate::grants::Grants;
 use crate::handlers::{HandlerConfig, Handlers};
 use crate::hosts::Hosts;
 use crate::journal::Journal;
@@ -54,7 +55,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     ));
     let handlers_stop = CancellationToken::new();
     let handlers = Handlers::start(handler_config(&cfg.events), handlers_stop.clone());
-    // Children's mounts follow this view over the share's socket.
+    // Children's mounts follow this view over the share's socket; a
+    // parent's children prove who they are with the token it gave them.
+    let grants = cfg.docker.is_some().then(Grants::default);
     let replica = match &cfg.share {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -65,6 +68,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 view.clone(),
                 journal.clone(),
                 raise.clone(),
+                grants.clone(),
                 tasks.clone(),
             )))
         }
@@ -83,6 +87,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 cfg.node.clone(),
                 view.clone(),
                 raise.clone(),
+                grants.clone().unwrap_or_default(),
                 children_stop.clone(),
             )))
         }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::control::{Event, Origin, Raise};
+use crate::grants::{self, Allow, Grant, Grants};
 use crate::manifest::ChildSpec;
 use crate::membership::{Containers, View};
 
@@ -115,6 +116,10 @@ struct Shared {
     view: View,
     /// child name → its inspect, as children_by_name.json shows it.
     children: parking_lot::Mutex<BTreeMap<String, Value>>,
+    /// Each child's token (from its container) and `allow:`, for the
+    /// replica socket.
+    grants: Grants,
+    allows: HashMap<String, Allow>,
 }
 
 impl Shared {
@@ -144,10 +149,22 @@ impl Shared {
                 Ok(i) => {
                     let mut v = serde_json::to_value(&i).expect("inspect serializes");
                     v["NetworkSettings"] = self.parent.inspect["NetworkSettings"].clone();
+                    match grants::token_of(&v) {
+                        Some(token) => {
+                            let allow = self.allows.get(child).cloned().unwrap_or_default();
+                            self.grants.set(child, Grant { token, allow });
+                        }
+                        None => tracing::warn!(
+                            "child container {name} has no {} and cannot reach the parent",
+                            grants::TOKEN_ENV
+                        ),
+                    }
+                    grants::scrub(&mut v);
                     children.insert(child.to_owned(), v);
                 }
                 Err(_) => {
                     children.remove(child);
+                    self.grants.remove(child);
                 }
             }
         }
@@ -193,6 +210,7 @@ pub async fn run_children<R: Raise>(
     node: String,
     view: View,
     raise: Arc<R>,
+    grants: Grants,
     stop: CancellationToken,
 ) {
     let shared = Arc::new(Shared {
@@ -200,6 +218,11 @@ pub async fn run_children<R: Raise>(
         node,
         view,
         children: Default::default(),
+        grants,
+        allows: specs
+            .iter()
+            .map(|s| (s.name.clone(), s.allow.clone()))
+            .collect(),
     });
     // A restarted daemon keeps the children it finds: their applications
     // (and their readers) carry on.
@@ -227,6 +250,8 @@ pub async fn run_children<R: Raise>(
                 }
             },
         };
+        // Its token is known before it can connect.
+        shared.refresh(&name).await;
         // Started in list order: the next child waits until this one runs.
         if !running {
             match start(&shared.parent, &name).await {
@@ -421,6 +446,7 @@ async fn create(parent: &Parent, spec: &ChildSpec, all: &[ChildSpec]) -> Result<
             mode.map_or(name.clone(), |m| format!("{name}:{m}"))
         })
         .collect();
+    let token = grants::new_token().map_err(|e| fail(format!("make its token: {e}")))?;
     let mut binds = spec.volumes.clone();
     binds.push(format!("{}:{SHARE_IN_CHILD}:ro", parent.share_volume));
     let name = container_name(&parent.name, &spec.name);
@@ -432,6 +458,7 @@ async fn create(parent: &Parent, spec: &ChildSpec, all: &[ChildSpec]) -> Result<
             spec.environment
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
+                .chain([format!("{}={token}", grants::TOKEN_ENV)])
                 .collect(),
         ),
         working_dir: spec.working_dir.clone(),

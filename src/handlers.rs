@@ -450,7 +450,10 @@ async fn run_one(
         return outcome;
     }
     let mut cmd = Command::new(&path);
-    cmd.envs(env)
+    // A child wrapper's token proves its identity to the parent; handlers
+    // have no use for it.
+    cmd.env_remove(crate::grants::TOKEN_ENV)
+        .envs(env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

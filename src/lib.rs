@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod docker;
 pub mod events;
 pub mod files;
+pub mod grants;
 pub mod handlers;
 pub mod hosts;
 pub mod init;

@@ -33,6 +33,7 @@
 //!       volumes_from: [db]       # a sibling: only an earlier one
 //!       privileged: no           # YAML 1.1 booleans, as PyYAML read them
 //!       handlers: /app/handlers  # run in the child [/etc/serfnode/handlers]
+//!       allow: {events: [deploy, "app-*"], queries: [where]}  # [all]
 //! handlers: /handlers            # the parent's [/etc/serfnode/handlers]
 //! ```
 //!
@@ -51,6 +52,8 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Unexpec
 use serde::{Deserialize, Deserializer};
 
 pub use docker_run::parse_docker_run;
+
+use crate::grants::Allow;
 
 /// `/serfnode.yml`: the parent's own settings and the children it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,6 +129,9 @@ pub struct ChildSpec {
     /// [default: /etc/serfnode/handlers].
     #[serde(default, deserialize_with = "text")]
     pub handlers: Option<String>,
+    /// The user events it may raise and queries it may ask.
+    #[serde(default)]
+    pub allow: Allow,
 }
 
 /// What is wrong, whole in its message (the causes are not chained).

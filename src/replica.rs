@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::control::{Event, Origin, Raise, DEFAULT_EVENT_LIMIT};
+use crate::grants::{Allow, Grants};
 use crate::journal::{Entry, Journal};
 use crate::membership::{Containers, Mirror, Snapshot, View};
 use crate::query::{Answers, Ask, Asker, MAX_TIMEOUT};
@@ -63,6 +64,9 @@ pub enum ReplicaError {
 pub enum ToParent {
     Hello {
         child: String,
+        /// The token the parent gave this child's container.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     Events {
         id: u64,
@@ -233,6 +237,7 @@ pub async fn serve<R: Raise + Asker>(
     view: View,
     journal: Journal,
     raise: Arc<R>,
+    grants: Option<Grants>,
     stop: CancellationToken,
 ) {
     loop {
@@ -246,10 +251,15 @@ pub async fn serve<R: Raise + Asker>(
             },
             _ = stop.cancelled() => return,
         };
-        let (view, journal, raise, stop) =
-            (view.clone(), journal.clone(), raise.clone(), stop.clone());
+        let (view, journal, raise, grants, stop) = (
+            view.clone(),
+            journal.clone(),
+            raise.clone(),
+            grants.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(e) = serve_child(stream, view, journal, raise, stop).await {
+            if let Err(e) = serve_child(stream, view, journal, raise, grants, stop).await {
                 tracing::warn!("replica: {e}");
             }
         });
@@ -261,13 +271,14 @@ async fn serve_child<R: Raise + Asker>(
     view: View,
     journal: Journal,
     raise: Arc<R>,
+    grants: Option<Grants>,
     stop: CancellationToken,
 ) -> Result<(), ReplicaError> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut buf = Vec::new();
-    let child = match read_frame::<ToParent>(&mut r, &mut buf).await? {
-        Some(ToParent::Hello { child }) => child,
+    let (child, token) = match read_frame::<ToParent>(&mut r, &mut buf).await? {
+        Some(ToParent::Hello { child, token }) => (child, token),
         Some(other) => {
             return Err(ReplicaError::Frame(format!(
                 "expected hello, got {other:?}"
@@ -275,6 +286,18 @@ async fn serve_child<R: Raise + Asker>(
         }
         None => return Ok(()),
     };
+    // Without grants (a bare --share) every child may do everything.
+    let allow = match &grants {
+        None => Allow::default(),
+        Some(g) => match g.check(&child, token.as_deref()) {
+            Some(allow) => allow,
+            None => {
+                tracing::warn!("replica: refused a connection claiming to be child {child}: wrong or missing token");
+                return Ok(());
+            }
+        },
+    };
+    let allow = Arc::new(allow);
     tracing::info!(child = %child, "replica: child connected");
 
     let (outcomes, mut outcomes_rx) = mpsc::channel::<ToChild>(64);
@@ -322,8 +345,10 @@ async fn serve_child<R: Raise + Asker>(
                         pid,
                         child: Some(child.clone()),
                     };
+                    let allow = allow.clone();
                     tokio::spawn(async move {
-                        let (raised, errno) = raise_from_child(&*raise, &origin, events).await;
+                        let (raised, errno) =
+                            raise_from_child(&*raise, &origin, &allow, events).await;
                         let _ = outcomes.send(ToChild::Outcome { id, raised, errno }).await;
                     });
                 }
@@ -332,8 +357,14 @@ async fn serve_child<R: Raise + Asker>(
                         pid,
                         child: Some(child.clone()),
                     };
+                    let allowed = allow.query(&ask.name);
                     tokio::spawn(async move {
-                        let result = raise.ask(&origin, ask).await;
+                        let result = if allowed {
+                            raise.ask(&origin, ask).await
+                        } else {
+                            tracing::warn!("replica: {origin}: may not ask query {:?}", ask.name);
+                            Err(libc::EACCES)
+                        };
                         let _ = outcomes.send(ToChild::Answers { id, result }).await;
                     });
                 }
@@ -356,6 +387,7 @@ async fn serve_child<R: Raise + Asker>(
 async fn raise_from_child<R: Raise>(
     raise: &R,
     origin: &Origin,
+    allow: &Allow,
     events: Vec<WireEvent>,
 ) -> (usize, Option<i32>) {
     let mut valid = Vec::with_capacity(events.len());
@@ -368,6 +400,11 @@ async fn raise_from_child<R: Raise>(
         if let Err(err) = event.check(DEFAULT_EVENT_LIMIT) {
             tracing::warn!("replica: {origin}: refused event: {err}");
             bad = Some(err.errno());
+            break;
+        }
+        if !allow.event(&event.name) {
+            tracing::warn!("replica: {origin}: may not raise event {:?}", event.name);
+            bad = Some(libc::EACCES);
             break;
         }
         valid.push(event);
@@ -488,6 +525,8 @@ pub struct ChildSide {
     /// The seq of the last backlog entry of the first link: the child's
     /// handlers run for entries after it.
     pub start: Arc<std::sync::OnceLock<u64>>,
+    /// The token the parent gave this child (its `SERFNODE_CHILD_TOKEN`).
+    pub token: Option<String>,
 }
 
 /// The child's side of the link: mirrors the parent's view into `view` and
@@ -549,6 +588,7 @@ async fn link(
         &mut w,
         &ToParent::Hello {
             child: child.into(),
+            token: side.token.clone(),
         },
     )
     .await?;
@@ -664,5 +704,152 @@ mod tests {
             text,
             r#"{"type":"events","id":7,"pid":42,"events":[{"name":"deploy","payload":"{\"v\":2}"}]}"#
         );
+    }
+
+    /// Raises and answers everything, recording what reached it.
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Vec<(Option<String>, String)>>);
+
+    impl Raise for Recorder {
+        async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
+            let mut seen = self.0.lock();
+            for e in events {
+                seen.push((origin.child.clone(), e.name));
+            }
+            Ok(())
+        }
+    }
+
+    impl Asker for Recorder {
+        async fn ask(&self, origin: &Origin, ask: Ask) -> Result<Answers, i32> {
+            self.0
+                .lock()
+                .push((origin.child.clone(), format!("?{}", ask.name)));
+            Ok(Answers {
+                query: ask.name,
+                payload: ask.payload,
+                responses: Default::default(),
+                missing: vec![],
+                complete: true,
+                elapsed_ms: 0,
+            })
+        }
+    }
+
+    async fn frame(w: &mut OwnedWriteHalf, msg: &ToParent) {
+        write_frame(w, msg).await.unwrap();
+    }
+
+    /// Reads frames until one that `pick` accepts; None if the link closed.
+    async fn until<T>(
+        r: &mut BufReader<OwnedReadHalf>,
+        mut pick: impl FnMut(ToChild) -> Option<T>,
+    ) -> Option<T> {
+        let mut buf = Vec::new();
+        loop {
+            let msg = read_frame::<ToChild>(r, &mut buf).await.ok()??;
+            if let Some(t) = pick(msg) {
+                return Some(t);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn children_are_known_by_their_token_and_held_to_their_allow_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET);
+        let grants = Grants::default();
+        grants.set(
+            "web",
+            crate::grants::Grant {
+                token: "secret".into(),
+                allow: Allow {
+                    events: Some(vec!["deploy".into()]),
+                    queries: Some(vec![]),
+                },
+            },
+        );
+        let recorder = Arc::new(Recorder::default());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            bind(&path).unwrap(),
+            View::new(),
+            Journal::new(8),
+            recorder.clone(),
+            Some(grants),
+            stop.clone(),
+        ));
+        let hello = |token: Option<&str>| ToParent::Hello {
+            child: "web".into(),
+            token: token.map(String::from),
+        };
+
+        // A wrong or missing token: the parent hangs up before any view.
+        for token in [None, Some("guess")] {
+            let (r, mut w) = UnixStream::connect(&path).await.unwrap().into_split();
+            frame(&mut w, &hello(token)).await;
+            let mut r = BufReader::new(r);
+            assert!(
+                until(&mut r, |_| Some(())).await.is_none(),
+                "{token:?} served"
+            );
+        }
+
+        // The right token: served, and held to its allow list.
+        let (r, mut w) = UnixStream::connect(&path).await.unwrap().into_split();
+        let mut r = BufReader::new(r);
+        frame(&mut w, &hello(Some("secret"))).await;
+        let events = |id, names: &[&str]| ToParent::Events {
+            id,
+            pid: 1,
+            events: names
+                .iter()
+                .map(|n| WireEvent {
+                    name: n.to_string(),
+                    payload: "1".into(),
+                })
+                .collect(),
+        };
+        frame(&mut w, &events(1, &["deploy", "other", "deploy"])).await;
+        let outcome = until(&mut r, |m| match m {
+            ToChild::Outcome {
+                id: 1,
+                raised,
+                errno,
+            } => Some((raised, errno)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(outcome, Some((1, Some(libc::EACCES))));
+        frame(&mut w, &events(2, &["container"])).await;
+        let outcome = until(&mut r, |m| match m {
+            ToChild::Outcome {
+                id: 2,
+                raised,
+                errno,
+            } => Some((raised, errno)),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            outcome,
+            Some((0, Some(libc::EACCES))),
+            "a child forging container events"
+        );
+        let ask = Ask::from_file("where", "web").unwrap();
+        frame(&mut w, &ToParent::Query { id: 3, pid: 1, ask }).await;
+        let answer = until(&mut r, |m| match m {
+            ToChild::Answers { id: 3, result } => Some(result.map(|_| ())),
+            _ => None,
+        })
+        .await;
+        assert_eq!(answer, Some(Err(libc::EACCES)));
+        assert_eq!(
+            *recorder.0.lock(),
+            [(Some("web".to_string()), "deploy".to_string())],
+            "only the allowed event got through"
+        );
+        stop.cancel();
+        server.await.unwrap();
     }
 }

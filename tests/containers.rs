@@ -306,6 +306,11 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
             "  - deb:\n      handlers: /handlers\n      volumes: [\"{}:/handlers:ro\"]\n",
             handlers.path().display()
         ),
+    )
+    // old's busybox child may raise hello-* events only, and ask nothing.
+    .replace(
+        "  - bb:\n",
+        "  - bb:\n      allow: {events: [\"hello-*\"], queries: []}\n",
     );
     let old = cluster.start_parent("old", "web", None, &old_yml);
     let (old_deb, old_bb) = (old.child("deb"), old.child("bb"));
@@ -496,6 +501,30 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
         || format!("query where/web from {db_bb}: {answers:?}"),
     );
     clock.phase("handlers, journal and queries work inside children");
+
+    // 3c. a child is held to its allow list (EACCES), and its identity
+    // token shows in no file.
+    let denied = exec_sh(&old_bb, r#"echo '["nope",1]' > /serfnode/parent"#);
+    checks.check(
+        denied.as_ref().is_err_and(|e| e.contains("ermission denied")),
+        || format!("{old_bb} raising an event outside its allow list: {denied:?}"),
+    );
+    let asked = exec_sh(&old_bb, "cat /serfnode/query/where/web");
+    checks.check(
+        asked.as_ref().is_err_and(|e| e.contains("ermission denied")),
+        || format!("{old_bb} asking a query outside its allow list: {asked:?}"),
+    );
+    for (container, file) in [
+        (&old.name, "/serfnode/children_by_name.json"),
+        (&old_deb, "/serfnode/me.json"),
+    ] {
+        let text = exec_sh(container, &format!("cat {file}")).unwrap_or_default();
+        checks.check(
+            !text.is_empty() && !text.contains("SERFNODE_CHILD_TOKEN"),
+            || format!("{file} in {container} shows a child token or nothing"),
+        );
+    }
+    clock.phase("allow lists: EACCES outside them; tokens in no file");
 
     // 4. crash: restarts of the same container, events on db.
     let events = wait_for(

@@ -219,7 +219,7 @@ fn errors_in_a_file_name_it() {
     assert_eq!(
         err,
         format!(
-            "{}: children[0].web: unknown field `volume`, expected one of `image`, `command`, `entrypoint`, `environment`, `volumes`, `volumes_from`, `working_dir`, `user`, `privileged`, `links`, `expose`, `ports`, `handlers` at line 4 column 7",
+            "{}: children[0].web: unknown field `volume`, expected one of `image`, `command`, `entrypoint`, `environment`, `volumes`, `volumes_from`, `working_dir`, `user`, `privileged`, `links`, `expose`, `ports`, `handlers`, `allow` at line 4 column 7",
             path.display()
         )
     );
@@ -465,4 +465,20 @@ fn docker_run_errors_name_what_failed() {
         let err = parse_docker_run(args, name).unwrap_err().to_string();
         assert_eq!(err, format!("invalid DOCKER_RUN: {message}"), "{args}");
     }
+}
+
+#[test]
+fn allow_lists_parse_and_bad_patterns_name_the_key() {
+    let c = only_child("      image: x\n      allow: {events: [deploy, \"app-*\"], queries: []}\n")
+        .unwrap();
+    assert!(c.allow.event("deploy") && c.allow.event("app-1") && !c.allow.event("other"));
+    assert!(!c.allow.query("where"));
+    assert_eq!(
+        only_child("      image: x\n").unwrap().allow,
+        Default::default()
+    );
+    let err = only_child("      image: x\n      allow: {events: [\"a/b\"]}\n").unwrap_err();
+    assert!(err.contains("allow") && err.contains("a/b"), "{err}");
+    let err = only_child("      image: x\n      allow: {event: [a]}\n").unwrap_err();
+    assert!(err.contains("unknown field `event`"), "{err}");
 }
