@@ -29,9 +29,11 @@ pub struct AgentConfig {
     pub profile: String,
     /// Serf's snapshot file, if any.
     pub snapshot: Option<PathBuf>,
-    /// Extra agent configuration (rpc_auth, keyring) passed as a file so no
-    /// secret shows in process listings.
+    /// Extra agent configuration (rpc_auth, encrypt_key, keyring_file)
+    /// passed as a file so no secret shows in process listings.
     pub config_file: Option<PathBuf>,
+    /// A descriptor the agent inherits (the config file, in memory).
+    pub inherit_fd: Option<i32>,
     /// How long the graceful leave may take at shutdown before SIGKILL.
     pub leave_timeout: Duration,
 }
@@ -62,9 +64,8 @@ impl AgentConfig {
 }
 
 /// Reads the RPC key from `path`, creating it (mode 0600, a random key) if
-/// it does not exist, and writes the agent config file that hands it to the
-/// agent (`<path>.json`, 0600). Returns the key and that config file.
-pub fn rpc_auth(path: &Path) -> Result<(String, PathBuf), AgentError> {
+/// it does not exist.
+pub fn rpc_auth(path: &Path) -> Result<String, AgentError> {
     let io = |what: &str, source| AgentError::Auth {
         path: path.display().to_string(),
         what: what.to_owned(),
@@ -73,33 +74,114 @@ pub fn rpc_auth(path: &Path) -> Result<(String, PathBuf), AgentError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("create its directory", e))?;
     }
-    let key = match std::fs::read_to_string(path) {
+    Ok(match std::fs::read_to_string(path) {
         Ok(k) if !k.trim().is_empty() => k.trim().to_owned(),
         Ok(_) | Err(_) => {
-            let mut bytes = [0u8; 24];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                .map_err(|e| io("read /dev/urandom for", e))?;
-            let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let bytes = random_bytes::<24>().map_err(|e| io("read /dev/urandom for", e))?;
+            let key = hex(&bytes);
             write_private(path, key.as_bytes()).map_err(|e| io("write", e))?;
             key
         }
-    };
-    let config = path.with_extension("json");
-    let body = serde_json::to_vec(&serde_json::json!({ "rpc_auth": key })).expect("json");
-    write_private(&config, &body).map_err(|e| io("write the agent config beside", e))?;
-    Ok((key, config))
+    })
 }
 
+fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+    Ok(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The agent's config file, holding what must not show on its command line
+/// (`rpc_auth`, `encrypt_key`, `keyring_file`): on disk, mode 0600, beside
+/// the RPC key file when there is one; else in memory (a memfd the agent
+/// inherits and reads as `/proc/self/fd/N`), so no copy of the key is left
+/// on disk, not even by a crash. Keep it for as long as the agent may be
+/// (re)started.
+#[derive(Debug)]
+pub struct ConfigFile {
+    path: PathBuf,
+    memfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl ConfigFile {
+    /// Writes `entries` beside the RPC key file (`<rpc-auth>.json`) when
+    /// there is one, else into a memfd.
+    pub fn write(
+        beside: Option<&Path>,
+        entries: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ConfigFile, AgentError> {
+        let body = serde_json::to_vec(entries).expect("json");
+        match beside {
+            Some(p) => {
+                let path = p.with_extension("json");
+                write_private(&path, &body).map_err(|source| AgentError::Config {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Ok(ConfigFile { path, memfd: None })
+            }
+            None => {
+                let fd = memfd(&body).map_err(|source| AgentError::Config {
+                    path: "(memfd)".into(),
+                    source,
+                })?;
+                use std::os::fd::AsRawFd;
+                Ok(ConfigFile {
+                    path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                    memfd: Some(fd),
+                })
+            }
+        }
+    }
+
+    /// The path the agent reads it at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The descriptor the agent must inherit, for a memfd.
+    pub fn inherit_fd(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        self.memfd.as_ref().map(|fd| fd.as_raw_fd())
+    }
+}
+
+/// An anonymous in-memory file holding `bytes`, closed on exec (the agent
+/// gets it by [`AgentConfig::inherit_fd`]).
+fn memfd(bytes: &[u8]) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the new descriptor
+    // is owned by the returned OwnedFd alone.
+    let fd = unsafe { libc::memfd_create(c"serf-agent-config".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    Ok(file.into())
+}
+
+/// Writes `bytes` to `path`, readable by its owner only (also when the file
+/// existed with a wider mode: the mode is narrowed before the write).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .mode(0o600)
         .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.set_len(0)?;
     f.write_all(bytes)
 }
 
@@ -109,6 +191,11 @@ pub enum AgentError {
     Auth {
         path: String,
         what: String,
+        source: std::io::Error,
+    },
+    #[error("agent config file {path}: {source}")]
+    Config {
+        path: String,
         source: std::io::Error,
     },
     #[error("create snapshot directory {dir}: {source}")]
@@ -202,9 +289,17 @@ fn spawn(cfg: &AgentConfig) -> Result<Child, AgentError> {
     // SAFETY: prctl is async-signal-safe. The agent dies with us, so a
     // crashed serfnode never leaves an orphan holding the node's ports.
     unsafe {
-        cmd.pre_exec(|| {
+        let inherit = cfg.inherit_fd;
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // fcntl is async-signal-safe; this clears close-on-exec in the
+            // child only.
+            if let Some(fd) = inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -221,8 +316,18 @@ fn spawn(cfg: &AgentConfig) -> Result<Child, AgentError> {
 fn forward_log(out: Option<impl AsyncRead + Unpin + Send + 'static>) {
     let Some(out) = out else { return };
     tokio::spawn(async move {
-        let mut lines = BufReader::new(out).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        // Read as bytes: the agent logs member names, which any peer
+        // chooses; a line that is not UTF-8 must not end the reading, or the
+        // agent dies of SIGPIPE at its next line.
+        let mut out = BufReader::new(out);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match out.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&buf);
             let line = line.trim();
             if line.contains("[ERR]") || line.contains("[WARN]") {
                 tracing::warn!(target: "serf", "{line}");
@@ -231,4 +336,44 @@ fn forward_log(out: Option<impl AsyncRead + Unpin + Send + 'static>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_lies_beside_the_rpc_key_or_in_memory() {
+        let entries = serde_json::json!({"encrypt_key": "k"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let read = |f: &ConfigFile| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(f.path()).unwrap()).unwrap()
+        };
+
+        let mem = ConfigFile::write(None, &entries).unwrap();
+        assert!(mem.path().starts_with("/proc/self/fd/"));
+        assert!(mem.inherit_fd().is_some());
+        assert_eq!(read(&mem)["encrypt_key"], "k");
+
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("rpc-auth");
+        let key = rpc_auth(&auth).unwrap();
+        assert_eq!(key.len(), 48);
+        assert_eq!(rpc_auth(&auth).unwrap(), key, "kept across starts");
+        std::fs::write(dir.path().join("rpc-auth.json"), "{}").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("rpc-auth.json"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let disk = ConfigFile::write(Some(&auth), &entries).unwrap();
+        assert_eq!(disk.path(), dir.path().join("rpc-auth.json"));
+        assert!(disk.inherit_fd().is_none());
+        assert_eq!(read(&disk)["encrypt_key"], "k");
+        let mode = std::fs::metadata(disk.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "narrowed");
+    }
 }

@@ -84,6 +84,55 @@ pub enum Command {
         #[command(flatten)]
         at: MountArg,
     },
+    /// The cluster's gossip encryption keys, through the local agent: list
+    /// them, or rotate them on every member (install NEW, use NEW, remove OLD).
+    Keys(KeysArgs),
+}
+
+/// `serfnode keys`: which agent to ask.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub action: KeysAction,
+    /// The local agent's RPC address [default: 127.0.0.1:7373, port from RPC_PORT].
+    #[arg(long, global = true, value_name = "IP:PORT")]
+    pub rpc_addr: Option<SocketAddr>,
+    /// RPC port (the original's RPC_PORT).
+    #[arg(long, env = "RPC_PORT", global = true, hide = true)]
+    pub rpc_port: Option<u16>,
+    /// File holding the agent's RPC auth key [default: /var/lib/serfnode/rpc-auth if it exists].
+    #[arg(
+        long,
+        env = "SERFNODE_RPC_AUTH_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    pub rpc_auth_file: Option<PathBuf>,
+}
+
+/// A KEY is base64 (16, 24 or 32 bytes), or `-` to read it from stdin: a
+/// KEY given as a value is visible in process listings (`ps`).
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Every key in the members' keyrings, with how many members have it.
+    List,
+    /// Add KEY to every member's keyring (rotation step 1).
+    Install {
+        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
+        key: String,
+    },
+    /// Make KEY every member's primary key, the one gossip is encrypted
+    /// with (rotation step 2).
+    Use {
+        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
+        key: String,
+    },
+    /// Remove KEY from every member's keyring; not the primary one
+    /// (rotation step 3).
+    Remove {
+        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
+        key: String,
+    },
 }
 
 /// Where the operator commands find the local daemon's files.
@@ -173,6 +222,22 @@ pub struct AgentArgs {
     /// children share the parent's loopback].
     #[arg(long, env = "SERFNODE_RPC_AUTH_FILE", value_name = "PATH")]
     pub rpc_auth_file: Option<PathBuf>,
+    /// File holding the gossip encryption key: base64 of 16, 24 or 32 bytes
+    /// (`head -c32 /dev/urandom | base64`). SERF_ENCRYPT_KEY may hold the
+    /// key itself instead. The agent gets it through its config file, never
+    /// the command line. Without a key, gossip is not encrypted.
+    #[arg(long, env = "SERF_ENCRYPT_KEY_FILE", value_name = "PATH")]
+    pub encrypt_key_file: Option<PathBuf>,
+    /// Serf's keyring file: a JSON list of base64 keys, the first one
+    /// primary. The agent saves key rotations (`serfnode keys`) into it and
+    /// reloads them when it restarts. Created from the key if missing; used
+    /// as it is (the key ignored) if present.
+    #[arg(long, env = "SERF_KEYRING_FILE", value_name = "PATH")]
+    pub keyring_file: Option<PathBuf>,
+    /// The value of SERF_ENCRYPT_KEY, taken out of the environment at start
+    /// (never a flag: a flag's value shows in process listings).
+    #[arg(skip)]
+    pub encrypt_key: Option<crate::keys::Secret>,
     /// Use the agent already running at --rpc-addr instead of starting one.
     #[arg(long)]
     pub attach: bool,

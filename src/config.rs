@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cli::AgentArgs;
+use crate::keys::{Encryption, KeyError};
 use crate::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
 use crate::tags::OwnTags;
 
@@ -27,6 +28,8 @@ pub struct Config {
     pub profile: String,
     pub snapshot: Option<PathBuf>,
     pub rpc_auth_file: Option<PathBuf>,
+    /// Gossip encryption the agent is started with.
+    pub encryption: Encryption,
     pub attach: bool,
     pub poll: Duration,
     pub allow_other: bool,
@@ -104,6 +107,8 @@ pub enum ConfigError {
     NoName,
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 impl Config {
@@ -210,6 +215,11 @@ impl Config {
                 .rpc_auth_file
                 .clone()
                 .or(args.docker.then(|| PathBuf::from(DEFAULT_RPC_AUTH_FILE))),
+            encryption: Encryption::resolve(
+                args.encrypt_key_file.as_deref(),
+                args.encrypt_key.as_ref(),
+                args.keyring_file.clone(),
+            )?,
             snapshot: args
                 .snapshot
                 .clone()
@@ -281,12 +291,46 @@ mod tests {
     use clap::Parser;
 
     fn resolve(argv: &[&str]) -> Result<Config, ConfigError> {
+        resolve_with_key(argv, None)
+    }
+
+    /// `key`: the value of SERF_ENCRYPT_KEY, as main passes it on.
+    fn resolve_with_key(argv: &[&str], key: Option<&str>) -> Result<Config, ConfigError> {
         let cli = crate::cli::Cli::try_parse_from(["serfnode", "agent"].iter().chain(argv.iter()))
             .unwrap();
-        let crate::cli::Command::Agent(args) = cli.command else {
+        let crate::cli::Command::Agent(mut args) = cli.command else {
             panic!("parsed as agent")
         };
+        args.encrypt_key = key.map(|k| crate::keys::Secret(k.to_owned()));
         Config::resolve(&args)
+    }
+
+    #[test]
+    fn the_gossip_key_comes_from_a_file_or_the_environment() {
+        use crate::keys::Secret;
+        let dir = tempfile::tempdir().unwrap();
+        let key = "AAAAAAAAAAAAAAAAAAAAAA==";
+        let file = dir.path().join("key");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let file = file.to_str().unwrap();
+
+        let c = resolve(&["--node", "n", "--encrypt-key-file", file]).unwrap();
+        assert_eq!(c.encryption.key, Some(Secret(key.into())));
+        let c = resolve_with_key(&["--node", "n"], Some(key)).unwrap();
+        assert_eq!(c.encryption.key, Some(Secret(key.into())));
+        assert!(!resolve(&["--node", "n"]).unwrap().encryption.enabled());
+
+        let err = resolve_with_key(&["--node", "n", "--encrypt-key-file", file], Some(key));
+        assert!(err.unwrap_err().to_string().contains("give the key once"));
+        let err = resolve_with_key(&["--node", "n"], Some("c2hvcnQ=")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("SERF_ENCRYPT_KEY: the key is 5 bytes"),
+            "{err}"
+        );
+        let ring = dir.path().join("missing.keyring");
+        let err = resolve(&["--node", "n", "--keyring-file", ring.to_str().unwrap()]);
+        assert!(err.unwrap_err().to_string().contains("does not exist"));
     }
 
     #[test]

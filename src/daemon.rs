@@ -19,11 +19,12 @@ use crate::config::{Config, EventsConfig};
 use crate::control::{AgentRaise, WriteNode};
 use crate::docker;
 use crate::events;
-use crate::files::{Nodes, Tree};
+use crate::files::{self, Nodes, Tree};
 use crate::grants::Grants;
 use crate::handlers::{HandlerConfig, Handlers};
 use crate::hosts::Hosts;
 use crate::journal::Journal;
+use crate::keys;
 use crate::membership::{self, SyncConfig, View};
 use crate::query::Querier;
 use crate::replica;
@@ -42,6 +43,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         queries: Arc::new(Querier::new(raise.clone(), runtime)),
     };
     let tasks = CancellationToken::new();
+    // Known before the first status.json is served.
+    announce_encryption(&cfg);
 
     // Mount first: a mount point we cannot serve fails the start before the
     // node joins anything.
@@ -103,6 +106,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .as_deref()
         .map(agent::rpc_auth)
         .transpose()?;
+    // Kept open until the daemon returns: a restarted agent reads it again.
+    let agent_file = agent_config_file(&cfg, auth.as_deref())?;
+    if cfg.attach {
+        tokio::spawn(probe_encryption(clients_rx.clone(), tasks.clone()));
+    }
     // The agent outlives every other task: it is stopped last but one, so
     // the leave is gossiped while the files still say what happens.
     let agent_stop = CancellationToken::new();
@@ -116,7 +124,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             tags: cfg.tags.to_map(),
             profile: cfg.profile.clone(),
             snapshot: cfg.snapshot.clone(),
-            config_file: auth.as_ref().map(|(_, file)| file.clone()),
+            config_file: agent_file.as_ref().map(|f| f.path().to_owned()),
+            inherit_fd: agent_file.as_ref().and_then(|f| f.inherit_fd()),
             leave_timeout: Duration::from_secs(3),
         };
         tokio::spawn(agent::supervise(acfg, agent_stop.clone()))
@@ -126,7 +135,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         view.clone(),
         SyncConfig {
             rpc: cfg.rpc,
-            auth_key: auth.map(|(key, _)| key),
+            auth_key: auth,
             poll: cfg.poll,
         },
         clients_tx,
@@ -178,6 +187,65 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .with_context(|| format!("unmount {}", path.display()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Gossip encryption as configured: shown in status.json, and a warning
+/// when there is none. With `--attach` the agent is asked once followed.
+fn announce_encryption(cfg: &Config) {
+    if cfg.attach {
+        if cfg.encryption.enabled() {
+            tracing::warn!("--attach: the encryption settings are ignored; the agent has its own");
+        }
+        return;
+    }
+    files::set_encrypted(Some(cfg.encryption.enabled()));
+    if !cfg.encryption.enabled() {
+        keys::warn_unencrypted(false);
+    }
+}
+
+/// The agent's config file: its RPC key and gossip encryption (key, or a
+/// keyring file made from it when missing). `None` when there is nothing
+/// to give.
+fn agent_config_file(
+    cfg: &Config,
+    auth: Option<&str>,
+) -> anyhow::Result<Option<agent::ConfigFile>> {
+    let mut entries = serde_json::Map::new();
+    if let Some(key) = auth {
+        entries.insert("rpc_auth".into(), key.into());
+    }
+    if !cfg.attach {
+        entries.extend(cfg.encryption.agent_entries()?);
+    }
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(agent::ConfigFile::write(
+        cfg.rpc_auth_file.as_deref(),
+        &entries,
+    )?))
+}
+
+/// With `--attach`: whether the agent encrypts its gossip, from its stats,
+/// once it is followed. (status.json shows it from its next change on.)
+async fn probe_encryption(mut clients: watch::Receiver<Option<Client>>, stop: CancellationToken) {
+    while let Some(client) = membership::next_client(&mut clients, &stop).await {
+        match keys::agent_encrypted(&client).await {
+            Some(encrypted) => {
+                files::set_encrypted(Some(encrypted));
+                if !encrypted {
+                    keys::warn_unencrypted(true);
+                }
+                return;
+            }
+            // The connection failed under us: wait for the next one.
+            None => tokio::select! {
+                _ = client.closed() => {}
+                _ = stop.cancelled() => return,
+            },
+        }
+    }
 }
 
 pub(crate) fn handler_config(cfg: &EventsConfig) -> HandlerConfig {
@@ -270,15 +338,25 @@ async fn hosts_hook(view: View, mut hosts: Hosts, stop: CancellationToken) -> Ho
                 }
                 last_error = Some(msg);
             }
-            Ok(()) => last_error = None,
+            Ok(()) => {
+                if last_error.take().is_some() {
+                    tracing::info!("hosts file written again after the error");
+                }
+            }
         }
+        // A failed write (disk full, file replaced) is retried on the next
+        // change, and meanwhile every second: nothing waits for a change
+        // that may not come.
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(HOSTS_RETRY), if last_error.is_some() => {}
             _ = stop.cancelled() => break,
         }
     }
     hosts
 }
+
+const HOSTS_RETRY: Duration = Duration::from_secs(1);
 
 /// Joins the given peers over each new agent connection until one join
 /// succeeds (a restarted agent has forgotten the cluster).

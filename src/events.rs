@@ -50,10 +50,14 @@ struct EnvelopeIn {
 /// Wraps a JSON payload with its origin, as it goes on the wire.
 pub fn wrap(from: &From, payload: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
     let raw: &serde_json::value::RawValue = serde_json::from_slice(payload)?;
-    serde_json::to_vec(&EnvelopeOut {
+    let wire = serde_json::to_vec(&EnvelopeOut {
         serfnode: from,
         payload: raw,
-    })
+    })?;
+    // RawValue takes any nesting, but receivers read 127 levels at most: an
+    // envelope they cannot read would reach them unattributed.
+    serde_json::from_slice::<EnvelopeIn>(&wire)?;
+    Ok(wire)
 }
 
 /// A wire payload as handlers and readers see it: the enveloped payload and

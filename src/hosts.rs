@@ -133,8 +133,36 @@ pub fn write_block(path: &Path, roles: &RoleMap) -> Result<bool, HostsError> {
         let pad = old.len() - new.len();
         new.extend(std::iter::repeat_n('\n', pad));
     }
+    if new.len() > old.len() {
+        reserve(&file, new.len()).map_err(err)?;
+    }
     file.write_all_at(new.as_bytes(), 0).map_err(err)?;
     Ok(true)
+}
+
+/// Claims the disk space a longer file needs before a byte of it changes:
+/// on a full disk the write would otherwise stop part-way and leave a torn
+/// block. Where the file system cannot preallocate, the write goes ahead.
+fn reserve(file: &std::fs::File, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate(2) on an open fd; KEEP_SIZE leaves its length (and
+    // so what readers see) unchanged.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
+    }
 }
 
 /// The hook's state across view changes: what it last wrote, and which bad

@@ -7,7 +7,8 @@
 //! ([`control`]), runs handlers for cluster events ([`events`],
 //! [`handlers`]), keeps an event journal ([`journal`]), asks and answers
 //! queries ([`query`]) and keeps each role's oldest member in the hosts file
-//! ([`hosts`]). See README.md for the file contract.
+//! ([`hosts`]), and encrypts gossip with keys rotated cluster-wide
+//! ([`keys`]). See README.md for the file contract.
 
 pub mod agent;
 pub mod backoff;
@@ -24,6 +25,7 @@ pub mod handlers;
 pub mod hosts;
 pub mod init;
 pub mod journal;
+pub mod keys;
 pub mod manifest;
 pub mod membership;
 pub mod names;

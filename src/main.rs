@@ -13,7 +13,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Agent(args) = &mut cli.command {
+        // The key leaves the environment before any thread or child exists:
+        // handlers and the agent do not inherit it. (A parent keeps it for
+        // the daemon it runs.)
+        args.encrypt_key = std::env::var(serfnode::keys::KEY_ENV)
+            .ok()
+            .map(serfnode::keys::Secret);
+        std::env::remove_var(serfnode::keys::KEY_ENV);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
@@ -83,6 +92,12 @@ fn operate(command: Command) -> anyhow::Result<()> {
         Command::Watch { from, at } => {
             serfnode::journal::watch(&at.mount, from, &mut out, || false).map_err(Into::into)
         }
+        Command::Keys(args) => serfnode::keys::run(
+            &args,
+            std::io::stdin().lock(),
+            &mut out,
+            &mut std::io::stderr(),
+        ),
         Command::Agent(_) | Command::Parent(_) | Command::Child(_) => {
             unreachable!("daemons are run by main")
         }

@@ -40,7 +40,7 @@ pub fn members(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result
     let rows: Vec<[String; 5]> = members
         .iter()
         .map(|m| {
-            let s = |k: &str| m[k].as_str().unwrap_or_default().to_string();
+            let s = |k: &str| printable(m[k].as_str().unwrap_or_default());
             [
                 s("id"),
                 format!("{}:{}", s("addr"), m["port"]),
@@ -51,6 +51,21 @@ pub fn members(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result
         })
         .collect();
     table(out, ["NAME", "ADDRESS", "STATUS", "ROLE", "SERVICE"], &rows)
+}
+
+/// A cell as the terminal may show it: control characters (newlines,
+/// escape sequences) escaped, so a member's name or role cannot forge rows
+/// or steer the terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
+            if c.is_control() {
+                Box::new(c.escape_default())
+            } else {
+                Box::new(std::iter::once(c))
+            }
+        })
+        .collect()
 }
 
 fn table<const N: usize>(
@@ -159,6 +174,7 @@ pub fn query(
             Some(libc::ENOENT) => ": not a valid query name or option",
             Some(libc::EAGAIN) => ": the agent is unreachable; try again",
             Some(libc::EACCES) => ": this container may not ask it",
+            Some(libc::EMSGSIZE) => ": the query is over serf's 1 KB limit",
             Some(libc::ENAMETOOLONG) => ": the payload is too long for a file name",
             _ => "",
         };
@@ -189,6 +205,12 @@ pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<
     writeln!(out, "node        {}", s["node"].as_str().unwrap_or("?"))?;
     writeln!(out, "generation  {}", s["generation"])?;
     writeln!(out, "agent       {agent_line}")?;
+    let gossip = match s["encrypted"].as_bool() {
+        Some(true) => "encrypted",
+        Some(false) => "NOT encrypted",
+        None => "encryption unknown",
+    };
+    writeln!(out, "gossip      {gossip}")?;
     if let Some(err) = agent["last_error"].as_str() {
         writeln!(out, "last outage {err}")?;
     }
@@ -218,6 +240,13 @@ mod tests {
         assert_eq!(payload_arg(Some(r#"{"a":1}"#)), serde_json::json!({"a": 1}));
         assert_eq!(payload_arg(Some("hello world")), Value::from("hello world"));
         assert_eq!(payload_arg(Some("7")), Value::from(7));
+    }
+
+    #[test]
+    fn cells_cannot_forge_rows_or_steer_the_terminal() {
+        assert_eq!(printable("web\nforged"), "web\\nforged");
+        assert_eq!(printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("ümlaut ok"), "ümlaut ok");
     }
 
     #[test]

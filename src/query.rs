@@ -93,7 +93,12 @@ impl Ask {
                     if !(secs.is_finite() && secs > 0.0) {
                         return Err(AskError::Option(opt.into()));
                     }
-                    ask.timeout = Duration::from_secs_f64(secs).min(MAX_TIMEOUT);
+                    // Capped before converting: from_secs_f64 panics past
+                    // u64::MAX seconds. Under half a nanosecond rounds to none.
+                    ask.timeout = Duration::from_secs_f64(secs.min(MAX_TIMEOUT.as_secs_f64()));
+                    if ask.timeout.is_zero() {
+                        return Err(AskError::Option(opt.into()));
+                    }
                 }
                 _ => return Err(AskError::Option(opt.into())),
             }
@@ -228,6 +233,10 @@ impl Asker for AgentRaise {
             Ok(Err(e)) => {
                 tracing::warn!("query {}: {origin}: {e}", q.name);
                 Err(match e {
+                    // Serf's 1 KB query limit, as the write node maps it.
+                    RpcError::Agent { message, .. } if message.contains("exceeds") => {
+                        libc::EMSGSIZE
+                    }
                     RpcError::Agent { .. } => libc::EIO,
                     _ => libc::EAGAIN,
                 })
@@ -323,8 +332,10 @@ fn unescape(s: &str) -> Result<String, AskError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // from_str_radix alone would take "+1".
             let hex = s
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| AskError::Escape(s.into()))?;
             out.push(hex);
@@ -372,7 +383,15 @@ mod tests {
             Ask::from_file("../x", "a"),
             Err(AskError::Name(_))
         ));
-        for bad in ["a;x=1", "a;timeout=-1", "a;timeout=nan", "a;role", "%zz"] {
+        for bad in [
+            "a;x=1",
+            "a;timeout=-1",
+            "a;timeout=nan",
+            "a;role",
+            "%zz",
+            "%+1",
+            "%-1",
+        ] {
             assert!(Ask::from_file("q", bad).is_err(), "{bad}");
         }
     }

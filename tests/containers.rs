@@ -506,12 +506,16 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     // token shows in no file.
     let denied = exec_sh(&old_bb, r#"echo '["nope",1]' > /serfnode/parent"#);
     checks.check(
-        denied.as_ref().is_err_and(|e| e.contains("ermission denied")),
+        denied
+            .as_ref()
+            .is_err_and(|e| e.contains("ermission denied")),
         || format!("{old_bb} raising an event outside its allow list: {denied:?}"),
     );
     let asked = exec_sh(&old_bb, "cat /serfnode/query/where/web");
     checks.check(
-        asked.as_ref().is_err_and(|e| e.contains("ermission denied")),
+        asked
+            .as_ref()
+            .is_err_and(|e| e.contains("ermission denied")),
         || format!("{old_bb} asking a query outside its allow list: {asked:?}"),
     );
     for (container, file) in [

@@ -492,7 +492,7 @@ fn operator_commands_talk_to_the_local_daemon() {
     assert_eq!(members[1]["id"], "opb");
     assert_eq!(members[1]["status"], "alive");
 
-    h.add("poke", r#"cat > "$OUT/poke""#);
+    h.add("poke", r#"cat > "$OUT/.poke"; mv "$OUT/.poke" "$OUT/poke""#);
     let (ok, _, err) = serfnode(&["event", "poke", r#"{"n":1}"#, "--mount", &mount]);
     assert!(ok, "{err}");
     assert_eq!(h.wait("poke"), r#"{"n":1}"#);

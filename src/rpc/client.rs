@@ -533,7 +533,7 @@ impl Client {
     }
 }
 
-fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+pub(super) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| RpcError::Decode(format!("{what}: {e}")))
 }
 

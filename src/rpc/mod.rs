@@ -12,6 +12,8 @@
 
 mod client;
 mod codec;
+#[doc(hidden)]
+pub mod fuzz;
 mod proto;
 
 use std::net::SocketAddr;

@@ -29,6 +29,44 @@ fn nil_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         .unwrap_or_default())
 }
 
+/// Text that may not be UTF-8 (a member's name or tags come from whoever
+/// started that agent): invalid bytes become U+FFFD instead of failing the
+/// whole reply, which would blind us to every member.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Lossy(String);
+
+impl<'de> Deserialize<'de> for Lossy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Lossy, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Lossy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Lossy, E> {
+                Ok(Lossy(v.to_owned()))
+            }
+            // rmp-serde hands over a str whose bytes are not UTF-8 as bytes.
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Lossy, E> {
+                Ok(Lossy(String::from_utf8_lossy(v).into_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn lossy_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Lossy::deserialize(d)?.0)
+}
+
+fn lossy_tags<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(Option::<BTreeMap<Lossy, Lossy>>::deserialize(d)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.0, v.0))
+        .collect())
+}
+
 // ---- requests -------------------------------------------------------------
 
 #[derive(Serialize)]
@@ -291,12 +329,13 @@ pub struct Member {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct WireMember {
+    #[serde(deserialize_with = "lossy_string")]
     name: String,
     #[serde(default, deserialize_with = "nil_bytes")]
     addr: Vec<u8>,
     #[serde(default)]
     port: u16,
-    #[serde(default, deserialize_with = "nil_default")]
+    #[serde(default, deserialize_with = "lossy_tags")]
     tags: BTreeMap<String, String>,
     #[serde(default)]
     status: String,

@@ -29,6 +29,10 @@ pub struct NodeOpts {
     pub mount: Option<PathBuf>,
     /// Initial content of the node's hosts file.
     pub hosts: Option<String>,
+    /// Keep the hosts file here instead of in the node's temp dir.
+    pub hosts_path: Option<PathBuf>,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Node {
@@ -56,7 +60,10 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let ip = opts.ip.unwrap_or_else(unique_ip);
         let mount = opts.mount.clone().unwrap_or_else(|| dir.path().join("mnt"));
-        let hosts = dir.path().join("hosts");
+        let hosts = opts
+            .hosts_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("hosts"));
         std::fs::write(
             &hosts,
             opts.hosts
@@ -96,6 +103,7 @@ impl Node {
                     .flat_map(|j| ["--join".to_string(), j.to_string()]),
             )
             .args(&opts.args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env("SERFNODE_LOG", "info,serfnode=debug")
             .stdin(Stdio::null());
         for var in [
@@ -213,6 +221,16 @@ impl Node {
         )
     }
 
+    /// The daemon's whole log so far (not only the tail).
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's resident set size in KiB (`VmRSS`), while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid())
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
@@ -267,6 +285,19 @@ pub fn raw_write(path: &Path, bytes: &[u8]) -> Result<usize, i32> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// `VmRSS` of process `pid` in KiB, from /proc; None once it is gone.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub fn is_mounted(path: &Path) -> bool {

@@ -78,49 +78,7 @@ impl Agent {
     /// Starts an agent and waits until its RPC answers a handshake. Panics,
     /// showing the log, when it does not come up.
     pub fn start(opts: AgentOpts) -> Agent {
-        let ip = opts.ip.unwrap_or_else(unique_ip);
-        let name = opts.name.unwrap_or_else(|| format!("agent-{ip}"));
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("serf-{name}-"))
-            .tempdir()
-            .expect("temp dir for the agent");
-        let log = dir.path().join("agent.log");
-        let log_file = std::fs::File::create(&log).expect("agent log file");
-
-        let mut cmd = Command::new("serf");
-        cmd.arg("agent")
-            .args(["-node", &name])
-            .args(["-bind", &SocketAddr::from((ip, GOSSIP_PORT)).to_string()])
-            .args(["-rpc-addr", &SocketAddr::from((ip, RPC_PORT)).to_string()])
-            .args(["-log-level", "debug"]);
-        for (k, v) in &opts.tags {
-            cmd.args(["-tag", &format!("{k}={v}")]);
-        }
-        if let Some(join) = opts.join {
-            cmd.args(["-join", &join.to_string()]);
-        }
-        if let Some(config) = &opts.config {
-            let path = dir.path().join("config.json");
-            std::fs::write(&path, config.to_string()).expect("agent config file");
-            cmd.arg("-config-file").arg(path);
-        }
-        cmd.args(&opts.args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file handle"))
-            .stderr(log_file);
-        let child = cmd
-            .spawn()
-            .expect("spawn `serf agent` (is serf installed?)");
-
-        let mut agent = Agent {
-            child: Some(child),
-            name,
-            ip,
-            log,
-            _dir: dir,
-        };
-        agent.wait_for_rpc();
-        agent
+        Agent::start_os(opts, &[])
     }
 
     fn wait_for_rpc(&mut self) {
@@ -173,6 +131,25 @@ impl Agent {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sets tags on the running agent with `serf tags` (a `member-update`
+    /// for the cluster). Panics, showing the output, when the agent refuses.
+    pub fn set_tags(&self, tags: &[(&str, &str)]) {
+        let mut cmd = Command::new("serf");
+        cmd.arg("tags")
+            .arg(format!("-rpc-addr={}", self.rpc_addr()));
+        for (k, v) in tags {
+            cmd.args(["-set", &format!("{k}={v}")]);
+        }
+        let out = cmd.output().expect("run `serf tags`");
+        assert!(
+            out.status.success(),
+            "serf tags on {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// SIGKILL, no leave: the cluster sees the node fail.
@@ -274,4 +251,55 @@ fn handshake(addr: SocketAddr) -> bool {
     conn.set_read_timeout(Some(Duration::from_secs(1))).is_ok()
         && conn.write_all(&request).is_ok()
         && matches!(conn.read(&mut reply), Ok(1))
+}
+
+impl Agent {
+    /// Like [`Agent::start`], with further arguments that need not be UTF-8
+    /// (a `-node` or `-tag` with arbitrary bytes, as any machine may send).
+    /// A later `-node=…` among them overrides the generated name, which
+    /// still names the temp dir; [`Agent::name`] stays the generated one.
+    pub fn start_os(opts: AgentOpts, extra: &[std::ffi::OsString]) -> Agent {
+        let ip = opts.ip.unwrap_or_else(unique_ip);
+        let name = opts.name.unwrap_or_else(|| format!("agent-{ip}"));
+        let dir = tempfile::Builder::new()
+            .prefix("serf-agent-")
+            .tempdir()
+            .expect("temp dir for the agent");
+        let log = dir.path().join("agent.log");
+        let log_file = std::fs::File::create(&log).expect("agent log file");
+        let mut cmd = Command::new("serf");
+        cmd.arg("agent")
+            .args(["-node", &name])
+            .args(["-bind", &SocketAddr::from((ip, GOSSIP_PORT)).to_string()])
+            .args(["-rpc-addr", &SocketAddr::from((ip, RPC_PORT)).to_string()])
+            .args(["-log-level", "debug"]);
+        for (k, v) in &opts.tags {
+            cmd.args(["-tag", &format!("{k}={v}")]);
+        }
+        if let Some(join) = opts.join {
+            cmd.args(["-join", &join.to_string()]);
+        }
+        if let Some(config) = &opts.config {
+            let path = dir.path().join("config.json");
+            std::fs::write(&path, config.to_string()).expect("agent config file");
+            cmd.arg("-config-file").arg(path);
+        }
+        cmd.args(&opts.args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file handle"))
+            .stderr(log_file);
+        let child = cmd
+            .spawn()
+            .expect("spawn `serf agent` (is serf installed?)");
+        let mut agent = Agent {
+            child: Some(child),
+            name,
+            ip,
+            log,
+            _dir: dir,
+        };
+        agent.wait_for_rpc();
+        agent
+    }
 }
