@@ -244,6 +244,12 @@ pub struct AgentArgs {
     /// How often `members` is re-read to catch what the stream delays (ms).
     #[arg(long, default_value_t = 50, value_name = "MS")]
     pub poll_ms: u64,
+    /// User events this node may raise per second, in bursts of as many
+    /// (0: no limit). Serf drops an event that arrives more than 512 events
+    /// behind the newest it has seen, so an unpaced burst loses events on
+    /// other members; past the limit writes get EAGAIN instead.
+    #[arg(long, default_value_t = crate::control::DEFAULT_EVENT_RATE, value_name = "N")]
+    pub event_rate: u32,
     /// Let users other than root read the files (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,

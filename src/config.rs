@@ -32,6 +32,9 @@ pub struct Config {
     pub encryption: Encryption,
     pub attach: bool,
     pub poll: Duration,
+    /// User events raised per second at most, in bursts of as many (0: no
+    /// limit).
+    pub event_rate: u32,
     pub allow_other: bool,
     /// Directory shared with children: the replica socket lives there.
     pub share: Option<PathBuf>,
@@ -226,6 +229,7 @@ impl Config {
                 .or(args.docker.then(|| PathBuf::from(DEFAULT_SNAPSHOT))),
             attach: args.attach,
             poll: Duration::from_millis(args.poll_ms),
+            event_rate: args.event_rate,
             allow_other: args.allow_other,
             share: args.share.clone(),
             docker,

@@ -35,6 +35,11 @@ use crate::membership::View;
 use crate::names::is_event_name;
 use crate::rpc::{Client, RpcError};
 
+/// User events raised per second by default, in bursts of as many: half of
+/// Serf's event buffer (512 Lamport times), so that what is in flight at
+/// once stays well inside the window in which receivers accept events.
+pub const DEFAULT_EVENT_RATE: u32 = 256;
+
 /// Serf's default `UserEventSizeLimit`: name + payload, before encoding.
 pub const DEFAULT_EVENT_LIMIT: usize = 512;
 
@@ -248,16 +253,19 @@ impl<R: Raise> ControlSink for WriteNode<R> {
 pub struct AgentRaise {
     clients: watch::Receiver<Option<Client>>,
     view: View,
+    pace: Option<parking_lot::Mutex<Bucket>>,
     /// Bound on how long a write may wait for the agent: the FUSE request is
     /// held open meanwhile, and fuser ignores interrupts.
     timeout: Duration,
 }
 
 impl AgentRaise {
-    pub fn new(clients: watch::Receiver<Option<Client>>, view: View) -> AgentRaise {
+    /// `rate`: events per second, in bursts of as many (0: no limit).
+    pub fn new(clients: watch::Receiver<Option<Client>>, view: View, rate: u32) -> AgentRaise {
         AgentRaise {
             clients,
             view,
+            pace: (rate > 0).then(|| parking_lot::Mutex::new(Bucket::new(rate))),
             timeout: Duration::from_secs(3),
         }
     }
@@ -304,6 +312,15 @@ impl Raise for AgentRaise {
                     return Err((sent, libc::EINVAL));
                 }
             };
+            if let Some(pace) = &self.pace {
+                if !pace.lock().take() {
+                    tracing::info!(
+                        "write node: {origin}: event {:?} refused (EAGAIN): over the event rate; serf would drop events raised faster",
+                        event.name
+                    );
+                    return Err((sent, libc::EAGAIN));
+                }
+            }
             let size = event.name.len() + wire.len();
             if size + WIRE_OVERHEAD > DEFAULT_EVENT_LIMIT {
                 tracing::info!(
@@ -336,6 +353,36 @@ impl Raise for AgentRaise {
             return Err((sent, errno));
         }
         Ok(())
+    }
+}
+
+/// A token bucket: `rate` events a second, at most `rate` at once.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        Bucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -385,6 +432,14 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    #[test]
+    fn the_bucket_gives_a_burst_then_the_rate() {
+        let mut b = Bucket::new(10);
+        assert_eq!((0..20).filter(|_| b.take()).count(), 10);
+        b.at -= Duration::from_millis(500);
+        assert_eq!((0..20).filter(|_| b.take()).count(), 5);
     }
 
     #[test]

@@ -35,7 +35,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let view = View::new();
     let journal = Journal::new(cfg.events.journal_size);
     let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
-    let raise = Arc::new(AgentRaise::new(clients_rx.clone(), view.clone()));
+    let raise = Arc::new(AgentRaise::new(
+        clients_rx.clone(),
+        view.clone(),
+        cfg.event_rate,
+    ));
     let runtime = tokio::runtime::Handle::current();
     let sink = WriteNode::new(raise.clone(), runtime.clone());
     let nodes = Nodes {

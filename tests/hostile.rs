@@ -793,6 +793,8 @@ fn a_megabyte_of_lines_in_one_write_is_taken_in_order() {
                 done += n;
                 assert_eq!(buf[done - 1], b'\n', "a short write ends at a line");
             }
+            // Past the event rate: the writer waits and goes on.
+            Err(libc::EAGAIN) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => panic!("write at {done}: errno {e}"),
         }
     }
@@ -906,7 +908,10 @@ fn concurrent_writers_events_reach_another_member_exactly_once() {
     const N: usize = 400;
     let (a, b) = pair("burst-a", "burst-b");
     let mut remote = Observer::on(&b);
+    // Past the event rate the rest are refused (EAGAIN): what was accepted
+    // must all arrive.
     let accepted = concurrent_writers(&a, N);
+    assert!(!accepted.is_empty());
     let mut there = ids(&remote.collect(accepted.len(), Duration::from_secs(5)));
     remote.quiet_for(Duration::from_millis(700));
     there.sort();
@@ -917,12 +922,14 @@ fn concurrent_writers_events_reach_another_member_exactly_once() {
 /// The full property for a thousand writers: every accepted event reaches
 /// another member exactly once.
 #[test]
-#[ignore = "bug: accepted events are silently lost on other members past Serf's 512-event window (Serf drops events older than its Lamport clock - EventBuffer, and gossips newest first); src/control.rs AgentRaise::raise accepts every event with no pushback (e.g. EAGAIN on the agent's event queue depth), though README promises bursts are not collapsed"]
 fn every_event_of_a_thousand_writers_reaches_another_member() {
     const N: usize = 1000;
     let (a, b) = pair("lost-a", "lost-b");
     let mut remote = Observer::on(&b);
+    // Past the event rate the rest are refused (EAGAIN): what was accepted
+    // must all arrive.
     let accepted = concurrent_writers(&a, N);
+    assert!(!accepted.is_empty());
     let mut there = ids(&remote.collect(accepted.len(), Duration::from_secs(5)));
     there.sort();
     assert_eq!(there, accepted.iter().copied().collect::<Vec<_>>());
