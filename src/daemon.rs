@@ -35,11 +35,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let view = View::new();
     let journal = Journal::new(cfg.events.journal_size);
     let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
-    let raise = Arc::new(AgentRaise::new(
-        clients_rx.clone(),
-        view.clone(),
-        cfg.event_rate,
-    ));
+    // The connection whose event stream is followed: writes wait for it.
+    let (followed_tx, followed_rx) = watch::channel::<Option<Client>>(None);
+    let raise = Arc::new(AgentRaise::new(followed_rx, view.clone(), cfg.event_rate));
     let runtime = tokio::runtime::Handle::current();
     let sink = WriteNode::new(raise.clone(), runtime.clone());
     let nodes = Nodes {
@@ -147,6 +145,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     ));
     let events = tokio::spawn(events::follow(
         clients_rx.clone(),
+        followed_tx,
         view.clone(),
         journal,
         handlers.clone(),

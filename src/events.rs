@@ -172,8 +172,13 @@ pub fn stream_filter() -> String {
 /// event, starts its handler, answers queries. Nothing here waits on a
 /// handler, so the stream is always drained and the agent never drops
 /// records for us.
+///
+/// `ready` holds the connection while its stream is followed: the write
+/// node raises events only through it, so every event this node accepts is
+/// also one its own journal and handlers see.
 pub async fn follow(
     mut clients: watch::Receiver<Option<Client>>,
+    ready: watch::Sender<Option<Client>>,
     view: View,
     journal: Journal,
     handlers: Handlers,
@@ -197,6 +202,7 @@ pub async fn follow(
         };
         backoff.reset();
         tracing::debug!("events: following the agent's stream");
+        ready.send_replace(Some(client.clone()));
         loop {
             let rec = tokio::select! {
                 rec = sub.recv() => rec,
@@ -211,6 +217,7 @@ pub async fn follow(
                 ClusterEvent::from_record(rec),
             );
         }
+        ready.send_replace(None);
         if sub.dropped() > 0 {
             tracing::warn!(
                 "events: {} stream records lost on a connection that fell behind",

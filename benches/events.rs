@@ -1,0 +1,1941 @@
+//! The events benchmark: ten real `serfnode agent` daemons (the release
+//! binary) on 127.0.211.1–10, roles web and db (five each), every one joined
+//! to the first, each with its own mount and handlers directory. Every figure
+//! is measured in one run against a baseline taken in the same run:
+//!
+//! | figure | measured | baseline |
+//! |---|---|---|
+//! | event → handler | a line written to e1's `parent` → the `bench` handler starting on e10 | the same through Serf alone: ten raw `serf agent`s on 127.0.211.11–20, an RPC `event` (and `serf event`) on r1 → r10's `-event-handler` |
+//! | query round trip | a read of `query/where/web` (and `db`) on e1 | the same query over RPC, stopped at the last answer; `serf query` |
+//! | journal readers | a tag change showing in e2's `members/<id>.json` with 8 `serfnode watch` following e2's journal | the same without readers, events flowing alike |
+//!
+//! The handler is a static program built here (open, append one line,
+//! close); its own start is measured apart, exec'd directly and through
+//! `/bin/sh -c` as Serf runs its handlers. Times across processes are wall
+//! clock (`CLOCK_REALTIME`) nanoseconds of the same kernel. The bench and
+//! all it starts run at nice −10, so other work on a shared machine delays
+//! both sides less, and both alike.
+//!
+//! Needs root, FUSE, `serf` and `rustc` on PATH; run it with `scripts/bench`.
+//! It prints figures and asserts nothing about timing. Every process it
+//! starts is killed and reaped and every mount detached, at the end and on
+//! failure or panic; killed itself, its children get SIGTERM (the daemons
+//! then leave and unmount) or SIGKILL, only its temp dir stays.
+//! BENCHMARKS.md explains the method and keeps the latest figures.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use serde_json::Value;
+use serfnode::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
+use serfnode::{events, files};
+use tokio::runtime::Runtime;
+
+const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
+/// serfnode nodes e1–e10 on 127.0.211.1–10; raw agents r1–r10 on .11–20.
+const NODES: usize = 10;
+const GOSSIP_PORT: u16 = 7946;
+const RPC_PORT: u16 = 7373;
+/// A: writes the events and asks the queries.
+const WRITER: usize = 0;
+/// C: runs the handler.
+const HANDLER: usize = NODES - 1;
+/// Where the view's update time is measured, and whose journal is read.
+const MEASURED: usize = 1;
+/// Whose write node carries the background events of the reader figures.
+const LOADER: usize = 8;
+/// The handler program reads the file to append to from this variable.
+const ARRIVALS_VAR: &str = "SERFNODE_BENCH_ARRIVALS";
+
+/// Event → handler: events each way, spaced; the raw cluster's events are
+/// sent halfway between serfnode's.
+const EVENTS: usize = 300;
+const SPACING: Duration = Duration::from_millis(20);
+const CLI_EVENTS: usize = 50;
+/// Starts of the handler program alone, each way.
+const STARTS: usize = 50;
+/// Events still missing this long after the last one was sent are lost.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Queries: reads of the query file (alternating with the RPC baseline),
+/// `cat` processes and `serf query` processes, per role.
+const QUERIES: usize = 50;
+const CAT_QUERIES: usize = 20;
+const CLI_QUERIES: usize = 20;
+const CLI_QUERY_TIMEOUT: &str = "500ms";
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Journal readers: tag changes per condition, in rounds of `BLOCK`
+/// (conditions alternate block by block, so drift hits all of them).
+const BLOCK: usize = 25;
+const ROUNDS: usize = 2;
+const READERS: usize = 8;
+/// Background events: 20/s on the loader's write node.
+const LOAD_PERIOD: Duration = Duration::from_millis(50);
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
+const FILE_POLL: Duration = Duration::from_millis(1);
+const PROBE_TAG: &str = "probe";
+
+macro_rules! progress {
+    ($($arg:tt)*) => { eprintln!("· {}", format_args!($($arg)*)) };
+}
+
+type Rows = Vec<Vec<String>>;
+
+fn main() -> Result<()> {
+    // Declared first, dropped last: reaps whatever the rest left orphaned.
+    let _reaper = Reaper::new()?;
+    let nice = raise_priority();
+    let started = Instant::now();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let busy = cpu_busy(Duration::from_secs(1))?;
+    let machine = format!(
+        "{cpus} CPUs, {busy:.0} % busy in the second before the start; the bench and all it \
+         starts at nice {nice}"
+    );
+    progress!("machine: {machine}");
+    let mut summary = vec![row(["machine", &machine, "—", "—"])];
+    let (total0, idle0) = cpu_sample()?;
+
+    // Dropped after the clusters: they live in it.
+    let root = tempfile::Builder::new()
+        .prefix("serfnode-events-")
+        .tempdir()
+        .context("temp dir")?;
+    let prog = build_handler(root.path())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+
+    let mut nodes = Nodes::start(root.path(), &prog)?;
+    let mut raw = RawCluster::start(root.path(), &prog, &rt)?;
+    event_to_handler(&nodes, &raw, &rt, &prog, root.path(), &mut summary)?;
+    raw.stop();
+    queries(&nodes, &rt, &mut summary)?;
+    journal_readers(&nodes, &rt, root.path(), &mut summary)?;
+    drop(rt);
+    nodes.stop()?;
+
+    // What else ran meanwhile: the machine's busy time less this bench's
+    // own (every process it started is reaped by now).
+    let (total1, idle1) = cpu_sample()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let all_ms = total1.saturating_sub(total0) as f64 * 1e3 / hz;
+    let busy_ms = all_ms - idle1.saturating_sub(idle0) as f64 * 1e3 / hz;
+    let own = own_tree_cpu_ms();
+    let during = format!(
+        "busy {:.0} % over the run: this bench's processes {:.0} %, other work {:.0} %",
+        100.0 * busy_ms / all_ms,
+        100.0 * own / all_ms,
+        100.0 * (busy_ms - own).max(0.0) / all_ms
+    );
+    progress!("machine: {during}");
+    summary.push(row(["machine during the run", &during, "—", "—"]));
+
+    table(
+        "Summary",
+        &["figure", "serfnode", "baseline", "ratio"],
+        &summary,
+    );
+    progress!(
+        "done in {:.0} s; update BENCHMARKS.md (\"Latest figures\", Events) from the tables above",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Both clusters, the bench and everything they start (handlers included)
+/// inherit this: other work on the machine (builds, test suites at nice 0)
+/// then delays neither side much, and both alike.
+const NICE: libc::c_int = -10;
+
+/// Sets this process's niceness to `NICE` (root only); the niceness it runs
+/// at.
+fn raise_priority() -> libc::c_int {
+    // SAFETY: setpriority(2)/getpriority(2) on this process, integers only.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, NICE) != 0 {
+            progress!(
+                "could not renice to {NICE} ({}); running at the current niceness",
+                std::io::Error::last_os_error()
+            );
+        }
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    }
+}
+
+// ---- addresses -----------------------------------------------------------------
+
+fn ip(n: usize) -> IpAddr {
+    let last = u8::try_from(n + 1).expect("at most 254 addresses");
+    IpAddr::V4(Ipv4Addr::new(127, 0, 211, last))
+}
+
+/// serfnode node `n` (0-based) is `e{n+1}`; raw agent `n` is `r{n+1}`,
+/// ten addresses further.
+fn name(n: usize) -> String {
+    format!("e{}", n + 1)
+}
+
+fn raw_name(n: usize) -> String {
+    format!("r{}", n + 1)
+}
+
+fn role(n: usize) -> &'static str {
+    if n.is_multiple_of(2) {
+        "web"
+    } else {
+        "db"
+    }
+}
+
+fn gossip_addr(n: usize) -> SocketAddr {
+    SocketAddr::new(ip(n), GOSSIP_PORT)
+}
+
+fn rpc_addr(n: usize) -> SocketAddr {
+    SocketAddr::new(ip(n), RPC_PORT)
+}
+
+fn raw_gossip(n: usize) -> SocketAddr {
+    gossip_addr(NODES + n)
+}
+
+fn raw_rpc(n: usize) -> SocketAddr {
+    rpc_addr(NODES + n)
+}
+
+/// A leftover agent of an earlier run would make the figures meaningless.
+fn ensure_free(g: SocketAddr, r: SocketAddr) -> Result<()> {
+    let free =
+        TcpListener::bind(g).is_ok() && UdpSocket::bind(g).is_ok() && TcpListener::bind(r).is_ok();
+    ensure!(
+        free,
+        "{g} or {r} is in use: a leftover agent of an earlier run? (pgrep -a serf)"
+    );
+    Ok(())
+}
+
+// ---- the handler program -----------------------------------------------------------
+
+/// What the handler does: note the wall clock first, then append one line,
+/// `<ns> <its stdin>`, in one write(2) to the file `ARRIVALS_VAR` names.
+const HANDLER_SRC: &str = r#"
+use std::io::{Read, Write};
+fn main() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut input = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut input);
+    let Some(out) = std::env::var_os("SERFNODE_BENCH_ARRIVALS") else {
+        std::process::exit(2);
+    };
+    let mut line = format!("{now} ").into_bytes();
+    line.extend(input.iter().filter(|&&b| b != b'\n'));
+    line.push(b'\n');
+    let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(out) else {
+        std::process::exit(3);
+    };
+    let _ = f.write_all(&line);
+}
+"#;
+
+/// Builds the handler into `dir`: static (musl) when that target is
+/// installed, else for the host.
+fn build_handler(dir: &Path) -> Result<PathBuf> {
+    let src = dir.join("arrive.rs");
+    let prog = dir.join("arrive");
+    fs::write(&src, HANDLER_SRC).context("write the handler's source")?;
+    let build = |static_musl: bool| -> Result<bool> {
+        let mut cmd = Command::new("rustc");
+        cmd.args(["-O", "--edition", "2021", "-o"])
+            .arg(&prog)
+            .arg(&src);
+        if static_musl {
+            cmd.args([
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-C",
+                "target-feature=+crt-static",
+            ]);
+        }
+        let out = cmd.output().context("run rustc")?;
+        Ok(out.status.success())
+    };
+    if build(true)? {
+        progress!("handler: static musl program {}", prog.display());
+    } else if build(false)? {
+        progress!(
+            "handler: no musl target; a dynamic program {}",
+            prog.display()
+        );
+    } else {
+        bail!("rustc could not build the handler program");
+    }
+    Ok(prog)
+}
+
+/// `{"i":N,"t":<ns since the epoch>}`.
+fn payload(i: u64, t: u128) -> String {
+    format!("{{\"i\":{i},\"t\":{t}}}")
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// One handler start: its payload's `i` and `t`, and when it started (ns).
+struct Arrival {
+    i: u64,
+    sent: u128,
+    at: u128,
+}
+
+fn read_arrivals(file: &Path) -> Result<Vec<Arrival>> {
+    let text = match fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", file.display())),
+    };
+    text.lines()
+        .map(|l| {
+            let (at, json) = l.split_once(' ').context("no space")?;
+            let v: Value = serde_json::from_str(json).context("payload is not json")?;
+            Ok(Arrival {
+                i: v["i"].as_u64().context("no i")?,
+                sent: u128::from(v["t"].as_u64().context("no t")?),
+                at: at.parse().context("time")?,
+            })
+        })
+        .collect::<Result<_>>()
+        .with_context(|| format!("a line of {}", file.display()))
+}
+
+// ---- processes -------------------------------------------------------------------
+
+/// Spawns `cmd` with its output in `log` (or discarded). The child gets
+/// `death_signal` when the spawning (main) thread dies, so a killed bench
+/// leaves nothing behind.
+fn spawn(mut cmd: Command, log: Option<&Path>, death_signal: libc::c_int) -> Result<Child> {
+    match log {
+        Some(log) => {
+            let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
+            cmd.stdout(out.try_clone().context("log file handle")?)
+                .stderr(out);
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    cmd.stdin(Stdio::null());
+    // SAFETY: prctl(2) is a plain syscall, safe between fork and exec; the
+    // closure touches no shared state.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("spawn {:?}", cmd.get_program()))
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn kill_and_reap(children: &mut Vec<Child>) {
+    for mut c in children.drain(..) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Some(p) = path.to_str() else { return false };
+    fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|info| info.lines().any(|l| l.split(' ').nth(4) == Some(p)))
+}
+
+fn detach(path: &Path) {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: umount2(2) on a NUL-terminated path we own.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// The last lines of a log file.
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_else(|e| format!("(no log: {e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(40);
+    format!(
+        "--- {} (tail) ---\n{}",
+        log.display(),
+        lines[from..].join("\n")
+    )
+}
+
+/// UDP datagrams the kernel dropped so far (InErrors + RcvbufErrors of
+/// /proc/net/snmp): gossip lost to full receive buffers would show here.
+fn udp_drops() -> Result<u64> {
+    let snmp = fs::read_to_string("/proc/net/snmp").context("read /proc/net/snmp")?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (
+        udp.next().context("no Udp header")?,
+        udp.next().context("no Udp values")?,
+    );
+    Ok(names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, _)| matches!(*n, "InErrors" | "RcvbufErrors"))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum())
+}
+
+/// Up to 20 lines of `log` that contain one of `needles`.
+fn log_lines(log: &Path, needles: &[&str]) -> Vec<String> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .take(20)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Makes this process the reaper of its orphaned descendants (serfnode's
+/// agent should serfnode die first, a handler Serf left) and reaps them on
+/// drop, also on panic: this machine's init does not.
+struct Reaper;
+
+impl Reaper {
+    fn new() -> Result<Reaper> {
+        // SAFETY: prctl(2) with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        ensure!(
+            rc == 0,
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(Reaper)
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut reaped = 0;
+        loop {
+            // SAFETY: waitpid(2) for any child, without blocking; every child
+            // the bench waits for itself is reaped by now.
+            match unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } {
+                pid if pid > 0 => reaped += 1,
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                0 => {
+                    eprintln!("cleanup: a descendant is still running after 5 s");
+                    break;
+                }
+                _ => break, // ECHILD: none left
+            }
+        }
+        if reaped > 0 {
+            progress!("reaped {reaped} orphaned descendant(s)");
+        }
+    }
+}
+
+/// One `serfnode agent`: its mount `<root>/eN`, handlers `<root>/hN`, log
+/// `<root>/eN.log`. Stopped, reaped and unmounted by [`Daemon::stop`] or on
+/// drop.
+struct Daemon {
+    name: String,
+    mount: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    /// SIGTERM was sent: a second one would make serfnode exit at once,
+    /// skipping its agent's leave.
+    terminated: bool,
+}
+
+impl Daemon {
+    fn spawn(root: &Path, n: usize, arrivals: &Path) -> Result<Daemon> {
+        let name = name(n);
+        let mount = root.join(&name);
+        let handlers = root.join(format!("h{}", n + 1));
+        fs::create_dir(&mount).context("mount point")?;
+        fs::create_dir_all(&handlers).context("handlers dir")?;
+        let mut daemon = Daemon {
+            log: root.join(format!("{name}.log")),
+            name,
+            mount,
+            child: None,
+            terminated: false,
+        };
+        let mut cmd = Command::new(SERFNODE);
+        cmd.args(["agent", "--node", &daemon.name])
+            .args(["--bind", &gossip_addr(n).to_string()])
+            .args(["--rpc-addr", &rpc_addr(n).to_string()])
+            .arg("--mount")
+            .arg(&daemon.mount)
+            .args(["--hosts-file", "none", "--profile", "local"])
+            .args(["--role", role(n)])
+            .arg("--handlers")
+            .arg(&handlers)
+            .env("SERFNODE_LOG", "info")
+            .env(ARRIVALS_VAR, arrivals);
+        if n != 0 {
+            cmd.args(["--join", &gossip_addr(0).to_string()]);
+        }
+        for var in [
+            "ROLE",
+            "PEER",
+            "SERF_IP",
+            "SERF_PORT",
+            "NODE_NAME",
+            "RPC_PORT",
+            "SERFNODE_MOUNT",
+            "SERFNODE_HANDLERS",
+        ] {
+            cmd.env_remove(var);
+        }
+        daemon.child = Some(spawn(cmd, Some(&daemon.log), libc::SIGTERM)?);
+        Ok(daemon)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.mount.join(file)
+    }
+
+    fn json(&self, file: &str) -> Result<Value> {
+        let path = self.path(file);
+        let bytes = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not json", path.display()))
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .with_context(|| format!("serfnode {} is not running", self.name))
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(child) = &mut self.child {
+            if let Some(status) = child.try_wait().context("wait for serfnode")? {
+                bail!(
+                    "serfnode {} exited with {status}\n{}",
+                    self.name,
+                    tail(&self.log)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks for a clean shutdown (leave, unmount) without waiting for it.
+    fn terminate(&mut self) {
+        if let Some(child) = self.child.as_ref().filter(|_| !self.terminated) {
+            signal(child, libc::SIGTERM);
+            self.terminated = true;
+        }
+    }
+
+    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps the
+    /// process and detaches the mount if it is still there.
+    fn stop(&mut self) -> Result<()> {
+        self.terminate();
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let status = child
+            .wait()
+            .with_context(|| format!("reap serfnode {}", self.name))?;
+        if is_mounted(&self.mount) {
+            detach(&self.mount);
+        }
+        ensure!(
+            !is_mounted(&self.mount),
+            "{} is still mounted",
+            self.mount.display()
+        );
+        progress!("serfnode {} stopped ({status}), mount detached", self.name);
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", tail(&self.log));
+        }
+        if let Err(e) = self.stop() {
+            eprintln!("cleanup: {e:#}");
+        }
+    }
+}
+
+/// The ten serfnode nodes. Dropping it asks all of them to stop at once,
+/// then waits for each.
+struct Nodes {
+    daemons: Vec<Daemon>,
+    /// Where e10's handler appends.
+    arrivals: PathBuf,
+}
+
+impl Nodes {
+    fn start(root: &Path, prog: &Path) -> Result<Nodes> {
+        // Both ranges up front: the raw cluster's too, before anything starts.
+        for n in 0..NODES {
+            ensure_free(gossip_addr(n), rpc_addr(n))?;
+            ensure_free(raw_gossip(n), raw_rpc(n))?;
+        }
+        let arrivals = root.join("arrivals-serfnode");
+        let mut nodes = Nodes {
+            daemons: Vec::with_capacity(NODES),
+            arrivals,
+        };
+        let started = Instant::now();
+        for n in 0..NODES {
+            nodes.daemons.push(Daemon::spawn(root, n, &nodes.arrivals)?);
+        }
+        // Only C has the handler; every node looks for it.
+        let handler = root.join(format!("h{}", HANDLER + 1)).join("bench");
+        fs::copy(prog, &handler).context("install the handler")?;
+        progress!(
+            "spawned {NODES} serfnode agents on {}–{}; waiting for each to list {NODES}",
+            ip(0),
+            ip(NODES - 1)
+        );
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            let mut listed = Vec::with_capacity(NODES);
+            for d in &mut nodes.daemons {
+                d.check_alive()?;
+                listed.push(
+                    d.json(files::BY_ID)
+                        .ok()
+                        .and_then(|v| v.as_object().map(|o| o.len()))
+                        .unwrap_or(0),
+                );
+            }
+            if listed.iter().all(|&l| l == NODES) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "after 60 s the nodes list {listed:?} members\n{}",
+                tail(&nodes.daemons[0].log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        progress!(
+            "all {NODES} serfnode nodes list {NODES} members after {} ms",
+            started.elapsed().as_millis()
+        );
+        Ok(nodes)
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        for d in &mut self.daemons {
+            d.terminate();
+        }
+        let mut first = Ok(());
+        for d in &mut self.daemons {
+            if let Err(e) = d.stop() {
+                eprintln!("cleanup: {e:#}");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            d.terminate();
+        }
+        // Each Daemon's drop then waits for it.
+    }
+}
+
+/// The baseline: ten raw `serf agent`s, r1–r10 on 127.0.211.11–20, joined
+/// to r1; r10 runs the handler program as Serf's own event handler for the
+/// events `bench2` (RPC) and `bench3` (`serf event`). Killed and reaped on
+/// drop.
+struct RawCluster {
+    agents: Vec<Child>,
+    arrivals: PathBuf,
+}
+
+impl RawCluster {
+    fn start(root: &Path, prog: &Path, rt: &Runtime) -> Result<RawCluster> {
+        for n in 0..NODES {
+            ensure_free(raw_gossip(n), raw_rpc(n))?;
+        }
+        let mut raw = RawCluster {
+            agents: Vec::with_capacity(NODES),
+            arrivals: root.join("arrivals-serf"),
+        };
+        let started = Instant::now();
+        for n in 0..NODES {
+            let mut cmd = Command::new("serf");
+            cmd.args(["agent", &format!("-node={}", raw_name(n))])
+                .arg(format!("-bind={}", raw_gossip(n)))
+                .arg(format!("-rpc-addr={}", raw_rpc(n)))
+                .args(["-profile=local", "-tag", &format!("role={}", role(n))])
+                .env(ARRIVALS_VAR, &raw.arrivals);
+            if n != 0 {
+                cmd.arg(format!("-join={}", raw_gossip(0)));
+            }
+            if n == HANDLER {
+                cmd.arg(format!(
+                    "-event-handler=user:bench2,user:bench3={}",
+                    prog.display()
+                ));
+            }
+            let log = root.join(format!("{}.log", raw_name(n)));
+            raw.agents.push(
+                spawn(cmd, Some(&log), libc::SIGKILL)
+                    .context("spawn `serf agent` (is serf installed?)")?,
+            );
+            if n == 0 {
+                // A join to an agent not yet listening fails, and the
+                // joining agent exits: let r1 come up first.
+                raw.wait_rpc(rt, 0, started + Duration::from_secs(10), root)?;
+            }
+        }
+        let deadline = started + Duration::from_secs(60);
+        for n in [0, HANDLER] {
+            let client = raw.wait_rpc(rt, n, deadline, root)?;
+            loop {
+                raw.check_alive(root)?;
+                let alive = rt.block_on(client.members()).map_or(0, |m| {
+                    m.iter().filter(|m| m.status.as_str() == "alive").count()
+                });
+                if alive == NODES {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "after 60 s {} lists {alive} alive members\n{}",
+                    raw_name(n),
+                    tail(&root.join(format!("{}.log", raw_name(n))))
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        progress!(
+            "{NODES} raw serf agents on {}–{} list {NODES} after {} ms",
+            ip(NODES),
+            ip(2 * NODES - 1),
+            started.elapsed().as_millis()
+        );
+        Ok(raw)
+    }
+
+    /// A connection to agent `n`'s RPC, once it accepts one.
+    fn wait_rpc(
+        &mut self,
+        rt: &Runtime,
+        n: usize,
+        deadline: Instant,
+        root: &Path,
+    ) -> Result<Client> {
+        loop {
+            self.check_alive(root)?;
+            if let Ok(c) = rt.block_on(Client::connect(raw_rpc(n), None)) {
+                return Ok(c);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{}'s RPC does not answer\n{}",
+                raw_name(n),
+                tail(&root.join(format!("{}.log", raw_name(n))))
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fails, naming the agent and showing its log, once any exited.
+    fn check_alive(&mut self, root: &Path) -> Result<()> {
+        for (n, agent) in self.agents.iter_mut().enumerate() {
+            if let Some(status) = agent.try_wait().context("wait for a serf agent")? {
+                bail!(
+                    "serf agent {} exited with {status}\n{}",
+                    raw_name(n),
+                    tail(&root.join(format!("{}.log", raw_name(n))))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        let n = self.agents.len();
+        kill_and_reap(&mut self.agents);
+        if n > 0 {
+            progress!("{n} raw serf agents killed and reaped");
+        }
+    }
+}
+
+impl Drop for RawCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---- 1. event → handler -----------------------------------------------------------
+
+/// When an agent's `user` stream delivered each event, keyed by (name, i).
+type Seen = Arc<Mutex<HashMap<(String, u64), u128>>>;
+
+fn follow_user_stream(rt: &Runtime, addr: SocketAddr) -> Result<Seen> {
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    rt.block_on(async {
+        let client = Client::connect(addr, None).await?;
+        let mut stream = client.stream("user").await?;
+        tokio::spawn(async move {
+            let _keep = client;
+            while let Some(rec) = stream.recv().await {
+                let at = now_ns();
+                if let StreamRecord::User { name, payload, .. } = rec {
+                    // serfnode's events come in its envelope; Serf's plain.
+                    if let Some(i) = events::unwrap(&payload).0["i"].as_u64() {
+                        record.lock().expect("seen lock").insert((name, i), at);
+                    }
+                }
+            }
+        });
+        anyhow::Ok(())
+    })
+    .with_context(|| format!("user stream of {addr}"))?;
+    Ok(seen)
+}
+
+/// One event raised: when the raising began and when its call returned (ns).
+struct Sent {
+    i: u64,
+    start: u128,
+    end: u128,
+}
+
+/// ms between two ns instants.
+fn ms_between(from: u128, to: u128) -> f64 {
+    (to as f64 - from as f64) / 1e6
+}
+
+/// The handler program started `STARTS` times by the bench, with a payload
+/// carrying the moment before the spawn: what the start of the program
+/// itself costs. `via_sh`: as `/bin/sh -c PROG`, which is how Serf runs it.
+fn handler_starts(prog: &Path, out: &Path, via_sh: bool) -> Result<Vec<f64>> {
+    for i in 0..STARTS as u64 {
+        let t = now_ns();
+        let mut cmd = if via_sh {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(prog);
+            c
+        } else {
+            Command::new(prog)
+        };
+        let mut child = cmd
+            .env(ARRIVALS_VAR, out)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn the handler program")?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin
+            .write_all(payload(i, t).as_bytes())
+            .context("payload")?;
+        drop(stdin);
+        let status = child.wait().context("wait for the handler program")?;
+        ensure!(status.success(), "the handler program failed: {status}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(read_arrivals(out)?
+        .iter()
+        .map(|a| ms_between(a.sent, a.at))
+        .collect())
+}
+
+fn event_to_handler(
+    nodes: &Nodes,
+    raw: &RawCluster,
+    rt: &Runtime,
+    prog: &Path,
+    root: &Path,
+    summary: &mut Rows,
+) -> Result<()> {
+    progress!("handler program alone: {STARTS} starts exec'd directly, {STARTS} via /bin/sh -c");
+    let mut direct = handler_starts(prog, &root.join("arrivals-direct"), false)?;
+    let mut via_sh = handler_starts(prog, &root.join("arrivals-sh"), true)?;
+
+    let seen_c = follow_user_stream(rt, rpc_addr(HANDLER))?;
+    let seen_raw = follow_user_stream(rt, raw_rpc(HANDLER))?;
+    let raw_client = rt
+        .block_on(Client::connect(raw_rpc(0), None))
+        .context("rpc connection to r1")?;
+    let parent = nodes.daemons[WRITER].path(files::WRITE_NODE);
+    let mut node = OpenOptions::new()
+        .write(true)
+        .open(&parent)
+        .with_context(|| format!("open {} for writing", parent.display()))?;
+
+    progress!(
+        "event → handler: {EVENTS} events to {}'s `parent` and {EVENTS} RPC events to r1, \
+         interleaved, one each per {} ms",
+        name(WRITER),
+        SPACING.as_millis()
+    );
+    let udp_before = udp_drops()?;
+    let (mut sn_sent, mut raw_sent) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    for i in 0..EVENTS as u64 {
+        let slot = start + SPACING * u32::try_from(i).expect("few events");
+        sleep_until(slot);
+        let t = now_ns();
+        let line = format!("[\"bench\",{}]\n", payload(i, t));
+        let n = node
+            .write(line.as_bytes())
+            .with_context(|| format!("write to {}", parent.display()))?;
+        sn_sent.push(Sent {
+            i,
+            start: t,
+            end: now_ns(),
+        });
+        ensure!(n == line.len(), "short write to {}", parent.display());
+
+        sleep_until(slot + SPACING / 2);
+        let t = now_ns();
+        rt.block_on(raw_client.event("bench2", payload(i, t).as_bytes(), false))
+            .context("rpc event on r1")?;
+        raw_sent.push(Sent {
+            i,
+            start: t,
+            end: now_ns(),
+        });
+        if (i + 1) % 100 == 0 {
+            progress!("event → handler {}/{EVENTS}", i + 1);
+        }
+    }
+    progress!("event → handler: {CLI_EVENTS} × `serf event -coalesce=false` on r1");
+    let mut cli_sent = Vec::new();
+    for i in 0..CLI_EVENTS as u64 {
+        let t = now_ns();
+        let out = Command::new("serf")
+            .args(["event", "-coalesce=false"])
+            .arg(format!("-rpc-addr={}", raw_rpc(0)))
+            .args(["bench3", &payload(i, t)])
+            .output()
+            .context("run `serf event`")?;
+        ensure!(
+            out.status.success(),
+            "`serf event` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        cli_sent.push(Sent {
+            i,
+            start: t,
+            end: now_ns(),
+        });
+        std::thread::sleep(SPACING);
+    }
+
+    // Wait for the stragglers: every handler started, or SETTLE passed.
+    let deadline = Instant::now() + SETTLE;
+    let (sn, serf) = loop {
+        let sn = read_arrivals(&nodes.arrivals)?;
+        let serf = read_arrivals(&raw.arrivals)?;
+        if sn.len() >= EVENTS && serf.len() >= EVENTS + CLI_EVENTS || Instant::now() > deadline {
+            break (sn, serf);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Serf's handler gets bench2 and bench3: tell them apart by the
+    // moment they were sent (the CLI ones come after every RPC one).
+    let cli_from = cli_sent.first().map_or(u128::MAX, |s| s.start);
+    let by_i = |arrivals: &[Arrival], cli: bool| -> HashMap<u64, u128> {
+        arrivals
+            .iter()
+            .filter(|a| (a.sent >= cli_from) == cli)
+            .map(|a| (a.i, a.at))
+            .collect()
+    };
+    let sn_at = by_i(&sn, false);
+    let serf_at = by_i(&serf, false);
+    let cli_at = by_i(&serf, true);
+    let seen_c = seen_c.lock().expect("seen lock").clone();
+    let seen_raw = seen_raw.lock().expect("seen lock").clone();
+
+    let series = |sent: &[Sent], from: fn(&Sent) -> u128, to: &dyn Fn(&Sent) -> Option<u128>| {
+        sent.iter()
+            .filter_map(|s| Some(ms_between(from(s), to(s)?)))
+            .collect::<Vec<f64>>()
+    };
+    let start_of = |s: &Sent| s.start;
+    let sn_handler = |s: &Sent| sn_at.get(&s.i).copied();
+    let sn_stream = |s: &Sent| seen_c.get(&("bench".to_owned(), s.i)).copied();
+    let raw_handler = |s: &Sent| serf_at.get(&s.i).copied();
+    let raw_stream = |s: &Sent| seen_raw.get(&("bench2".to_owned(), s.i)).copied();
+    let cli_handler = |s: &Sent| cli_at.get(&s.i).copied();
+
+    let mut total = series(&sn_sent, start_of, &sn_handler);
+    let mut base = series(&raw_sent, start_of, &raw_handler);
+    let mut cli = series(&cli_sent, start_of, &cli_handler);
+    let mut write = series(&sn_sent, start_of, &|s| Some(s.end));
+    let mut rpc_call = series(&raw_sent, start_of, &|s| Some(s.end));
+    let mut cli_call = series(&cli_sent, start_of, &|s| Some(s.end));
+    let mut sn_gossip = series(&sn_sent, start_of, &sn_stream);
+    let mut raw_gossip = series(&raw_sent, start_of, &raw_stream);
+    let both = |s: &Sent, a: &dyn Fn(&Sent) -> Option<u128>, b: &dyn Fn(&Sent) -> Option<u128>| {
+        Some(ms_between(a(s)?, b(s)?))
+    };
+    let mut sn_part: Vec<f64> = sn_sent
+        .iter()
+        .filter_map(|s| both(s, &sn_stream, &sn_handler))
+        .collect();
+    let mut raw_part: Vec<f64> = raw_sent
+        .iter()
+        .filter_map(|s| both(s, &raw_stream, &raw_handler))
+        .collect();
+    let lost = format!(
+        "handler started for {}/{EVENTS} serfnode events, {}/{EVENTS} RPC events and \
+         {}/{CLI_EVENTS} `serf event`s; seen on the stream of e10 {}/{EVENTS}, of r10 {}/{EVENTS}",
+        total.len(),
+        base.len(),
+        cli.len(),
+        sn_gossip.len(),
+        raw_gossip.len()
+    );
+    progress!("{lost}");
+    // Events lost or over a second late: Serf's doing or serfnode's? The
+    // logs and the kernel's UDP drop counters say.
+    let odd = |sent: &[Sent], at: &HashMap<u64, u128>| -> Vec<String> {
+        sent.iter()
+            .filter_map(|s| match at.get(&s.i) {
+                None => Some(format!("{} lost", s.i)),
+                Some(&t) if ms_between(s.start, t) > 1000.0 => {
+                    Some(format!("{} after {:.0} ms", s.i, ms_between(s.start, t)))
+                }
+                Some(_) => None,
+            })
+            .collect()
+    };
+    let (sn_odd, raw_odd) = (odd(&sn_sent, &sn_at), odd(&raw_sent, &serf_at));
+    let udp = udp_drops()?.saturating_sub(udp_before);
+    progress!("UDP datagrams the kernel dropped meanwhile (InErrors + RcvbufErrors): {udp}");
+    if !sn_odd.is_empty() || !raw_odd.is_empty() {
+        progress!("lost or late: serfnode events {sn_odd:?}, RPC events {raw_odd:?}");
+        let logs = [
+            (name(HANDLER), nodes.daemons[HANDLER].log.clone()),
+            (name(WRITER), nodes.daemons[WRITER].log.clone()),
+            (
+                raw_name(HANDLER),
+                root.join(format!("{}.log", raw_name(HANDLER))),
+            ),
+        ];
+        for (who, log) in logs {
+            for line in log_lines(
+                &log,
+                &["[WARN]", "[ERR]", "old event", "dropp", "queue full"],
+            ) {
+                progress!("{who}: {line}");
+            }
+        }
+    }
+    let raw_text = [
+        format!(
+            "serfnode write → handler ms (first 60): {}",
+            list(&total[..total.len().min(60)], 1)
+        ),
+        format!(
+            "Serf RPC → handler ms (first 60): {}",
+            list(&base[..base.len().min(60)], 1)
+        ),
+        lost,
+        format!("lost or over 1 s: serfnode {sn_odd:?}; Serf {raw_odd:?}; UDP drops {udp}"),
+    ];
+    let p = |v: &mut Vec<f64>| Percentiles::of(v);
+    let (pt, pb, pc) = (p(&mut total), p(&mut base), p(&mut cli));
+    let (pw, pr) = (p(&mut write), p(&mut rpc_call));
+    let (pp, pd) = (p(&mut sn_part), p(&mut direct));
+    let a = name(WRITER);
+    let c = name(HANDLER);
+    table(
+        &format!("Event → handler start ({a} → {c}; raw Serf r1 → r10; ms)"),
+        &["interval", "n", "p50", "p90", "p99", "max", "mean"],
+        &[
+            pt.row(&format!("**serfnode**: write to {a}'s `parent` begins → `bench` handler starts on {c}")),
+            pb.row("**Serf (baseline)**: RPC `event` to r1 sent (kept connection) → Serf's `-event-handler` starts on r10"),
+            pc.row("Serf: `serf event` process started for r1 → Serf's handler starts on r10"),
+            pw.row(&format!("… serfnode: write(2) to {a}'s `parent` begins → returns (agent accepted)")),
+            p(&mut sn_gossip).row(&format!("… serfnode: write begins → {c}'s agent streams the event")),
+            pp.row(&format!("… serfnode: {c}'s agent streams it → the handler starts (serfnode's part on {c})")),
+            pr.row("… Serf: RPC `event` sent → returns"),
+            p(&mut raw_gossip).row("… Serf: RPC `event` sent → r10's agent streams the event"),
+            p(&mut raw_part).row("… Serf: r10's agent streams it → Serf's handler starts"),
+            p(&mut cli_call).row("… Serf: `serf event` process started → exits"),
+            pd.row("handler program alone: spawned by the bench → its first instruction"),
+            p(&mut via_sh).row("handler program alone: `/bin/sh -c PROG` spawned → its first instruction (as Serf runs it)"),
+        ],
+    );
+    raw_lines(&raw_text);
+    let ratio =
+        |x: &Percentiles, y: &Percentiles| format!("{:.2}× / {:.2}×", x.p50 / y.p50, x.p99 / y.p99);
+    summary.push(row([
+        &format!("event written on {a} → handler starts on {c}, p50 / p99"),
+        &format!(
+            "{:.1} / {:.1} ms ({}/{EVENTS} started)",
+            pt.p50, pt.p99, pt.n
+        ),
+        &format!(
+            "{:.1} / {:.1} ms (Serf: RPC event → its handler; {}/{EVENTS})",
+            pb.p50, pb.p99, pb.n
+        ),
+        &ratio(&pt, &pb),
+    ]));
+    summary.push(row([
+        "event → handler vs `serf event` → Serf's handler, p50 / p99",
+        &format!("{:.1} / {:.1} ms", pt.p50, pt.p99),
+        &format!(
+            "{:.1} / {:.1} ms (`serf event` process; {}/{CLI_EVENTS})",
+            pc.p50, pc.p99, pc.n
+        ),
+        &ratio(&pt, &pc),
+    ]));
+    summary.push(row([
+        &format!("serfnode's part on {c}: its agent streams the event → handler starts, p50 / p99"),
+        &format!("{:.2} / {:.2} ms", pp.p50, pp.p99),
+        &format!(
+            "{:.2} / {:.2} ms (the program spawned directly by the bench)",
+            pd.p50, pd.p99
+        ),
+        &ratio(&pp, &pd),
+    ]));
+    summary.push(row([
+        &format!("write node on {a}: write(2) → returns, p50 / p99"),
+        &format!("{:.2} / {:.2} ms", pw.p50, pw.p99),
+        &format!(
+            "{:.2} / {:.2} ms (RPC `event`, kept connection)",
+            pr.p50, pr.p99
+        ),
+        &ratio(&pw, &pr),
+    ]));
+    Ok(())
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+// ---- 2. queries --------------------------------------------------------------------
+
+/// One `serf query` run: until its last expected response line, until exit,
+/// and how many responses it printed.
+struct CliQuery {
+    last: Option<f64>,
+    exit: f64,
+    responses: usize,
+}
+
+fn cli_query(rpc: SocketAddr, role: &str, expected: usize) -> Result<CliQuery> {
+    let t = Instant::now();
+    let mut child = Command::new("serf")
+        .arg("query")
+        .arg(format!("-rpc-addr={rpc}"))
+        .args(["-tag", &format!("role={role}")])
+        .arg(format!("-timeout={CLI_QUERY_TIMEOUT}"))
+        .args(["where", &format!("{{\"role\":\"{role}\"}}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn `serf query`")?;
+    let out = child.stdout.take().context("stdout")?;
+    let (mut responses, mut last) = (0, None);
+    for line in BufReader::new(out).lines() {
+        let line = line.context("read `serf query`'s output")?;
+        if line.trim_start().starts_with("Response from") {
+            responses += 1;
+            if responses == expected {
+                last = Some(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let status = child.wait().context("wait for `serf query`")?;
+    ensure!(status.success(), "`serf query` failed: {status}");
+    Ok(CliQuery {
+        last,
+        exit: t.elapsed().as_secs_f64() * 1e3,
+        responses,
+    })
+}
+
+/// The query over RPC on a kept connection, as serfnode asks it: only
+/// `role`, no acks, done at the `expected`-th response. ms, and answers.
+async fn rpc_query(client: &Client, role: &str, expected: usize) -> Result<(f64, usize)> {
+    let t = Instant::now();
+    let params = QueryParams {
+        name: "where".into(),
+        payload: format!("{{\"role\":\"{role}\"}}").into_bytes(),
+        filter_tags: BTreeMap::from([("role".to_owned(), format!("^{role}$"))]),
+        timeout: Some(QUERY_TIMEOUT),
+        ..QueryParams::default()
+    };
+    let mut sub = client.query(params).await.context("rpc query")?;
+    let mut got = 0;
+    while got < expected {
+        match sub.recv().await {
+            Some(QueryRecord::Response { .. }) => got += 1,
+            Some(QueryRecord::Ack { .. }) => {}
+            Some(QueryRecord::Done) | None => break,
+        }
+    }
+    Ok((t.elapsed().as_secs_f64() * 1e3, got))
+}
+
+fn queries(nodes: &Nodes, rt: &Runtime, summary: &mut Rows) -> Result<()> {
+    let a = &nodes.daemons[WRITER];
+    let client = rt
+        .block_on(Client::connect(rpc_addr(WRITER), None))
+        .context("rpc connection to e1")?;
+    let expected = NODES / 2;
+    let (mut rows, mut raw) = (Vec::new(), Vec::new());
+    for role in ["web", "db"] {
+        let rel = format!("{}/where/{role}", files::QUERY);
+        let file = a.path(&rel);
+        progress!(
+            "queries: {QUERIES} reads of {rel} alternating with {QUERIES} RPC queries, \
+             {CAT_QUERIES} `cat`, {CLI_QUERIES} `serf query`"
+        );
+        // Warm-up: the first ask creates the file's directory entries.
+        for _ in 0..2 {
+            fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+            rt.block_on(rpc_query(&client, role, expected))?;
+        }
+        let (mut read_ms, mut inner_ms, mut rpc_ms) = (Vec::new(), Vec::new(), Vec::new());
+        let mut outside_ms = Vec::new();
+        let (mut read_complete, mut rpc_complete) = (0, 0);
+        for _ in 0..QUERIES {
+            let t = Instant::now();
+            let bytes = fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+            read_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let doc: Value = serde_json::from_slice(&bytes).context("query file is not json")?;
+            let answers = doc["responses"].as_object().map_or(0, |r| r.len());
+            if doc["complete"] == true && answers == expected {
+                read_complete += 1;
+            }
+            if let Some(inner) = doc["elapsed_ms"].as_f64() {
+                inner_ms.push(inner);
+                outside_ms.push(read_ms.last().copied().unwrap_or(0.0) - inner);
+            }
+            let (ms, got) = rt.block_on(rpc_query(&client, role, expected))?;
+            rpc_ms.push(ms);
+            if got == expected {
+                rpc_complete += 1;
+            }
+        }
+        let mut cat_ms = Vec::new();
+        let mut cat_complete = 0;
+        for _ in 0..CAT_QUERIES {
+            let t = Instant::now();
+            let out = Command::new("cat").arg(&file).output().context("run cat")?;
+            cat_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            ensure!(out.status.success(), "cat {} failed", file.display());
+            let doc: Value = serde_json::from_slice(&out.stdout).context("cat: not json")?;
+            if doc["complete"] == true {
+                cat_complete += 1;
+            }
+        }
+        let mut runs = Vec::new();
+        for _ in 0..CLI_QUERIES {
+            runs.push(cli_query(rpc_addr(WRITER), role, expected)?);
+        }
+        let mut cli_last: Vec<f64> = runs.iter().filter_map(|r| r.last).collect();
+        let mut cli_exit: Vec<f64> = runs.iter().map(|r| r.exit).collect();
+        let cli_complete = runs.iter().filter(|r| r.responses == expected).count();
+        raw.push(format!(
+            "{role}: read ms {}; rpc ms {}",
+            list(&read_ms, 2),
+            list(&rpc_ms, 2)
+        ));
+        let p = |v: &mut Vec<f64>| Percentiles::of(v);
+        let (pr, pq) = (p(&mut read_ms), p(&mut rpc_ms));
+        let with = |mut r: Vec<String>, done: usize, of: usize| {
+            r.insert(1, role.to_owned());
+            r.push(format!("{done}/{of}"));
+            r
+        };
+        rows.push(with(
+            pr.row(&format!(
+                "**serfnode**: read of `{rel}` on e1 (open+read+close)"
+            )),
+            read_complete,
+            QUERIES,
+        ));
+        rows.push(with(
+            pq.row("**Serf (baseline)**: RPC `query` on e1's agent, kept connection, done at the last answer"),
+            rpc_complete,
+            QUERIES,
+        ));
+        rows.push(with(
+            p(&mut inner_ms)
+                .row("… serfnode: its `elapsed_ms` (the ask inside the daemon, whole ms)"),
+            read_complete,
+            QUERIES,
+        ));
+        let po = p(&mut outside_ms);
+        summary.push(row([
+            &format!("query `where/{role}`: the read − the daemon's own `elapsed_ms`, p50 / p99"),
+            &format!("{:.2} / {:.2} ms", po.p50, po.p99),
+            "—",
+            "—",
+        ]));
+        rows.push(with(
+            po.row(
+                "… serfnode: the read − its `elapsed_ms` (FUSE, parsing, rendering; up to 1 ms high: `elapsed_ms` is truncated)",
+            ),
+            read_complete,
+            QUERIES,
+        ));
+        rows.push(with(
+            p(&mut cat_ms).row(&format!("`cat {rel}` (a process)")),
+            cat_complete,
+            CAT_QUERIES,
+        ));
+        rows.push(with(
+            p(&mut cli_last).row(&format!(
+                "`serf query -timeout={CLI_QUERY_TIMEOUT}`: started → its {expected}th response line"
+            )),
+            cli_complete,
+            CLI_QUERIES,
+        ));
+        rows.push(with(
+            p(&mut cli_exit).row(&format!(
+                "`serf query -timeout={CLI_QUERY_TIMEOUT}`: started → exits"
+            )),
+            cli_complete,
+            CLI_QUERIES,
+        ));
+        summary.push(row([
+            &format!("query round trip, `where/{role}` (5 answers), p50 / mean / p99"),
+            &format!("{:.1} / {:.1} / {:.1} ms", pr.p50, pr.mean, pr.p99),
+            &format!(
+                "{:.1} / {:.1} / {:.1} ms (RPC query)",
+                pq.p50, pq.mean, pq.p99
+            ),
+            &format!(
+                "{:.2}× / {:.2}× / {:.2}×",
+                pr.p50 / pq.p50,
+                pr.mean / pq.mean,
+                pr.p99 / pq.p99
+            ),
+        ]));
+    }
+    table(
+        "Query round trip (`where`, 5 of the 10 members answer; ms)",
+        &[
+            "how",
+            "role",
+            "n",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "mean",
+            "all 5 answered",
+        ],
+        &rows,
+    );
+    raw_lines(&raw);
+    Ok(())
+}
+
+// ---- 3. journal readers -------------------------------------------------------------
+
+/// `serfnode watch --from 0` processes following a node's journal; killed
+/// and reaped on drop.
+struct Watchers {
+    children: Vec<Child>,
+    outs: Vec<PathBuf>,
+}
+
+impl Watchers {
+    fn start(mount: &Path, dir: &Path, round: usize) -> Result<Watchers> {
+        let mut w = Watchers {
+            children: Vec::with_capacity(READERS),
+            outs: Vec::with_capacity(READERS),
+        };
+        for k in 0..READERS {
+            let out = dir.join(format!("watch-{round}-{k}.out"));
+            let mut cmd = Command::new(SERFNODE);
+            cmd.args(["watch", "--from", "0", "--mount"]).arg(mount);
+            w.children.push(spawn(cmd, Some(&out), libc::SIGKILL)?);
+            w.outs.push(out);
+        }
+        // Each prints the whole journal first: following once it has.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.lines().contains(&0) {
+            for c in &mut w.children {
+                if let Some(status) = c.try_wait().context("wait for a watcher")? {
+                    bail!("`serfnode watch` exited with {status}");
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "a watcher printed nothing in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(w)
+    }
+
+    fn lines(&self) -> Vec<usize> {
+        self.outs
+            .iter()
+            .map(|o| fs::read(o).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count()))
+            .collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.children);
+    }
+}
+
+/// Writes `["load",{"i":N}]` to a write node every `LOAD_PERIOD` until
+/// dropped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<usize>>>,
+}
+
+impl Load {
+    fn start(parent: PathBuf) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || -> Result<usize> {
+            let mut node = OpenOptions::new()
+                .write(true)
+                .open(&parent)
+                .with_context(|| format!("open {}", parent.display()))?;
+            let start = Instant::now();
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                node.write_all(format!("[\"load\",{{\"i\":{i}}}]\n").as_bytes())
+                    .context("write a load event")?;
+                i += 1;
+                sleep_until(start + LOAD_PERIOD * u32::try_from(i).expect("few"));
+            }
+            Ok(i as usize)
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Result<usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        let t = self.thread.take().expect("joined once");
+        t.join().map_err(|_| anyhow!("load thread panicked"))?
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One tag change, timed from the moment it was sent (None: not within
+/// `TRIAL_TIMEOUT`).
+struct Trial {
+    agent: Option<Duration>,
+    file: Option<Duration>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Condition {
+    Quiet,
+    Events,
+    Readers,
+}
+
+impl Condition {
+    fn label(self) -> String {
+        match self {
+            Condition::Quiet => "no events, no readers".into(),
+            Condition::Events => format!("20 events/s on {}, no readers", name(LOADER)),
+            Condition::Readers => format!(
+                "20 events/s on {}, {READERS} `serfnode watch --from 0` on {}",
+                name(LOADER),
+                name(MEASURED)
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    trials: Vec<Trial>,
+    secs: f64,
+    daemon_ms: f64,
+    watcher_ms: f64,
+    lines: Vec<usize>,
+    load_events: usize,
+}
+
+fn journal_readers(nodes: &Nodes, rt: &Runtime, root: &Path, summary: &mut Rows) -> Result<()> {
+    let m = &nodes.daemons[MEASURED];
+    let daemon_pid = m.pid()?;
+    let local = rt
+        .block_on(Client::connect(rpc_addr(MEASURED), None))
+        .context("rpc connection to e2")?;
+    let conditions = [Condition::Quiet, Condition::Events, Condition::Readers];
+    let mut tallies: Vec<Tally> = conditions.iter().map(|_| Tally::default()).collect();
+    let mut rng = Rng::seeded();
+    let mut trial_no = 0;
+    progress!(
+        "journal readers: {} tag changes per condition in {ROUNDS} rounds of {BLOCK}, \
+         measured on {}",
+        BLOCK * ROUNDS,
+        name(MEASURED)
+    );
+    for round in 0..ROUNDS {
+        for (c, tally) in conditions.iter().zip(tallies.iter_mut()) {
+            let load = (*c != Condition::Quiet)
+                .then(|| Load::start(nodes.daemons[LOADER].path(files::WRITE_NODE)));
+            let watchers = match c {
+                Condition::Readers => Some(Watchers::start(&m.mount, root, round)?),
+                _ => None,
+            };
+            // Let the load and the readers settle in.
+            std::thread::sleep(Duration::from_millis(500));
+            let wpids = watchers.as_ref().map(Watchers::pids).unwrap_or_default();
+            let (t, d0, w0) = (Instant::now(), cpu_ms(&[daemon_pid]), cpu_ms(&wpids));
+            for _ in 0..BLOCK {
+                let target = loop {
+                    let n = rng.below(NODES);
+                    if n != MEASURED {
+                        break n;
+                    }
+                };
+                tally
+                    .trials
+                    .push(tag_trial(rt, &local, m, target, trial_no, &mut rng)?);
+                trial_no += 1;
+            }
+            tally.secs += t.elapsed().as_secs_f64();
+            tally.daemon_ms += cpu_ms(&[daemon_pid]) - d0;
+            tally.watcher_ms += cpu_ms(&wpids) - w0;
+            if let Some(w) = watchers {
+                tally.lines.extend(w.lines());
+            }
+            if let Some(load) = load {
+                tally.load_events += load.finish()?;
+            }
+            progress!(
+                "journal readers: round {}/{ROUNDS}, {} done",
+                round + 1,
+                c.label()
+            );
+        }
+    }
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+    let mut raw = Vec::new();
+    let mut p50s = Vec::new();
+    for (c, tally) in conditions.iter().zip(&tallies) {
+        let mut lag: Vec<f64> = tally
+            .trials
+            .iter()
+            .filter_map(|t| Some(ms(t.file?) - ms(t.agent?)))
+            .collect();
+        let mut total: Vec<f64> = tally.trials.iter().filter_map(|t| t.file.map(ms)).collect();
+        let missed = tally
+            .trials
+            .iter()
+            .filter(|t| t.agent.is_none() || t.file.is_none())
+            .count();
+        raw.push(format!(
+            "{}: file − members ms {}",
+            c.label(),
+            list(&lag, 1)
+        ));
+        let (pl, pt) = (Percentiles::of(&mut lag), Percentiles::of(&mut total));
+        let mut r = pl.row("member file shows it − local `members` shows it");
+        r.insert(0, c.label());
+        r.push(missed.to_string());
+        rows.push(r);
+        let mut r = pt.row("`tags` sent → member file shows it (with gossip)");
+        r.insert(0, String::new());
+        r.push(String::new());
+        rows.push(r);
+        p50s.push((pl.p50, pl.p99, pl.mean));
+        let lines = if tally.lines.is_empty() {
+            "—".to_owned()
+        } else {
+            format!(
+                "{}–{}",
+                tally.lines.iter().min().unwrap_or(&0),
+                tally.lines.iter().max().unwrap_or(&0)
+            )
+        };
+        cpu_rows.push(row([
+            &c.label(),
+            &format!("{:.1}", tally.secs),
+            &tally.load_events.to_string(),
+            &format!("{:.1}", tally.daemon_ms / tally.secs / 10.0),
+            &if *c == Condition::Readers {
+                format!("{:.1}", tally.watcher_ms / tally.secs / 10.0)
+            } else {
+                "—".into()
+            },
+            &lines,
+        ]));
+    }
+    let e2 = name(MEASURED);
+    table(
+        &format!(
+            "View update time with journal readers (tag changes on other members, seen in {e2}'s \
+             `members/<id>.json`; ms)"
+        ),
+        &[
+            "condition",
+            "interval",
+            "n",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "mean",
+            "missed",
+        ],
+        &rows,
+    );
+    table(
+        "CPU while measuring (% of one core, 10 ms ticks)",
+        &[
+            "condition",
+            "seconds",
+            "load events written",
+            &format!("{e2}'s daemon"),
+            "the 8 watchers",
+            "journal lines each watcher printed",
+        ],
+        &cpu_rows,
+    );
+    let (ev, rd) = (p50s[1], p50s[2]);
+    table(
+        "Readers' cost (events flowing in both)",
+        &["figure", "without readers", "with 8 readers", "ratio"],
+        &[
+            row([
+                "p50 file − local `members`",
+                &format!("{:.1} ms", ev.0),
+                &format!("{:.1} ms", rd.0),
+                &format!("{:.2}×", rd.0 / ev.0),
+            ]),
+            row([
+                "p99 file − local `members`",
+                &format!("{:.1} ms", ev.1),
+                &format!("{:.1} ms", rd.1),
+                &format!("{:.2}×", rd.1 / ev.1),
+            ]),
+            row([
+                "mean file − local `members`",
+                &format!("{:.1} ms", ev.2),
+                &format!("{:.1} ms", rd.2),
+                &format!("{:.2}×", rd.2 / ev.2),
+            ]),
+        ],
+    );
+    raw_lines(&raw);
+    summary.push(row([
+        &format!("view update time on {e2} with {READERS} journal readers, p50 / p99"),
+        &format!("{:.1} / {:.1} ms", rd.0, rd.1),
+        &format!("{:.1} / {:.1} ms (no readers, same events)", ev.0, ev.1),
+        &format!("{:.2}× / {:.2}×", rd.0 / ev.0, rd.1 / ev.1),
+    ]));
+    Ok(())
+}
+
+/// Sets tag `probe` on `target` (RPC `tags` on its own agent) and times
+/// when the measured node's agent (`members` on a kept connection) and its
+/// member file show it, each polled every `FILE_POLL`: spinning on either
+/// would take a core from the ten daemons on a small machine.
+fn tag_trial(
+    rt: &Runtime,
+    local: &Client,
+    m: &Daemon,
+    target: usize,
+    trial: usize,
+    rng: &mut Rng,
+) -> Result<Trial> {
+    let who = name(target);
+    let value = format!("t{trial}-{}", rng.below(1 << 30));
+    let file = m.path(&format!("{}/{who}.json", files::MEMBERS));
+    let set = BTreeMap::from([(PROBE_TAG.to_owned(), value.clone())]);
+    let t0 = Instant::now();
+    let deadline = t0 + TRIAL_TIMEOUT;
+    let tagger = rt.spawn(async move {
+        let client = Client::connect(rpc_addr(target), None).await?;
+        client.tags(&set, &[]).await
+    });
+    let (agent, file_seen) = std::thread::scope(|s| {
+        let a = s.spawn(|| rt.block_on(poll_members(local, &who, &value, deadline)));
+        let b = s.spawn(|| poll_file(&file, &value, deadline));
+        (a.join(), b.join())
+    });
+    rt.block_on(tagger)
+        .context("tags task")?
+        .with_context(|| format!("tags on {who}"))?;
+    let agent = agent
+        .map_err(|_| anyhow!("members poller panicked"))?
+        .context("members of the measured agent")?;
+    let file_seen = file_seen
+        .map_err(|_| anyhow!("file poller panicked"))?
+        .with_context(|| format!("{}", file.display()))?;
+    let t = Trial {
+        agent: agent.map(|at| at - t0),
+        file: file_seen.map(|at| at - t0),
+    };
+    if t.agent.is_none() || t.file.is_none() {
+        progress!(
+            "trial {trial}: {who} {PROBE_TAG}={value} missed: members {:?}, file {:?}",
+            t.agent,
+            t.file
+        );
+    }
+    // A random pause, so changes land at random points of the poll period.
+    std::thread::sleep(Duration::from_millis(20 + rng.below(60) as u64));
+    Ok(t)
+}
+
+async fn poll_members(
+    local: &Client,
+    name: &str,
+    value: &str,
+    deadline: Instant,
+) -> Result<Option<Instant>> {
+    while Instant::now() < deadline {
+        let members = local.members().await.context("members")?;
+        if members
+            .iter()
+            .any(|m| m.name == name && m.tags.get(PROBE_TAG).is_some_and(|v| v == value))
+        {
+            return Ok(Some(Instant::now()));
+        }
+        tokio::time::sleep(FILE_POLL).await;
+    }
+    Ok(None)
+}
+
+fn poll_file(file: &Path, value: &str, deadline: Instant) -> Result<Option<Instant>> {
+    while Instant::now() < deadline {
+        if let Ok(bytes) = fs::read(file) {
+            let doc: Value = serde_json::from_slice(&bytes).context("not json")?;
+            if doc["tags"][PROBE_TAG] == value {
+                return Ok(Some(Instant::now()));
+            }
+        }
+        std::thread::sleep(FILE_POLL);
+    }
+    Ok(None)
+}
+
+// ---- output and small helpers ---------------------------------------------------
+
+/// Share of the machine's CPU time that was not idle during `over`.
+fn cpu_busy(over: Duration) -> Result<f64> {
+    let (total0, idle0) = cpu_sample()?;
+    std::thread::sleep(over);
+    let (total1, idle1) = cpu_sample()?;
+    let total = total1.saturating_sub(total0).max(1) as f64;
+    Ok(100.0 * (1.0 - idle1.saturating_sub(idle0) as f64 / total))
+}
+
+/// The machine's CPU time so far, all and idle, in ticks.
+fn cpu_sample() -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait …: idle and iowait are not busy.
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    Ok((cpu.iter().sum(), idle))
+}
+
+/// CPU time (ms) of this process and of every descendant reaped so far
+/// (each process's count includes the descendants it reaped).
+fn own_tree_cpu_ms() -> f64 {
+    let usage = |who| {
+        // SAFETY: rusage is plain integers, valid when zeroed.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage(2) fills the struct we own.
+        unsafe { libc::getrusage(who, &mut ru) };
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+        ms(ru.ru_utime) + ms(ru.ru_stime)
+    };
+    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU time (user + system) used so far by `pids`, in ms.
+fn cpu_ms(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 * 1e3 / hz
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
+    println!("\n### {title}\n");
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for r in rows {
+        println!("| {} |", r.join(" | "));
+    }
+}
+
+fn raw_lines(lines: &[String]) {
+    println!();
+    for l in lines {
+        println!("raw: {l}");
+    }
+}
+
+fn list(values: &[f64], decimals: usize) -> String {
+    let items: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
+    items.join(" ")
+}
+
+struct Percentiles {
+    n: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles; sorts `values`.
+    fn of(values: &mut [f64]) -> Percentiles {
+        values.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
+            values.get(rank.max(1) - 1).copied().unwrap_or(f64::NAN)
+        };
+        Percentiles {
+            n: values.len(),
+            p50: at(50.0),
+            p90: at(90.0),
+            p99: at(99.0),
+            max: values.last().copied().unwrap_or(f64::NAN),
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+        }
+    }
+
+    /// Two decimals below 10 ms, one above.
+    fn row(&self, what: &str) -> Vec<String> {
+        let f = |v: f64| {
+            if v.abs() < 10.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.1}")
+            }
+        };
+        vec![
+            what.into(),
+            self.n.to_string(),
+            f(self.p50),
+            f(self.p90),
+            f(self.p99),
+            f(self.max),
+            f(self.mean),
+        ]
+    }
+}
+
+/// xorshift64*: enough to pick members, without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(nanos) | 1)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
