@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use serfnode::rpc::Client;
 use support::node::{eventually, raw_write, Node, NodeOpts, SERFNODE};
+use support::stream::rpc;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -101,17 +101,6 @@ fn serfnode(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn rpc<T>(addr: std::net::SocketAddr, f: impl AsyncFnOnce(&Client) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = Client::connect(addr, None).await.unwrap();
-        f(&client).await
-    })
 }
 
 #[test]

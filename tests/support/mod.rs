@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod node;
 pub mod serf;
+pub mod stream;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
