@@ -23,6 +23,9 @@
 //! then leave and unmount) or SIGKILL, only its temp dir stays.
 //! BENCHMARKS.md explains the method and keeps the latest figures.
 
+#[macro_use]
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -39,6 +42,8 @@ use serde_json::Value;
 use serfnode::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
 use serfnode::{events, files};
 use tokio::runtime::Runtime;
+
+use common::{detach, is_mounted, signal, tail, Reaper};
 
 const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 /// serfnode nodes e1–e10 on 127.0.211.1–10; raw agents r1–r10 on .11–20.
@@ -84,10 +89,6 @@ const LOAD_PERIOD: Duration = Duration::from_millis(50);
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const FILE_POLL: Duration = Duration::from_millis(1);
 const PROBE_TAG: &str = "probe";
-
-macro_rules! progress {
-    ($($arg:tt)*) => { eprintln!("· {}", format_args!($($arg)*)) };
-}
 
 type Rows = Vec<Vec<String>>;
 
@@ -357,43 +358,11 @@ fn spawn(mut cmd: Command, log: Option<&Path>, death_signal: libc::c_int) -> Res
         .with_context(|| format!("spawn {:?}", cmd.get_program()))
 }
 
-fn signal(child: &Child, sig: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(pid, sig) };
-}
-
 fn kill_and_reap(children: &mut Vec<Child>) {
     for mut c in children.drain(..) {
         let _ = c.kill();
         let _ = c.wait();
     }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let Some(p) = path.to_str() else { return false };
-    fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|info| info.lines().any(|l| l.split(' ').nth(4) == Some(p)))
-}
-
-fn detach(path: &Path) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // SAFETY: umount2(2) on a NUL-terminated path we own.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-}
-
-/// The last lines of a log file.
-fn tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_else(|e| format!("(no log: {e})"));
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(40);
-    format!(
-        "--- {} (tail) ---\n{}",
-        log.display(),
-        lines[from..].join("\n")
-    )
 }
 
 /// UDP datagrams the kernel dropped so far (InErrors + RcvbufErrors of
@@ -421,47 +390,6 @@ fn log_lines(log: &Path, needles: &[&str]) -> Vec<String> {
         .take(20)
         .map(str::to_owned)
         .collect()
-}
-
-/// Makes this process the reaper of its orphaned descendants (serfnode's
-/// agent should serfnode die first, a handler Serf left) and reaps them on
-/// drop, also on panic: this machine's init does not.
-struct Reaper;
-
-impl Reaper {
-    fn new() -> Result<Reaper> {
-        // SAFETY: prctl(2) with integer arguments only.
-        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        ensure!(
-            rc == 0,
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(Reaper)
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut reaped = 0;
-        loop {
-            // SAFETY: waitpid(2) for any child, without blocking; every child
-            // the bench waits for itself is reaped by now.
-            match unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } {
-                pid if pid > 0 => reaped += 1,
-                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                0 => {
-                    eprintln!("cleanup: a descendant is still running after 5 s");
-                    break;
-                }
-                _ => break, // ECHILD: none left
-            }
-        }
-        if reaped > 0 {
-            progress!("reaped {reaped} orphaned descendant(s)");
-        }
-    }
 }
 
 /// One `serfnode agent`: its mount `<root>/eN`, handlers `<root>/hN`, log
