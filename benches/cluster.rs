@@ -30,21 +30,23 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use serde::Serialize;
 use serde_json::Value;
 use serfnode::files;
 use serfnode::membership::View;
-use serfnode::rpc::{Client, Member, MemberStatus, StreamRecord};
+use serfnode::rpc::{Client, Member, StreamRecord};
 use tokio::runtime::Runtime;
 
-use common::{detach, is_mounted, signal, tail, Reaper};
+use common::daemon::Daemon;
+use common::procfs::*;
+use common::report::*;
+use common::synth::{encode_members, synthetic_member};
+use common::{spawn, tail, Reaper};
 
 const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 const RAW_AGENTS: usize = 99;
@@ -82,8 +84,6 @@ const SYNTH_MEMBERS: usize = 10_000;
 const SYNTH_ROLES: usize = 50;
 /// The daemon's `members` re-read period (its `--poll-ms` default).
 const POLL_MS: f64 = 50.0;
-
-type Rows = Vec<Vec<String>>;
 
 fn main() -> Result<()> {
     let _reaper = Reaper::new()?;
@@ -140,163 +140,20 @@ fn rpc_addr(n: usize) -> SocketAddr {
     SocketAddr::new(ip(n), RPC_PORT)
 }
 
-/// A `serfnode agent` with its mount, hosts file and log in a temp dir.
-/// Stopped, reaped and unmounted by [`Daemon::stop`] or on drop.
-struct Daemon {
-    name: String,
-    mount: PathBuf,
-    child: Option<Child>,
-    /// SIGTERM was sent: a second one would make serfnode exit at once,
-    /// skipping its agent's leave.
-    terminated: bool,
-    /// Declared last: removed only once the process is gone.
-    dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    /// Starts node `n` and waits until it follows its agent.
-    fn start(n: usize, name: &str) -> Result<Daemon> {
-        ensure_free(n)?;
-        let dir = tempfile::Builder::new()
-            .prefix("serfnode-bench-")
-            .tempdir()
-            .context("temp dir for serfnode")?;
-        let mount = dir.path().join("mnt");
-        fs::create_dir(&mount).context("mount point")?;
-        let hosts = dir.path().join("hosts");
-        fs::write(&hosts, "127.0.0.1\tlocalhost\n").context("hosts file")?;
-        let mut daemon = Daemon {
-            name: name.to_owned(),
-            mount,
-            child: None,
-            terminated: false,
-            dir,
-        };
-        let mut cmd = Command::new(SERFNODE);
+/// Starts node `n`: `serfnode agent` on 127.0.210.n+1, role `bench`.
+fn start_daemon(n: usize, name: &str) -> Result<Daemon> {
+    ensure_free(n)?;
+    let daemon = Daemon::start(SERFNODE, name, |cmd| {
         cmd.args(["agent", "--node", name])
             .args(["--bind", &gossip_addr(n).to_string()])
             .args(["--rpc-addr", &rpc_addr(n).to_string()])
-            .arg("--mount")
-            .arg(&daemon.mount)
-            .arg("--hosts-file")
-            .arg(&hosts)
             .args(["--profile", "local", "--role", "bench"])
             // The write-node figure is serfnode's own cost per event, so
             // the daemon's pacing (256 events/s by default) is off here.
-            .args(["--event-rate", "0"])
-            .env("SERFNODE_LOG", "info");
-        for var in [
-            "ROLE",
-            "PEER",
-            "SERF_IP",
-            "SERF_PORT",
-            "NODE_NAME",
-            "RPC_PORT",
-        ] {
-            cmd.env_remove(var);
-        }
-        let started = Instant::now();
-        daemon.child = Some(spawn(cmd, &daemon.log(), libc::SIGTERM, 0)?);
-        let deadline = started + Duration::from_secs(30);
-        while !daemon
-            .json(files::STATUS)
-            .is_ok_and(|s| s["agent"]["connected"] == true)
-        {
-            daemon.check_alive()?;
-            ensure!(
-                Instant::now() < deadline,
-                "serfnode {name} does not follow its agent after 30 s\n{}",
-                tail(&daemon.log())
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        progress!(
-            "serfnode {name} on {} follows its agent after {} ms",
-            gossip_addr(n),
-            started.elapsed().as_millis()
-        );
-        Ok(daemon)
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("serfnode.log")
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.mount.join(file)
-    }
-
-    fn json(&self, file: &str) -> Result<Value> {
-        let path = self.path(file);
-        let bytes = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not json", path.display()))
-    }
-
-    fn pid(&self) -> Result<u32> {
-        self.child
-            .as_ref()
-            .map(Child::id)
-            .with_context(|| format!("serfnode {} is not running", self.name))
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(child) = &mut self.child {
-            if let Some(status) = child.try_wait().context("wait for serfnode")? {
-                bail!(
-                    "serfnode {} exited with {status}\n{}",
-                    self.name,
-                    tail(&self.log())
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Asks for a clean shutdown (leave, unmount) without waiting for it.
-    fn terminate(&mut self) {
-        if let Some(child) = self.child.as_ref().filter(|_| !self.terminated) {
-            signal(child, libc::SIGTERM);
-            self.terminated = true;
-        }
-    }
-
-    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps the
-    /// process and detaches the mount if it is still there.
-    fn stop(&mut self) -> Result<()> {
-        self.terminate();
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let status = child
-            .wait()
-            .with_context(|| format!("reap serfnode {}", self.name))?;
-        if is_mounted(&self.mount) {
-            detach(&self.mount);
-        }
-        ensure!(
-            !is_mounted(&self.mount),
-            "{} is still mounted",
-            self.mount.display()
-        );
-        progress!("serfnode {} stopped ({status}), mount detached", self.name);
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", tail(&self.log()));
-        }
-        if let Err(e) = self.stop() {
-            eprintln!("cleanup: {e:#}");
-        }
-    }
+            .args(["--event-rate", "0"]);
+    })?;
+    progress!("serfnode {name} is on {}", gossip_addr(n));
+    Ok(daemon)
 }
 
 /// The daemon (`bench-0`) and the raw agents (`bench-1` … `bench-99`).
@@ -312,7 +169,7 @@ impl Cluster {
         for n in 0..NODES {
             ensure_free(n)?;
         }
-        let daemon = Daemon::start(0, &node_name(0))?;
+        let daemon = start_daemon(0, &node_name(0))?;
         fs::create_dir(daemon.dir.path().join("agents")).context("agent log dir")?;
         let mut cluster = Cluster {
             agents: Vec::with_capacity(RAW_AGENTS),
@@ -470,35 +327,6 @@ fn ensure_free(n: usize) -> Result<()> {
         "{g} or {r} is in use: a leftover agent of an earlier run? (pgrep -a serf)"
     );
     Ok(())
-}
-
-/// Spawns `cmd` at priority `nice` with its output in `log`. The child gets
-/// `death_signal` when the spawning (main) thread dies, so a killed bench
-/// leaves nothing behind.
-fn spawn(
-    mut cmd: Command,
-    log: &Path,
-    death_signal: libc::c_int,
-    nice: libc::c_int,
-) -> Result<Child> {
-    let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
-    cmd.stdin(Stdio::null())
-        .stdout(out.try_clone().context("log file handle")?)
-        .stderr(out);
-    // SAFETY: prctl(2) and setpriority(2) are plain syscalls, safe between
-    // fork and exec; the closure touches no shared state.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0
-                || libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .with_context(|| format!("spawn {:?}", cmd.get_program()))
 }
 
 // ---- read cost ---------------------------------------------------------------
@@ -974,7 +802,7 @@ fn write_table(title: &str, runs: &mut [WriteRun], seen: &BTreeMap<String, usize
 
 /// The write node on a lone node: what serfnode adds per event.
 fn write_node_alone(rt: &Runtime, summary: &mut Rows) -> Result<()> {
-    let mut solo = Daemon::start(SOLO, "bench-solo")?;
+    let mut solo = start_daemon(SOLO, "bench-solo")?;
     let seen = UserEvents::follow(rt, rpc_addr(SOLO))?;
     let parent = solo.path(files::WRITE_NODE);
     let mut runs = [
@@ -1066,46 +894,6 @@ fn write_node_in_cluster(cluster: &Cluster, rt: &Runtime, summary: &mut Rows) ->
     Ok(())
 }
 
-/// Share of the machine's CPU time that was not idle during `over`.
-fn cpu_busy(over: Duration) -> Result<f64> {
-    let sample = || -> Result<(u64, u64)> {
-        let stat = fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-        let cpu: Vec<u64> = stat
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("cpu "))
-            .context("no cpu line in /proc/stat")?
-            .split_whitespace()
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        // user nice system idle iowait …: idle and iowait are not busy.
-        let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
-        Ok((cpu.iter().sum(), idle))
-    };
-    let (total0, idle0) = sample()?;
-    std::thread::sleep(over);
-    let (total1, idle1) = sample()?;
-    let total = total1.saturating_sub(total0).max(1) as f64;
-    Ok(100.0 * (1.0 - idle1.saturating_sub(idle0) as f64 / total))
-}
-
-/// CPU time (user + system) used so far by `pids`, in ms.
-fn cpu_ms(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let ticks: u64 = pids
-        .iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the parenthesised command name; utime and stime are 14 and 15.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split(' ').collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum();
-    ticks as f64 * 1e3 / hz
-}
-
 // ---- memory --------------------------------------------------------------------
 
 fn memory(cluster: &Cluster, summary: &mut Rows) -> Result<()> {
@@ -1133,27 +921,6 @@ fn memory(cluster: &Cluster, summary: &mut Rows) -> Result<()> {
     Ok(())
 }
 
-/// VmRSS and VmHWM, in KiB.
-struct ProcMem {
-    rss: u64,
-    hwm: u64,
-}
-
-fn proc_status(pid: u32) -> Result<ProcMem> {
-    let path = format!("/proc/{pid}/status");
-    let text = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let field = |key: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("{key} in {path}"))
-    };
-    Ok(ProcMem {
-        rss: field("VmRSS:")?,
-        hwm: field("VmHWM:")?,
-    })
-}
-
 fn proc_row(what: &str, pid: u32) -> Result<Vec<String>> {
     let m = proc_status(pid)?;
     Ok(row([
@@ -1164,97 +931,7 @@ fn proc_row(what: &str, pid: u32) -> Result<Vec<String>> {
     ]))
 }
 
-/// Child pids of `pid` from /proc/<pid>/task/*/children (empty if unsupported).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 // ---- synthetic 10,000-member view ------------------------------------------------
-
-/// A member as a serfnode node announces itself: the original project's tags.
-fn synthetic_member(i: usize, start: f64) -> Member {
-    let ip = Ipv4Addr::from(0x0a00_0000 + u32::try_from(i).expect("index fits u32"));
-    let tags = [
-        ("role", format!("role-{:02}", i % SYNTH_ROLES)),
-        ("ip", ip.to_string()),
-        ("serf_port", "7946".into()),
-        ("rpc", "7373".into()),
-        ("timestamp", format!("{:.6}", start + i as f64 * 0.013)),
-        ("service", ip.to_string()),
-        ("service_port", "8080".into()),
-        ("ports", "8080t8080|9090t32768,32769|53u53".into()),
-    ];
-    Member {
-        name: format!("node-{i:05}"),
-        addr: IpAddr::V4(ip),
-        port: GOSSIP_PORT,
-        tags: tags.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        status: MemberStatus::Alive,
-        protocol: [1, 5, 5],
-        delegate: [2, 5, 5],
-    }
-}
-
-/// A member as the agent's `members` reply encodes it.
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct WireMember<'a> {
-    name: &'a str,
-    #[serde(with = "serde_bytes")]
-    addr: &'a [u8],
-    port: u16,
-    tags: &'a BTreeMap<String, String>,
-    status: &'a str,
-    protocol_min: u8,
-    protocol_max: u8,
-    protocol_cur: u8,
-    delegate_min: u8,
-    delegate_max: u8,
-    delegate_cur: u8,
-}
-
-fn encode_members(members: &[Member]) -> Result<Vec<u8>> {
-    let octets: Vec<[u8; 4]> = members
-        .iter()
-        .map(|m| match m.addr {
-            IpAddr::V4(v4) => v4.octets(),
-            IpAddr::V6(_) => [0; 4],
-        })
-        .collect();
-    let wire: Vec<WireMember> = members
-        .iter()
-        .zip(&octets)
-        .map(|(m, addr)| WireMember {
-            name: &m.name,
-            addr,
-            port: m.port,
-            tags: &m.tags,
-            status: m.status.as_str(),
-            protocol_min: m.protocol[0],
-            protocol_max: m.protocol[1],
-            protocol_cur: m.protocol[2],
-            delegate_min: m.delegate[0],
-            delegate_max: m.delegate[1],
-            delegate_cur: m.delegate[2],
-        })
-        .collect();
-    rmp_serde::to_vec_named(&wire).context("encode a members reply")
-}
 
 /// Best of `inputs.len()` timed calls of `f`, one per input, in ms, and the
 /// last result. Inputs are built beforehand so only `f` is timed.
@@ -1277,7 +954,7 @@ fn synthetic(summary: &mut Rows) -> Result<()> {
     let rss_before = proc_status(std::process::id())?.rss;
     let view = View::new();
     let members: Vec<Member> = (0..SYNTH_MEMBERS)
-        .map(|i| synthetic_member(i, start))
+        .map(|i| synthetic_member(i, start, SYNTH_ROLES))
         .collect();
     let t = Instant::now();
     ensure!(
@@ -1389,95 +1066,3 @@ fn synthetic(summary: &mut Rows) -> Result<()> {
 }
 
 // ---- output and small helpers ----------------------------------------------------
-
-fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
-    cells.iter().map(|c| c.to_string()).collect()
-}
-
-fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
-    println!("\n### {title}\n");
-    println!("| {} |", header.join(" | "));
-    println!("|{}", "---|".repeat(header.len()));
-    for r in rows {
-        println!("| {} |", r.join(" | "));
-    }
-}
-
-fn raw_lines(lines: &[String]) {
-    println!();
-    for l in lines {
-        println!("raw: {l}");
-    }
-}
-
-fn list(values: &[f64], decimals: usize) -> String {
-    let items: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
-    items.join(" ")
-}
-
-fn min(values: &[f64]) -> f64 {
-    values.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-struct Percentiles {
-    n: usize,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    /// Nearest-rank percentiles; sorts `values`.
-    fn of(values: &mut [f64]) -> Percentiles {
-        values.sort_by(f64::total_cmp);
-        let at = |p: f64| {
-            let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
-            values.get(rank.max(1) - 1).copied().unwrap_or(f64::NAN)
-        };
-        Percentiles {
-            n: values.len(),
-            p50: at(50.0),
-            p90: at(90.0),
-            p99: at(99.0),
-            max: values.last().copied().unwrap_or(f64::NAN),
-        }
-    }
-
-    fn row(&self, what: &str) -> Vec<String> {
-        let f = |v: f64| format!("{v:.1}");
-        vec![
-            what.into(),
-            self.n.to_string(),
-            f(self.p50),
-            f(self.p90),
-            f(self.p99),
-            f(self.max),
-        ]
-    }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// xorshift64*: enough to pick agents, without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(nanos) | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
-}

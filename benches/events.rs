@@ -43,6 +43,8 @@ use serfnode::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
 use serfnode::{events, files};
 use tokio::runtime::Runtime;
 
+use common::procfs::*;
+use common::report::*;
 use common::{detach, is_mounted, signal, tail, Reaper};
 
 const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
@@ -89,8 +91,6 @@ const LOAD_PERIOD: Duration = Duration::from_millis(50);
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const FILE_POLL: Duration = Duration::from_millis(1);
 const PROBE_TAG: &str = "probe";
-
-type Rows = Vec<Vec<String>>;
 
 fn main() -> Result<()> {
     // Declared first, dropped last: reaps whatever the rest left orphaned.
@@ -1025,18 +1025,18 @@ fn event_to_handler(
         &format!("Event → handler start ({a} → {c}; raw Serf r1 → r10; ms)"),
         &["interval", "n", "p50", "p90", "p99", "max", "mean"],
         &[
-            pt.row(&format!("**serfnode**: write to {a}'s `parent` begins → `bench` handler starts on {c}")),
-            pb.row("**Serf (baseline)**: RPC `event` to r1 sent (kept connection) → Serf's `-event-handler` starts on r10"),
-            pc.row("Serf: `serf event` process started for r1 → Serf's handler starts on r10"),
-            pw.row(&format!("… serfnode: write(2) to {a}'s `parent` begins → returns (agent accepted)")),
-            p(&mut sn_gossip).row(&format!("… serfnode: write begins → {c}'s agent streams the event")),
-            pp.row(&format!("… serfnode: {c}'s agent streams it → the handler starts (serfnode's part on {c})")),
-            pr.row("… Serf: RPC `event` sent → returns"),
-            p(&mut raw_gossip).row("… Serf: RPC `event` sent → r10's agent streams the event"),
-            p(&mut raw_part).row("… Serf: r10's agent streams it → Serf's handler starts"),
-            p(&mut cli_call).row("… Serf: `serf event` process started → exits"),
-            pd.row("handler program alone: spawned by the bench → its first instruction"),
-            p(&mut via_sh).row("handler program alone: `/bin/sh -c PROG` spawned → its first instruction (as Serf runs it)"),
+            pt.row_with_mean(&format!("**serfnode**: write to {a}'s `parent` begins → `bench` handler starts on {c}")),
+            pb.row_with_mean("**Serf (baseline)**: RPC `event` to r1 sent (kept connection) → Serf's `-event-handler` starts on r10"),
+            pc.row_with_mean("Serf: `serf event` process started for r1 → Serf's handler starts on r10"),
+            pw.row_with_mean(&format!("… serfnode: write(2) to {a}'s `parent` begins → returns (agent accepted)")),
+            p(&mut sn_gossip).row_with_mean(&format!("… serfnode: write begins → {c}'s agent streams the event")),
+            pp.row_with_mean(&format!("… serfnode: {c}'s agent streams it → the handler starts (serfnode's part on {c})")),
+            pr.row_with_mean("… Serf: RPC `event` sent → returns"),
+            p(&mut raw_gossip).row_with_mean("… Serf: RPC `event` sent → r10's agent streams the event"),
+            p(&mut raw_part).row_with_mean("… Serf: r10's agent streams it → Serf's handler starts"),
+            p(&mut cli_call).row_with_mean("… Serf: `serf event` process started → exits"),
+            pd.row_with_mean("handler program alone: spawned by the bench → its first instruction"),
+            p(&mut via_sh).row_with_mean("handler program alone: `/bin/sh -c PROG` spawned → its first instruction (as Serf runs it)"),
         ],
     );
     raw_lines(&raw_text);
@@ -1230,20 +1230,21 @@ fn queries(nodes: &Nodes, rt: &Runtime, summary: &mut Rows) -> Result<()> {
             r
         };
         rows.push(with(
-            pr.row(&format!(
+            pr.row_with_mean(&format!(
                 "**serfnode**: read of `{rel}` on e1 (open+read+close)"
             )),
             read_complete,
             QUERIES,
         ));
         rows.push(with(
-            pq.row("**Serf (baseline)**: RPC `query` on e1's agent, kept connection, done at the last answer"),
+            pq.row_with_mean("**Serf (baseline)**: RPC `query` on e1's agent, kept connection, done at the last answer"),
             rpc_complete,
             QUERIES,
         ));
         rows.push(with(
-            p(&mut inner_ms)
-                .row("… serfnode: its `elapsed_ms` (the ask inside the daemon, whole ms)"),
+            p(&mut inner_ms).row_with_mean(
+                "… serfnode: its `elapsed_ms` (the ask inside the daemon, whole ms)",
+            ),
             read_complete,
             QUERIES,
         ));
@@ -1255,26 +1256,26 @@ fn queries(nodes: &Nodes, rt: &Runtime, summary: &mut Rows) -> Result<()> {
             "—",
         ]));
         rows.push(with(
-            po.row(
+            po.row_with_mean(
                 "… serfnode: the read − its `elapsed_ms` (FUSE, parsing, rendering; up to 1 ms high: `elapsed_ms` is truncated)",
             ),
             read_complete,
             QUERIES,
         ));
         rows.push(with(
-            p(&mut cat_ms).row(&format!("`cat {rel}` (a process)")),
+            p(&mut cat_ms).row_with_mean(&format!("`cat {rel}` (a process)")),
             cat_complete,
             CAT_QUERIES,
         ));
         rows.push(with(
-            p(&mut cli_last).row(&format!(
+            p(&mut cli_last).row_with_mean(&format!(
                 "`serf query -timeout={CLI_QUERY_TIMEOUT}`: started → its {expected}th response line"
             )),
             cli_complete,
             CLI_QUERIES,
         ));
         rows.push(with(
-            p(&mut cli_exit).row(&format!(
+            p(&mut cli_exit).row_with_mean(&format!(
                 "`serf query -timeout={CLI_QUERY_TIMEOUT}`: started → exits"
             )),
             cli_complete,
@@ -1537,11 +1538,11 @@ fn journal_readers(nodes: &Nodes, rt: &Runtime, root: &Path, summary: &mut Rows)
             list(&lag, 1)
         ));
         let (pl, pt) = (Percentiles::of(&mut lag), Percentiles::of(&mut total));
-        let mut r = pl.row("member file shows it − local `members` shows it");
+        let mut r = pl.row_with_mean("member file shows it − local `members` shows it");
         r.insert(0, c.label());
         r.push(missed.to_string());
         rows.push(r);
-        let mut r = pt.row("`tags` sent → member file shows it (with gossip)");
+        let mut r = pt.row_with_mean("`tags` sent → member file shows it (with gossip)");
         r.insert(0, String::new());
         r.push(String::new());
         rows.push(r);
@@ -1720,31 +1721,6 @@ fn poll_file(file: &Path, value: &str, deadline: Instant) -> Result<Option<Insta
 
 // ---- output and small helpers ---------------------------------------------------
 
-/// Share of the machine's CPU time that was not idle during `over`.
-fn cpu_busy(over: Duration) -> Result<f64> {
-    let (total0, idle0) = cpu_sample()?;
-    std::thread::sleep(over);
-    let (total1, idle1) = cpu_sample()?;
-    let total = total1.saturating_sub(total0).max(1) as f64;
-    Ok(100.0 * (1.0 - idle1.saturating_sub(idle0) as f64 / total))
-}
-
-/// The machine's CPU time so far, all and idle, in ticks.
-fn cpu_sample() -> Result<(u64, u64)> {
-    let stat = fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .context("no cpu line in /proc/stat")?
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait …: idle and iowait are not busy.
-    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
-    Ok((cpu.iter().sum(), idle))
-}
-
 /// CPU time (ms) of this process and of every descendant reaped so far
 /// (each process's count includes the descendants it reaped).
 fn own_tree_cpu_ms() -> f64 {
@@ -1757,113 +1733,4 @@ fn own_tree_cpu_ms() -> f64 {
         ms(ru.ru_utime) + ms(ru.ru_stime)
     };
     usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN)
-}
-
-/// CPU time (user + system) used so far by `pids`, in ms.
-fn cpu_ms(pids: &[u32]) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let ticks: u64 = pids
-        .iter()
-        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the parenthesised command name; utime and stime are 14 and 15.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split(' ').collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum();
-    ticks as f64 * 1e3 / hz
-}
-
-fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
-    cells.iter().map(|c| c.to_string()).collect()
-}
-
-fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
-    println!("\n### {title}\n");
-    println!("| {} |", header.join(" | "));
-    println!("|{}", "---|".repeat(header.len()));
-    for r in rows {
-        println!("| {} |", r.join(" | "));
-    }
-}
-
-fn raw_lines(lines: &[String]) {
-    println!();
-    for l in lines {
-        println!("raw: {l}");
-    }
-}
-
-fn list(values: &[f64], decimals: usize) -> String {
-    let items: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
-    items.join(" ")
-}
-
-struct Percentiles {
-    n: usize,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    mean: f64,
-}
-
-impl Percentiles {
-    /// Nearest-rank percentiles; sorts `values`.
-    fn of(values: &mut [f64]) -> Percentiles {
-        values.sort_by(f64::total_cmp);
-        let at = |p: f64| {
-            let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
-            values.get(rank.max(1) - 1).copied().unwrap_or(f64::NAN)
-        };
-        Percentiles {
-            n: values.len(),
-            p50: at(50.0),
-            p90: at(90.0),
-            p99: at(99.0),
-            max: values.last().copied().unwrap_or(f64::NAN),
-            mean: values.iter().sum::<f64>() / values.len() as f64,
-        }
-    }
-
-    /// Two decimals below 10 ms, one above.
-    fn row(&self, what: &str) -> Vec<String> {
-        let f = |v: f64| {
-            if v.abs() < 10.0 {
-                format!("{v:.2}")
-            } else {
-                format!("{v:.1}")
-            }
-        };
-        vec![
-            what.into(),
-            self.n.to_string(),
-            f(self.p50),
-            f(self.p90),
-            f(self.p99),
-            f(self.max),
-            f(self.mean),
-        ]
-    }
-}
-
-/// xorshift64*: enough to pick members, without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(nanos) | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
 }

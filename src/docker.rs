@@ -162,10 +162,19 @@ impl Shared {
                     grants::scrub(&mut v);
                     children.insert(child.to_owned(), v);
                 }
-                Err(_) => {
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
                     children.remove(child);
                     self.grants.remove(child);
                 }
+                // Docker is down or failing, the container is not gone:
+                // dropping it here took the child out of
+                // children_by_name.json and revoked its token (its replica
+                // connection refused) until its next exit.
+                Err(e) => tracing::warn!(
+                    "docker: inspect of child container {name} failed, keeping what is known of it: {e}"
+                ),
             }
         }
         self.publish();
@@ -310,11 +319,32 @@ async fn keep_running<R: Raise>(shared: &Shared, raise: &R, child: &str, stop: &
             r = wait.next() => match r {
                 Some(Ok(w)) => Some(w.status_code),
                 Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
-                Some(Err(e)) => {
+                // Docker answered (no such container, or another refusal).
+                Some(Err(e @ bollard::errors::Error::DockerResponseServerError { .. })) => {
                     tracing::warn!("wait for {name}: {e}");
                     None
                 }
-                None => None,
+                // The wait broke, not the child: dockerd went away (a
+                // restart, with live restore the child runs on). Reporting
+                // an exit here raised a false `container` exited event and
+                // a `docker start` of the running child (a false started
+                // one); a child that did stop meanwhile is seen by the
+                // next wait, with its real exit code.
+                broken => {
+                    let why = match broken {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "the wait ended without a status".to_owned(),
+                    };
+                    tracing::warn!(
+                        "docker unreachable while waiting for child container {name} ({why}); \
+                         retrying until the docker daemon answers"
+                    );
+                    if !docker_answers(&shared.parent.docker, stop).await {
+                        return;
+                    }
+                    tracing::info!("docker answers again; waiting for child container {name}");
+                    continue;
+                }
             },
             _ = stop.cancelled() => return,
         };
@@ -333,6 +363,24 @@ async fn keep_running<R: Raise>(shared: &Shared, raise: &R, child: &str, stop: &
         }
         if started.elapsed() > Duration::from_secs(60) {
             backoff.reset();
+        }
+    }
+}
+
+/// Pings the docker daemon with backoff until it answers (true) or `stop`
+/// (false).
+async fn docker_answers(docker: &Docker, stop: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            pinged = docker.ping() => match pinged {
+                Ok(_) => return true,
+                Err(e) => tracing::debug!("docker ping: {e}"),
+            },
+            _ = stop.cancelled() => return false,
+        }
+        if sleep_or_shutdown(backoff.next_delay(), stop).await {
+            return false;
         }
     }
 }

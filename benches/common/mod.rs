@@ -1,17 +1,31 @@
-//! What both benchmarks need to run processes and mounts and leave none
+//! What every benchmark needs to run processes and mounts and leave none
 //! behind: progress lines, a subreaper that reaps orphaned descendants,
-//! signals, mount checks and log tails.
+//! signals, mount checks and log tails; and, in submodules, how figures are
+//! printed ([`report`]), what is read from /proc ([`procfs`]), a serfnode
+//! daemon under test ([`daemon`]) and synthetic
+//! members ([`synth`]).
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 macro_rules! progress {
     ($($arg:tt)*) => { eprintln!("· {}", format_args!($($arg)*)) };
 }
+
+// Each bench uses a part of these.
+#[allow(dead_code)]
+pub mod daemon;
+#[allow(dead_code)]
+pub mod procfs;
+#[allow(dead_code)]
+pub mod report;
+#[allow(dead_code)]
+pub mod synth;
 
 /// Makes this process the reaper of its orphaned descendants (serfnode's
 /// agent, should serfnode die first) and reaps them on drop, also on panic:
@@ -52,6 +66,36 @@ impl Drop for Reaper {
             progress!("reaped {reaped} orphaned descendant(s)");
         }
     }
+}
+
+/// Spawns `cmd` at priority `nice` with its output in `log`. The child gets
+/// `death_signal` when the spawning (main) thread dies, so a killed bench
+/// leaves nothing behind.
+#[allow(dead_code)] // the events bench logs some processes nowhere
+pub fn spawn(
+    mut cmd: Command,
+    log: &Path,
+    death_signal: libc::c_int,
+    nice: libc::c_int,
+) -> Result<Child> {
+    let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().context("log file handle")?)
+        .stderr(out);
+    // SAFETY: prctl(2) and setpriority(2) are plain syscalls, safe between
+    // fork and exec; the closure touches no shared state.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0
+                || libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("spawn {:?}", cmd.get_program()))
 }
 
 pub fn signal(child: &Child, sig: libc::c_int) {

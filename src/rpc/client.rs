@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rmpv::ValueRef;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -643,12 +642,13 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>) {
         pending_body: None,
     };
     let mut buf = Vec::with_capacity(16 * 1024);
+    let mut scanner = codec::Scanner::default();
     let why = 'conn: loop {
         let mut start = 0;
         loop {
-            match codec::next_frame(&buf[start..]) {
-                Ok(Some((len, value))) => {
-                    reader.on_frame(&buf[start..start + len], &value);
+            match scanner.scan(&buf[start..]) {
+                Ok(Some(len)) => {
+                    reader.on_frame(&buf[start..start + len]);
                     start += len;
                 }
                 Ok(None) => break,
@@ -694,10 +694,12 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn on_frame(&mut self, frame: &[u8], value: &ValueRef<'_>) {
-        let header = codec::as_header(value);
+    fn on_frame(&mut self, frame: &[u8]) {
+        let header = codec::maybe_header(frame)
+            .then(|| codec::as_header(&codec::value_of(frame)))
+            .flatten();
         match (self.pending_body.take(), header) {
-            (Some(body), None) => self.on_body(body, frame, value),
+            (Some(body), None) => self.on_body(body, frame),
             (pending, Some(header)) => {
                 if let Some(Body::Reply { command, tx }) = pending {
                     let _ = tx.send(Err(RpcError::Decode(format!(
@@ -710,7 +712,7 @@ impl Reader<'_> {
         }
     }
 
-    fn on_body(&mut self, body: Body, frame: &[u8], value: &ValueRef<'_>) {
+    fn on_body(&mut self, body: Body, frame: &[u8]) {
         match body {
             Body::Reply { tx, .. } => {
                 let _ = tx.send(Ok(frame.to_vec()));
@@ -720,7 +722,7 @@ impl Reader<'_> {
                 // Nothing follows a query's `done`: closing the channel ends
                 // the subscription even if `done` itself was dropped.
                 if sink.kind == Kind::Query
-                    && codec::str_field(value, "Type") == Some(proto::QUERY_DONE)
+                    && codec::str_field(&codec::value_of(frame), "Type") == Some(proto::QUERY_DONE)
                 {
                     self.shared.routes.lock().records.remove(&seq);
                 }

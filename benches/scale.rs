@@ -1,0 +1,963 @@
+//! The scale benchmark: what the real release `serfnode` daemon costs as the
+//! cluster grows, and what a membership change costs it.
+//!
+//! Two kinds of cluster, each measured the same way:
+//!
+//! - **real**: serfnode's own agent plus 200 raw `serf agent` processes
+//!   (`SERFNODE_SCALE_AGENTS` to change the count) on 127.0.212.1–201, at
+//!   nice 10 like the cluster bench's;
+//! - **synthetic**: the daemon attached (`--attach`) to a stand-in agent in
+//!   this process that speaks Serf's RPC protocol (handshake, stats,
+//!   members, member streams) over TCP and holds 200, 1,000 or 10,000
+//!   members with the original project's tags: the view sizes this machine
+//!   cannot run as real agents.
+//!
+//! `SERFNODE_SCALE_SIZES=1000,10000` picks the synthetic sizes and
+//! `SERFNODE_SCALE_AGENTS=0` skips the real cluster.
+//!
+//! For each: **convergence** (start → `serfnodes_by_id.json` lists every
+//! member); the daemon's **CPU at rest** (its periodic `members` re-read);
+//! its **CPU per change** over 40 tag changes at 4/s that nobody reads
+//! (beyond the rest rate); the **time to open each file after a change**:
+//! a tag change, then the first open+read+close of the changed member's
+//! file (its poll every 1 ms; the read that first shows the value), then
+//! of `serfnodes_by_id.json`, `serfnodes_by_role.json` and `status.json`
+//! (each re-rendered on that first read), then a second, cached read of
+//! each; and **memory** (VmRSS / VmHWM), against a raw `serf agent` of the
+//! real cluster.
+//!
+//! Needs root, FUSE and `serf` on PATH; run it with `scripts/bench`. It
+//! prints figures and asserts nothing about timing. Every process it starts
+//! is killed and reaped and every mount detached, at the end and on panic.
+//! BENCHMARKS.md explains the method and keeps the latest figures.
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+use serfnode::files;
+use serfnode::rpc::{Client, Member};
+use tokio::runtime::Runtime;
+
+use common::daemon::Daemon;
+use common::procfs::*;
+use common::report::*;
+use common::synth::{synthetic_member, WireMember};
+use common::{signal, spawn, tail, Reaper};
+
+const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
+const DEFAULT_AGENTS: usize = 200;
+/// Room on 127.0.212.0/24 for the raw agents and serfnode's own.
+const MAX_AGENTS: usize = 250;
+const GOSSIP_PORT: u16 = 7946;
+const RPC_PORT: u16 = 7373;
+const AGENT_NICE: libc::c_int = 10;
+const SYNTH_SIZES: [usize; 3] = [200, 1_000, 10_000];
+const SYNTH_ROLES: usize = 50;
+/// After convergence, before anything is measured: joins still gossiping.
+const SETTLE_REAL: Duration = Duration::from_secs(10);
+const SETTLE_SYNTH: Duration = Duration::from_secs(2);
+const REST: Duration = Duration::from_secs(10);
+/// Unread changes: this many, one every `UNREAD_EVERY`, then `UNREAD_TAIL`
+/// for the last to arrive (the agent's stream coalesces for ~1 s).
+const UNREAD: usize = 40;
+const UNREAD_EVERY: Duration = Duration::from_millis(250);
+const UNREAD_TAIL: Duration = Duration::from_secs(2);
+const TRIALS: usize = 30;
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
+const FILE_POLL: Duration = Duration::from_millis(1);
+const PROBE_TAG: &str = "probe";
+/// The files timed after a change, the changed member's own first.
+const AFTER_CHANGE: [&str; 3] = [files::BY_ID, files::BY_ROLE, files::STATUS];
+
+fn main() -> Result<()> {
+    let _reaper = Reaper::new()?;
+    let started = Instant::now();
+    let agents = match std::env::var("SERFNODE_SCALE_AGENTS") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SERFNODE_SCALE_AGENTS={v} is not a count"))?,
+        Err(_) => DEFAULT_AGENTS,
+    };
+    ensure!(
+        agents <= MAX_AGENTS,
+        "SERFNODE_SCALE_AGENTS must be 0 (no real cluster) to {MAX_AGENTS}"
+    );
+    let sizes: Vec<usize> = match std::env::var("SERFNODE_SCALE_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("SERFNODE_SCALE_SIZES={v} is not a list of counts"))?,
+        Err(_) => SYNTH_SIZES.to_vec(),
+    };
+    ensure!(
+        sizes.iter().all(|&n| n >= 2),
+        "a synthetic cluster needs at least 2 members"
+    );
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let busy = cpu_busy(Duration::from_secs(1))?;
+    progress!("machine: {cpus} CPUs, {busy:.0} % busy in the second before the start");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+
+    let mut results = Vec::new();
+    if agents > 0 {
+        let mut cluster = RealCluster::start(agents)?;
+        let mut changes = RealChanges {
+            rt: &rt,
+            agents,
+            rng: Rng::seeded(),
+        };
+        let baseline = cluster.agent_pid(1)?;
+        let own = children(cluster.daemon.pid()?).into_iter().next();
+        let mut r = measure(
+            &format!("real, {} agents", agents + 1),
+            agents + 1,
+            cluster.converged,
+            &mut cluster.daemon,
+            &mut changes,
+            SETTLE_REAL,
+            &[
+                ("its own serf agent", own),
+                ("a raw serf agent", Some(baseline)),
+            ],
+        )?;
+        r.context_mem = vec![
+            ("raw serf agent".into(), proc_status(baseline)?),
+            ("serfnode's own serf agent".into(), {
+                let pid = own.context("serfnode's agent is not its child")?;
+                proc_status(pid)?
+            }),
+        ];
+        results.push(r);
+        cluster.stop()?;
+    }
+    for size in sizes {
+        let fake = FakeAgent::start(size)?;
+        let t = Instant::now();
+        let mut daemon = Daemon::start(SERFNODE, &format!("synth-{size}"), |cmd| {
+            cmd.args(["agent", "--attach", "--rpc-addr", &fake.addr.to_string()]);
+        })?;
+        let converged = wait_listed(&mut daemon, size, t, Duration::from_secs(60))?;
+        let mut changes = SynthChanges {
+            fake: &fake,
+            rng: Rng::seeded(),
+        };
+        results.push(measure(
+            &format!("synthetic, {size} members"),
+            size,
+            converged,
+            &mut daemon,
+            &mut changes,
+            SETTLE_SYNTH,
+            &[],
+        )?);
+        daemon.stop()?;
+        fake.stop();
+    }
+    drop(rt);
+
+    summary(&results);
+    progress!(
+        "done in {:.0} s; update BENCHMARKS.md (\"Latest figures\") from the tables above",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+// ---- the daemon ------------------------------------------------------------------
+
+/// Waits until `serfnodes_by_id.json` lists `n` members; the time since `t`.
+fn wait_listed(daemon: &mut Daemon, n: usize, t: Instant, limit: Duration) -> Result<Duration> {
+    let mut shown = (0, Instant::now());
+    loop {
+        daemon.check_alive()?;
+        let listed = daemon
+            .json(files::BY_ID)
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.len()))
+            .unwrap_or(0);
+        if listed == n {
+            let took = t.elapsed();
+            progress!(
+                "{} lists {n} after {:.2} s",
+                files::BY_ID,
+                took.as_secs_f64()
+            );
+            return Ok(took);
+        }
+        if listed != shown.0 && shown.1.elapsed() >= Duration::from_secs(1) {
+            progress!("listed {listed}/{n}");
+            shown = (listed, Instant::now());
+        }
+        ensure!(
+            t.elapsed() < limit,
+            "{} lists {listed} of {n} members after {limit:?}\n{}",
+            files::BY_ID,
+            tail(&daemon.log())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---- the real cluster ------------------------------------------------------------
+
+fn ip(n: usize) -> IpAddr {
+    let last = u8::try_from(n + 1).expect("at most 254 nodes");
+    IpAddr::V4(Ipv4Addr::new(127, 0, 212, last))
+}
+
+fn node_name(n: usize) -> String {
+    format!("scale-{n}")
+}
+
+fn gossip_addr(n: usize) -> SocketAddr {
+    SocketAddr::new(ip(n), GOSSIP_PORT)
+}
+
+fn rpc_addr(n: usize) -> SocketAddr {
+    SocketAddr::new(ip(n), RPC_PORT)
+}
+
+/// The daemon (`scale-0`) and the raw agents (`scale-1` …). Dropping it
+/// kills and reaps every agent, then the daemon stops.
+struct RealCluster {
+    agents: Vec<Child>,
+    converged: Duration,
+    /// Dropped after the agents are gone.
+    daemon: Daemon,
+}
+
+impl RealCluster {
+    fn start(raw: usize) -> Result<RealCluster> {
+        for n in 0..=raw {
+            let (g, r) = (gossip_addr(n), rpc_addr(n));
+            let free = TcpListener::bind(g).is_ok()
+                && UdpSocket::bind(g).is_ok()
+                && TcpListener::bind(r).is_ok();
+            ensure!(
+                free,
+                "{g} or {r} is in use: a leftover agent of an earlier run? (pgrep -a serf)"
+            );
+        }
+        let daemon = Daemon::start(SERFNODE, &node_name(0), |cmd| {
+            cmd.args(["agent", "--node", &node_name(0)])
+                .args(["--bind", &gossip_addr(0).to_string()])
+                .args(["--rpc-addr", &rpc_addr(0).to_string()])
+                .args(["--profile", "local", "--role", "scale"]);
+        })?;
+        fs::create_dir(daemon.dir.path().join("agents")).context("agent log dir")?;
+        let mut cluster = RealCluster {
+            agents: Vec::with_capacity(raw),
+            converged: Duration::ZERO,
+            daemon,
+        };
+        let started = Instant::now();
+        let now = unix_now();
+        for n in 1..=raw {
+            let mut cmd = Command::new("serf");
+            cmd.args(["agent", &format!("-node={}", node_name(n))])
+                .arg(format!("-bind={}", gossip_addr(n)))
+                .arg(format!("-rpc-addr={}", rpc_addr(n)))
+                .args(["-profile=local", "-tag", &format!("role=r{}", n % 20)])
+                .args(["-tag", &format!("timestamp={:.6}", now + n as f64 * 1e-3)])
+                .arg(format!("-join={}", gossip_addr(0)));
+            let log = cluster.agent_log(n);
+            let child = spawn(cmd, &log, libc::SIGKILL, AGENT_NICE)
+                .context("spawn `serf agent` (is serf installed?)")?;
+            cluster.agents.push(child);
+            if n % 50 == 0 {
+                progress!("spawned {n}/{raw} serf agents");
+            }
+        }
+        progress!(
+            "spawned {raw} serf agents in {} ms",
+            started.elapsed().as_millis()
+        );
+        cluster.converged = wait_listed(
+            &mut cluster.daemon,
+            raw + 1,
+            started,
+            Duration::from_secs(180),
+        )?;
+        cluster.check_agents()?;
+        Ok(cluster)
+    }
+
+    fn agent_log(&self, n: usize) -> PathBuf {
+        self.daemon
+            .dir
+            .path()
+            .join("agents")
+            .join(format!("{}.log", node_name(n)))
+    }
+
+    fn agent_pid(&self, n: usize) -> Result<u32> {
+        self.agents
+            .get(n - 1)
+            .map(Child::id)
+            .with_context(|| format!("no agent {}", node_name(n)))
+    }
+
+    fn check_agents(&mut self) -> Result<()> {
+        for (i, agent) in self.agents.iter_mut().enumerate() {
+            if let Some(status) = agent.try_wait().context("wait for a serf agent")? {
+                let n = i + 1;
+                bail!(
+                    "serf agent {} exited with {status}\n{}",
+                    node_name(n),
+                    tail(&self.agent_log(n))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_agents(&mut self) -> usize {
+        let n = self.agents.len();
+        for agent in &self.agents {
+            signal(agent, libc::SIGKILL);
+        }
+        for mut agent in self.agents.drain(..) {
+            let _ = agent.wait();
+        }
+        n
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let killed = self.kill_agents();
+        progress!("{killed} serf agents killed and reaped");
+        self.daemon.stop()
+    }
+}
+
+impl Drop for RealCluster {
+    fn drop(&mut self) {
+        self.kill_agents();
+    }
+}
+
+// ---- the stand-in agent ----------------------------------------------------------
+
+/// Serf's RPC protocol as the daemon uses it, over TCP on 127.0.0.1, for a
+/// synthetic cluster: `handshake`, `stats`, `members` (the reply encoded
+/// once per change), `stream` (member events get a `member-update` record
+/// per change; other filters are acknowledged and stay silent), `join`, and
+/// an acknowledgement for the commands without a reply body.
+struct FakeAgent {
+    addr: SocketAddr,
+    state: Arc<Mutex<FakeState>>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+struct FakeState {
+    members: Vec<Member>,
+    /// The `members` reply body, `{Members: [...]}`.
+    reply: Vec<u8>,
+    conns: Vec<TcpStream>,
+    /// Member-event subscriptions: the connection's writer and the stream's seq.
+    streams: Vec<(Arc<Mutex<TcpStream>>, u64)>,
+    /// `members` requests answered so far.
+    reads: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Header<'a> {
+    seq: u64,
+    error: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MembersBody<'a> {
+    members: Vec<WireMember<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MemberRecord<'a> {
+    event: &'a str,
+    members: Vec<WireMember<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct JoinBody {
+    num: u32,
+}
+
+impl FakeState {
+    fn encode(&mut self) -> Result<()> {
+        let body = MembersBody {
+            members: self.members.iter().map(WireMember::of).collect(),
+        };
+        self.reply = rmp_serde::to_vec_named(&body).context("encode a members reply")?;
+        Ok(())
+    }
+}
+
+fn msgpack<T: Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("plain structs encode")
+}
+
+/// Commands whose request carries a body (Serf's `ipc.go`).
+fn has_body(command: &str) -> bool {
+    !matches!(command, "members" | "stats" | "leave" | "list-keys")
+}
+
+impl FakeAgent {
+    fn start(n: usize) -> Result<FakeAgent> {
+        let start = unix_now();
+        let mut state = FakeState {
+            members: (0..n)
+                .map(|i| synthetic_member(i, start, SYNTH_ROLES))
+                .collect(),
+            reply: Vec::new(),
+            conns: Vec::new(),
+            streams: Vec::new(),
+            reads: 0,
+        };
+        state.encode()?;
+        progress!(
+            "stand-in agent: {n} members, a {} KiB members reply",
+            state.reply.len() / 1024
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").context("bind the stand-in agent")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(state));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let _ = conn.set_nonblocking(false);
+                            if let Ok(c) = conn.try_clone() {
+                                state.lock().conns.push(c);
+                            }
+                            let state = state.clone();
+                            std::thread::spawn(move || {
+                                if let Err(e) = serve(conn, &state) {
+                                    progress!("stand-in agent: a connection ended: {e:#}");
+                                }
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        Ok(FakeAgent {
+            addr,
+            state,
+            stop,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// Sets tag `probe` on member `i`, then tells every member stream.
+    fn set_tag(&self, i: usize, value: &str) -> Result<String> {
+        let mut s = self.state.lock();
+        let m = &mut s.members[i];
+        m.tags.insert(PROBE_TAG.into(), value.into());
+        let name = m.name.clone();
+        s.encode()?;
+        let record = msgpack(&MemberRecord {
+            event: "member-update",
+            members: vec![WireMember::of(&s.members[i])],
+        });
+        s.streams.retain(|(w, seq)| {
+            let mut w = w.lock();
+            w.write_all(&msgpack(&Header {
+                seq: *seq,
+                error: "",
+            }))
+            .and_then(|()| w.write_all(&record))
+            .is_ok()
+        });
+        Ok(name)
+    }
+
+    fn members(&self) -> usize {
+        self.state.lock().members.len()
+    }
+
+    fn reads(&self) -> u64 {
+        self.state.lock().reads
+    }
+
+    fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.state.lock().conns.drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One connection: requests in order, each answered in full under the
+/// writer's lock so stream records never split a reply.
+fn serve(conn: TcpStream, state: &Mutex<FakeState>) -> Result<()> {
+    let writer = Arc::new(Mutex::new(conn.try_clone()?));
+    let mut reader = BufReader::new(conn);
+    loop {
+        let header = match rmpv::decode::read_value(&mut reader) {
+            Ok(v) => v,
+            Err(_) => return Ok(()), // closed
+        };
+        let field = |k: &str| {
+            header
+                .as_map()
+                .and_then(|m| m.iter().find(|(key, _)| key.as_str() == Some(k)))
+                .map(|(_, v)| v.clone())
+        };
+        let command = field("Command")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .context("a request without Command")?;
+        let seq = field("Seq")
+            .and_then(|v| v.as_u64())
+            .context("a request without Seq")?;
+        let body = if has_body(&command) {
+            Some(rmpv::decode::read_value(&mut reader).context("a request body")?)
+        } else {
+            None
+        };
+        let ok = msgpack(&Header { seq, error: "" });
+        let mut out = ok.clone();
+        match command.as_str() {
+            "members" => {
+                let mut s = state.lock();
+                s.reads += 1;
+                out.extend_from_slice(&s.reply);
+            }
+            "stats" => {
+                let s = state.lock();
+                let local = s.members.first().map_or("", |m| m.name.as_str());
+                let stats = BTreeMap::from([
+                    ("agent", BTreeMap::from([("name", local.to_owned())])),
+                    (
+                        "serf",
+                        BTreeMap::from([
+                            ("encrypted", "false".to_owned()),
+                            ("members", s.members.len().to_string()),
+                        ]),
+                    ),
+                    ("tags", BTreeMap::new()),
+                ]);
+                out.extend_from_slice(&msgpack(&stats));
+            }
+            "join" => out.extend_from_slice(&msgpack(&JoinBody { num: 0 })),
+            "stream" => {
+                let filter = body
+                    .as_ref()
+                    .and_then(|b| b.as_map())
+                    .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("Type")))
+                    .and_then(|(_, v)| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                if filter.contains("member-update") || filter == "*" {
+                    // Registered under the writer's lock: no record can
+                    // come before the acknowledgement.
+                    let mut w = writer.lock();
+                    w.write_all(&ok)?;
+                    state.lock().streams.push((writer.clone(), seq));
+                    continue;
+                }
+            }
+            "handshake" | "auth" | "event" | "tags" | "stop" | "respond" | "force-leave" => {}
+            _ => {
+                writer.lock().write_all(&msgpack(&Header {
+                    seq,
+                    error: "Unsupported command",
+                }))?;
+                bail!("unsupported command {command}");
+            }
+        }
+        writer.lock().write_all(&out)?;
+    }
+}
+
+// ---- changes ---------------------------------------------------------------------
+
+/// Waits until a started change was sent (the `tags` RPC returned).
+type Pending = Box<dyn FnOnce() -> Result<()>>;
+
+/// Sets tag `probe` on some member other than the daemon's own.
+trait Changes {
+    /// Starts the change; the member's name and what to wait for.
+    fn start(&mut self, value: &str) -> Result<(String, Pending)>;
+
+    /// `members` requests the agent answered so far, where it can tell.
+    fn reads(&self) -> Option<u64> {
+        None
+    }
+}
+
+struct RealChanges<'a> {
+    rt: &'a Runtime,
+    agents: usize,
+    rng: Rng,
+}
+
+impl Changes for RealChanges<'_> {
+    fn start(&mut self, value: &str) -> Result<(String, Pending)> {
+        let n = 1 + self.rng.below(self.agents);
+        let set = BTreeMap::from([(PROBE_TAG.to_owned(), value.to_owned())]);
+        // `tags` takes the agent 1–1.6 s: it runs beside the measurement.
+        let task = self.rt.spawn(async move {
+            let client = Client::connect(rpc_addr(n), None).await?;
+            client.tags(&set, &[]).await
+        });
+        let handle = self.rt.handle().clone();
+        let name = node_name(n);
+        let what = name.clone();
+        Ok((
+            name,
+            Box::new(move || {
+                match handle.block_on(task).context("tags task")? {
+                    // The agent has the new tags; its broadcast is queued
+                    // behind the gossip of 200 agents on two cores. The
+                    // change still spreads (the trial sees it or counts it
+                    // missed).
+                    Err(e)
+                        if e.to_string()
+                            .contains("timeout waiting for update broadcast") =>
+                    {
+                        progress!("tags on {what}: {e}");
+                        Ok(())
+                    }
+                    r => r.with_context(|| format!("tags on {what}")),
+                }
+            }),
+        ))
+    }
+}
+
+struct SynthChanges<'a> {
+    fake: &'a FakeAgent,
+    rng: Rng,
+}
+
+impl Changes for SynthChanges<'_> {
+    fn start(&mut self, value: &str) -> Result<(String, Pending)> {
+        let i = 1 + self.rng.below(self.fake.members() - 1);
+        let name = self.fake.set_tag(i, value)?;
+        Ok((name, Box::new(|| Ok(()))))
+    }
+
+    fn reads(&self) -> Option<u64> {
+        Some(self.fake.reads())
+    }
+}
+
+// ---- measuring -------------------------------------------------------------------
+
+struct Scale {
+    what: String,
+    members: usize,
+    converged: Duration,
+    /// The daemon's CPU at rest, % of one core.
+    rest_pct: f64,
+    /// Others' CPU at rest, % of one core (real cluster only).
+    rest_others: Vec<(String, f64)>,
+    /// Daemon CPU per unread change beyond the rest rate, ms.
+    per_change_ms: f64,
+    unread_secs: f64,
+    /// `members` re-reads per second at rest and during the unread changes
+    /// (synthetic clusters only: the stand-in agent counts them).
+    reads_per_s: Option<(f64, f64)>,
+    /// Change started → the member file shows it, ms.
+    seen: Vec<f64>,
+    /// File → (first read after the change, cached read), µs; and its size.
+    reads: Vec<(String, Vec<f64>, Vec<f64>, usize)>,
+    missed: usize,
+    mem: ProcMem,
+    context_mem: Vec<(String, ProcMem)>,
+}
+
+fn measure(
+    what: &str,
+    members: usize,
+    converged: Duration,
+    daemon: &mut Daemon,
+    changes: &mut dyn Changes,
+    settle: Duration,
+    others: &[(&str, Option<u32>)],
+) -> Result<Scale> {
+    progress!("{what}: settling {settle:?}, then {REST:?} at rest");
+    std::thread::sleep(settle);
+    daemon.check_alive()?;
+    let pid = daemon.pid()?;
+    let other_pids: Vec<(String, u32)> = others
+        .iter()
+        .filter_map(|(w, p)| Some(((*w).to_owned(), (*p)?)))
+        .collect();
+    let t = Instant::now();
+    let c0 = cpu_ms(&[pid]);
+    let r0 = changes.reads();
+    let o0: Vec<f64> = other_pids.iter().map(|(_, p)| cpu_ms(&[*p])).collect();
+    std::thread::sleep(REST);
+    let secs = t.elapsed().as_secs_f64();
+    let rest_reads = r0.zip(changes.reads()).map(|(a, b)| (b - a) as f64 / secs);
+    let rest_rate = (cpu_ms(&[pid]) - c0) / secs; // ms per s
+    let rest_others = other_pids
+        .iter()
+        .zip(o0)
+        .map(|((w, p), c)| (w.clone(), (cpu_ms(&[*p]) - c) / secs / 10.0))
+        .collect();
+
+    progress!("{what}: {UNREAD} changes nobody reads, one every {UNREAD_EVERY:?}");
+    let t = Instant::now();
+    let c0 = cpu_ms(&[pid]);
+    let r0 = changes.reads();
+    let mut pending = Vec::with_capacity(UNREAD);
+    for k in 0..UNREAD {
+        let due = t + UNREAD_EVERY * k as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        pending.push(changes.start(&format!("u{k}-{}", unix_now()))?.1);
+    }
+    for p in pending {
+        p()?;
+    }
+    std::thread::sleep(UNREAD_TAIL);
+    let unread_secs = t.elapsed().as_secs_f64();
+    let unread_reads = r0
+        .zip(changes.reads())
+        .map(|(a, b)| (b - a) as f64 / unread_secs);
+    let used = cpu_ms(&[pid]) - c0;
+    let per_change_ms = (used - rest_rate * unread_secs) / UNREAD as f64;
+
+    progress!("{what}: {TRIALS} changes, each file opened after it");
+    let mut seen = Vec::with_capacity(TRIALS);
+    let mut names: Vec<String> = vec!["members/<changed>.json".into()];
+    names.extend(AFTER_CHANGE.iter().map(|f| f.to_string()));
+    let mut first = vec![Vec::new(); names.len()];
+    let mut cached = vec![Vec::new(); names.len()];
+    let mut sizes = vec![0; names.len()];
+    let mut missed = 0;
+    let mut buf = Vec::new();
+    for trial in 0..TRIALS {
+        let value = format!("t{trial}-{}", unix_now());
+        let t0 = Instant::now();
+        let (name, pending) = changes.start(&value)?;
+        let member = daemon.path(&format!("{}/{name}.json", files::MEMBERS));
+        match poll_file(&member, &value, t0 + TRIAL_TIMEOUT, &mut buf)? {
+            Some((at, read_us)) => {
+                seen.push((at - t0).as_secs_f64() * 1e3);
+                first[0].push(read_us);
+                sizes[0] = buf.len();
+                for (i, f) in AFTER_CHANGE.iter().enumerate() {
+                    first[i + 1].push(read_us_of(&daemon.path(f), &mut buf)?);
+                    sizes[i + 1] = buf.len();
+                }
+                cached[0].push(read_us_of(&member, &mut buf)?);
+                for (i, f) in AFTER_CHANGE.iter().enumerate() {
+                    cached[i + 1].push(read_us_of(&daemon.path(f), &mut buf)?);
+                }
+            }
+            None => {
+                missed += 1;
+                progress!(
+                    "trial {trial}: {name} {PROBE_TAG}={value} not seen within {TRIAL_TIMEOUT:?}"
+                );
+            }
+        }
+        pending()?;
+        if (trial + 1) % 10 == 0 {
+            progress!("trials {}/{TRIALS}", trial + 1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.check_alive()?;
+    let reads = names
+        .into_iter()
+        .zip(first)
+        .zip(cached)
+        .zip(sizes)
+        .map(|(((n, f), c), s)| (n, f, c, s))
+        .collect();
+    Ok(Scale {
+        what: what.to_owned(),
+        members,
+        converged,
+        rest_pct: rest_rate / 10.0,
+        rest_others,
+        per_change_ms,
+        unread_secs,
+        reads_per_s: rest_reads.zip(unread_reads),
+        seen,
+        reads,
+        missed,
+        mem: proc_status(pid)?,
+        context_mem: Vec::new(),
+    })
+}
+
+/// µs for one open+read+close of `path` into `buf`.
+fn read_us_of(path: &Path, buf: &mut Vec<u8>) -> Result<f64> {
+    buf.clear();
+    let t = Instant::now();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(buf))
+        .with_context(|| format!("read {}", path.display()))?;
+    Ok(t.elapsed().as_secs_f64() * 1e6)
+}
+
+/// Reads `file` every `FILE_POLL` until its tags carry `value`: when, and
+/// how long that read (the first to show it) took, in µs; `None` past
+/// `deadline`.
+fn poll_file(
+    file: &Path,
+    value: &str,
+    deadline: Instant,
+    buf: &mut Vec<u8>,
+) -> Result<Option<(Instant, f64)>> {
+    while Instant::now() < deadline {
+        if let Ok(us) = read_us_of(file, buf) {
+            let doc: Value = serde_json::from_slice(buf).context("not json")?;
+            if doc["tags"][PROBE_TAG] == value {
+                return Ok(Some((Instant::now(), us)));
+            }
+        }
+        std::thread::sleep(FILE_POLL);
+    }
+    Ok(None)
+}
+
+// ---- output ----------------------------------------------------------------------
+
+fn summary(results: &[Scale]) {
+    for r in results {
+        let mut rows = Vec::new();
+        for (file, first, cached, size) in &r.reads {
+            let (mut f, mut c) = (first.clone(), cached.clone());
+            let (pf, pc) = (Percentiles::of(&mut f), Percentiles::of(&mut c));
+            rows.push(row([
+                file,
+                &size.to_string(),
+                &format!("{:.0} / {:.0}", pf.p50, pf.p99),
+                &format!("{:.0} / {:.0}", pc.p50, pc.p99),
+            ]));
+        }
+        table(
+            &format!(
+                "Open each file after a change: {} ({} trials, missed {}; µs, p50 / p99)",
+                r.what, TRIALS, r.missed
+            ),
+            &[
+                "file",
+                "bytes",
+                "first read after the change",
+                "cached read",
+            ],
+            &rows,
+        );
+        let mut seen = r.seen.clone();
+        let s = Percentiles::of(&mut seen);
+        let mut raw = vec![format!(
+            "change started → member file shows it, ms: p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} (n = {})",
+            s.p50, s.p90, s.p99, s.max, s.n
+        )];
+        for (who, pct) in &r.rest_others {
+            raw.push(format!("at rest: {who} {pct:.2} % of a core"));
+        }
+        raw.push(format!(
+            "unread changes: {UNREAD} over {:.1} s",
+            r.unread_secs
+        ));
+        if let Some((rest, unread)) = r.reads_per_s {
+            raw.push(format!(
+                "members re-reads per s: at rest {rest:.1}, during the changes {unread:.1}; \
+                 daemon CPU per re-read at rest {:.2} ms",
+                r.rest_pct * 10.0 / rest.max(f64::MIN_POSITIVE)
+            ));
+        }
+        for (who, m) in &r.context_mem {
+            raw.push(format!(
+                "{who}: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+                mib(m.rss),
+                mib(m.hwm)
+            ));
+        }
+        raw_lines(&raw);
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let p50 = |i: usize| {
+                let mut v = r.reads[i].1.clone();
+                Percentiles::of(&mut v).p50
+            };
+            let rest = match r.reads_per_s {
+                Some((reads, _)) => format!(
+                    "{:.2} % ({reads:.1} re-reads/s, {:.2} ms each)",
+                    r.rest_pct,
+                    r.rest_pct * 10.0 / reads.max(f64::MIN_POSITIVE)
+                ),
+                None => format!("{:.2} %", r.rest_pct),
+            };
+            row([
+                &r.what,
+                &r.members.to_string(),
+                &format!("{:.2} s", r.converged.as_secs_f64()),
+                &rest,
+                &format!("{:.2} ms", r.per_change_ms),
+                &format!(
+                    "{:.0} / {:.0} / {:.0} / {:.0} µs",
+                    p50(0),
+                    p50(1),
+                    p50(2),
+                    p50(3)
+                ),
+                &format!("{:.1} / {:.1} MiB", mib(r.mem.rss), mib(r.mem.hwm)),
+            ])
+        })
+        .collect();
+    table(
+        "Scale summary",
+        &[
+            "cluster",
+            "members",
+            "start → by_id lists all",
+            "daemon CPU at rest (of a core)",
+            "daemon CPU per unread change",
+            "first read after a change, p50: member / by_id / by_role / status",
+            "daemon VmRSS / VmHWM",
+        ],
+        &rows,
+    );
+}
