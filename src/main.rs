@@ -69,8 +69,9 @@ fn main() -> ExitCode {
 /// daemon decodes the member list on a runtime thread and renders files on
 /// FUSE threads; with 10,000 members that held 151 MiB resident (77 MiB in
 /// one arena) and delayed the first read of a changed member's file by
-/// 15-19 ms (0.2 ms in one arena); see BENCHMARKS.md, scale. The static musl
-/// build shipped in the image has one heap anyway. Set before any thread.
+/// 13-19 ms (0.2-0.3 ms in one arena); see BENCHMARKS.md, scale. The static
+/// musl build shipped in the image has one heap anyway. Set before any
+/// thread.
 fn one_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt(3) with integer arguments, before any other thread.
