@@ -30,23 +30,24 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::Value;
 use serfnode::files;
 use serfnode::membership::View;
 use serfnode::rpc::{Client, Member, StreamRecord};
 use tokio::runtime::Runtime;
 
+use common::agents::Agents;
 use common::daemon::Daemon;
 use common::procfs::*;
 use common::report::*;
 use common::synth::{encode_members, synthetic_member};
-use common::{spawn, tail, Reaper};
+use common::Reaper;
 
 const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 const RAW_AGENTS: usize = 99;
@@ -159,7 +160,7 @@ fn start_daemon(n: usize, name: &str) -> Result<Daemon> {
 /// The daemon (`bench-0`) and the raw agents (`bench-1` … `bench-99`).
 /// Dropping it kills and reaps every agent, then the daemon stops.
 struct Cluster {
-    agents: Vec<Child>,
+    agents: Agents,
     /// Dropped after the agents are gone.
     daemon: Daemon,
 }
@@ -170,24 +171,19 @@ impl Cluster {
             ensure_free(n)?;
         }
         let daemon = start_daemon(0, &node_name(0))?;
-        fs::create_dir(daemon.dir.path().join("agents")).context("agent log dir")?;
-        let mut cluster = Cluster {
-            agents: Vec::with_capacity(RAW_AGENTS),
-            daemon,
-        };
+        let agents = Agents::new(daemon.dir().join("agents"), node_name, AGENT_NICE)?;
+        let mut cluster = Cluster { agents, daemon };
         let started = Instant::now();
         let now = unix_now();
         for n in 1..=RAW_AGENTS {
-            let mut cmd = Command::new("serf");
-            cmd.args(["agent", &format!("-node={}", node_name(n))])
-                .arg(format!("-bind={}", gossip_addr(n)))
-                .arg(format!("-rpc-addr={}", rpc_addr(n)))
-                .args(["-profile=local", "-tag", &format!("role=r{n}")])
-                .args(["-tag", &format!("timestamp={:.6}", now + n as f64 * 1e-3)])
-                .arg(format!("-join={}", gossip_addr(0)));
-            let child = spawn(cmd, &cluster.agent_log(n), libc::SIGKILL, AGENT_NICE)
-                .context("spawn `serf agent` (is serf installed?)")?;
-            cluster.agents.push(child);
+            cluster.agents.spawn(|cmd| {
+                cmd.args(["agent", &format!("-node={}", node_name(n))])
+                    .arg(format!("-bind={}", gossip_addr(n)))
+                    .arg(format!("-rpc-addr={}", rpc_addr(n)))
+                    .args(["-profile=local", "-tag", &format!("role=r{n}")])
+                    .args(["-tag", &format!("timestamp={:.6}", now + n as f64 * 1e-3)])
+                    .arg(format!("-join={}", gossip_addr(0)));
+            })?;
         }
         let spawned = started.elapsed();
         progress!(
@@ -195,33 +191,11 @@ impl Cluster {
             spawned.as_millis(),
             files::BY_ID
         );
-        let deadline = started + Duration::from_secs(120);
-        let mut shown = (0, Instant::now());
-        loop {
-            cluster.check_alive()?;
-            let listed = cluster
+        let agents = &mut cluster.agents;
+        let converged =
+            cluster
                 .daemon
-                .json(files::BY_ID)
-                .ok()
-                .and_then(|v| v.as_object().map(|o| o.len()))
-                .unwrap_or(0);
-            if listed != shown.0 && (shown.1.elapsed() >= Duration::from_secs(1) || listed == NODES)
-            {
-                progress!("agents {}/{RAW_AGENTS}", listed.saturating_sub(1));
-                shown = (listed, Instant::now());
-            }
-            if listed == NODES {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} lists {listed} of {NODES} members after 120 s\n{}",
-                files::BY_ID,
-                tail(&cluster.daemon.log())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let converged = started.elapsed();
+                .wait_listed(NODES, started, Duration::from_secs(120), || agents.check())?;
         let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
         table(
             &format!("Setup ({NODES} members)"),
@@ -251,60 +225,20 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn agent_log(&self, n: usize) -> PathBuf {
-        self.daemon
-            .dir
-            .path()
-            .join("agents")
-            .join(format!("{}.log", node_name(n)))
-    }
-
-    fn agent_pid(&self, n: usize) -> Result<u32> {
-        self.agents
-            .get(n - 1)
-            .map(Child::id)
-            .with_context(|| format!("no agent {}", node_name(n)))
-    }
-
     /// The daemon, its own agent and every raw agent.
     fn pids(&self) -> Result<Vec<u32>> {
         let daemon = self.daemon.pid()?;
         let mut pids = vec![daemon];
         pids.extend(children(daemon));
-        pids.extend(self.agents.iter().map(Child::id));
+        pids.extend(self.agents.pids());
         Ok(pids)
-    }
-
-    /// Fails, naming the process and showing its log, once any exited.
-    fn check_alive(&mut self) -> Result<()> {
-        self.daemon.check_alive()?;
-        for (i, agent) in self.agents.iter_mut().enumerate() {
-            if let Some(status) = agent.try_wait().context("wait for a serf agent")? {
-                let n = i + 1;
-                bail!(
-                    "serf agent {} exited with {status}\n{}",
-                    node_name(n),
-                    tail(&self.agent_log(n))
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn kill_agents(&mut self) -> usize {
-        let n = self.agents.len();
-        for mut agent in self.agents.drain(..) {
-            let _ = agent.kill();
-            let _ = agent.wait();
-        }
-        n
     }
 
     /// Stops the daemon (it leaves while the agents still run) and kills
     /// and reaps every agent.
     fn stop(&mut self) -> Result<()> {
         self.daemon.terminate();
-        let killed = self.kill_agents();
+        let killed = self.agents.kill_all();
         progress!("{killed} serf agents killed and reaped");
         self.daemon.stop()
     }
@@ -313,7 +247,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.daemon.terminate();
-        self.kill_agents();
+        self.agents.kill_all();
     }
 }
 
@@ -903,7 +837,7 @@ fn memory(cluster: &Cluster, summary: &mut Rows) -> Result<()> {
     if let Some(agent) = children(daemon).into_iter().next() {
         rows.push(proc_row("serf agent supervised by serfnode", agent)?);
     }
-    let raw_agent = cluster.agent_pid(1)?;
+    let raw_agent = cluster.agents.pid(1)?;
     rows.push(proc_row("raw serf agent (bench-1)", raw_agent)?);
     table(
         &format!("Memory with {NODES} members (after the runs above)"),

@@ -43,9 +43,10 @@ use serfnode::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
 use serfnode::{events, files};
 use tokio::runtime::Runtime;
 
+use common::daemon::Daemon;
 use common::procfs::*;
 use common::report::*;
-use common::{detach, is_mounted, signal, tail, Reaper};
+use common::{tail, Reaper};
 
 const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 /// serfnode nodes e1–e10 on 127.0.211.1–10; raw agents r1–r10 on .11–20.
@@ -392,139 +393,31 @@ fn log_lines(log: &Path, needles: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// One `serfnode agent`: its mount `<root>/eN`, handlers `<root>/hN`, log
-/// `<root>/eN.log`. Stopped, reaped and unmounted by [`Daemon::stop`] or on
-/// drop.
-struct Daemon {
-    name: String,
-    mount: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    /// SIGTERM was sent: a second one would make serfnode exit at once,
-    /// skipping its agent's leave.
-    terminated: bool,
-}
-
-impl Daemon {
-    fn spawn(root: &Path, n: usize, arrivals: &Path) -> Result<Daemon> {
-        let name = name(n);
-        let mount = root.join(&name);
-        let handlers = root.join(format!("h{}", n + 1));
-        fs::create_dir(&mount).context("mount point")?;
-        fs::create_dir_all(&handlers).context("handlers dir")?;
-        let mut daemon = Daemon {
-            log: root.join(format!("{name}.log")),
-            name,
-            mount,
-            child: None,
-            terminated: false,
-        };
-        let mut cmd = Command::new(SERFNODE);
-        cmd.args(["agent", "--node", &daemon.name])
-            .args(["--bind", &gossip_addr(n).to_string()])
-            .args(["--rpc-addr", &rpc_addr(n).to_string()])
-            .arg("--mount")
-            .arg(&daemon.mount)
-            .args(["--hosts-file", "none", "--profile", "local"])
-            .args(["--role", role(n)])
-            .arg("--handlers")
-            .arg(&handlers)
-            .env("SERFNODE_LOG", "info")
-            .env(ARRIVALS_VAR, arrivals);
-        if n != 0 {
-            cmd.args(["--join", &gossip_addr(0).to_string()]);
-        }
-        for var in [
-            "ROLE",
-            "PEER",
-            "SERF_IP",
-            "SERF_PORT",
-            "NODE_NAME",
-            "RPC_PORT",
-            "SERFNODE_MOUNT",
-            "SERFNODE_HANDLERS",
-        ] {
-            cmd.env_remove(var);
-        }
-        daemon.child = Some(spawn(cmd, Some(&daemon.log), libc::SIGTERM)?);
-        Ok(daemon)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.mount.join(file)
-    }
-
-    fn json(&self, file: &str) -> Result<Value> {
-        let path = self.path(file);
-        let bytes = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not json", path.display()))
-    }
-
-    fn pid(&self) -> Result<u32> {
-        self.child
-            .as_ref()
-            .map(Child::id)
-            .with_context(|| format!("serfnode {} is not running", self.name))
-    }
-
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(child) = &mut self.child {
-            if let Some(status) = child.try_wait().context("wait for serfnode")? {
-                bail!(
-                    "serfnode {} exited with {status}\n{}",
-                    self.name,
-                    tail(&self.log)
-                );
+/// Spawns node `n` (`serfnode agent`): its mount `<root>/eN`, handlers
+/// `<root>/hN`, log `<root>/eN.log`; joined to node 0 unless it is node 0.
+fn spawn_node(root: &Path, n: usize, arrivals: &Path) -> Result<Daemon> {
+    let name = name(n);
+    let handlers = root.join(format!("h{}", n + 1));
+    fs::create_dir_all(&handlers).context("handlers dir")?;
+    Daemon::spawn(
+        SERFNODE,
+        &name,
+        root.join(&name),
+        root.join(format!("{name}.log")),
+        |cmd| {
+            cmd.args(["agent", "--node", &name])
+                .args(["--bind", &gossip_addr(n).to_string()])
+                .args(["--rpc-addr", &rpc_addr(n).to_string()])
+                .args(["--hosts-file", "none", "--profile", "local"])
+                .args(["--role", role(n)])
+                .arg("--handlers")
+                .arg(&handlers)
+                .env(ARRIVALS_VAR, arrivals);
+            if n != 0 {
+                cmd.args(["--join", &gossip_addr(0).to_string()]);
             }
-        }
-        Ok(())
-    }
-
-    /// Asks for a clean shutdown (leave, unmount) without waiting for it.
-    fn terminate(&mut self) {
-        if let Some(child) = self.child.as_ref().filter(|_| !self.terminated) {
-            signal(child, libc::SIGTERM);
-            self.terminated = true;
-        }
-    }
-
-    /// SIGTERM, up to 10 s for a clean exit, then SIGKILL; reaps the
-    /// process and detaches the mount if it is still there.
-    fn stop(&mut self) -> Result<()> {
-        self.terminate();
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let status = child
-            .wait()
-            .with_context(|| format!("reap serfnode {}", self.name))?;
-        if is_mounted(&self.mount) {
-            detach(&self.mount);
-        }
-        ensure!(
-            !is_mounted(&self.mount),
-            "{} is still mounted",
-            self.mount.display()
-        );
-        progress!("serfnode {} stopped ({status}), mount detached", self.name);
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", tail(&self.log));
-        }
-        if let Err(e) = self.stop() {
-            eprintln!("cleanup: {e:#}");
-        }
-    }
+        },
+    )
 }
 
 /// The ten serfnode nodes. Dropping it asks all of them to stop at once,
@@ -549,7 +442,7 @@ impl Nodes {
         };
         let started = Instant::now();
         for n in 0..NODES {
-            nodes.daemons.push(Daemon::spawn(root, n, &nodes.arrivals)?);
+            nodes.daemons.push(spawn_node(root, n, &nodes.arrivals)?);
         }
         // Only C has the handler; every node looks for it.
         let handler = root.join(format!("h{}", HANDLER + 1)).join("bench");

@@ -35,11 +35,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,11 +52,12 @@ use serfnode::files;
 use serfnode::rpc::{Client, Member};
 use tokio::runtime::Runtime;
 
+use common::agents::Agents;
 use common::daemon::Daemon;
 use common::procfs::*;
 use common::report::*;
 use common::synth::{synthetic_member, WireMember};
-use common::{signal, spawn, tail, Reaper};
+use common::Reaper;
 
 const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 const DEFAULT_AGENTS: usize = 200;
@@ -127,7 +127,7 @@ fn main() -> Result<()> {
             agents,
             rng: Rng::seeded(),
         };
-        let baseline = cluster.agent_pid(1)?;
+        let baseline = cluster.agents.pid(1)?;
         let own = children(cluster.daemon.pid()?).into_iter().next();
         let mut r = measure(
             &format!("real, {} agents", agents + 1),
@@ -157,7 +157,7 @@ fn main() -> Result<()> {
         let mut daemon = Daemon::start(SERFNODE, &format!("synth-{size}"), |cmd| {
             cmd.args(["agent", "--attach", "--rpc-addr", &fake.addr.to_string()]);
         })?;
-        let converged = wait_listed(&mut daemon, size, t, Duration::from_secs(60))?;
+        let converged = daemon.wait_listed(size, t, Duration::from_secs(60), || Ok(()))?;
         let mut changes = SynthChanges {
             fake: &fake,
             rng: Rng::seeded(),
@@ -186,39 +186,6 @@ fn main() -> Result<()> {
 
 // ---- the daemon ------------------------------------------------------------------
 
-/// Waits until `serfnodes_by_id.json` lists `n` members; the time since `t`.
-fn wait_listed(daemon: &mut Daemon, n: usize, t: Instant, limit: Duration) -> Result<Duration> {
-    let mut shown = (0, Instant::now());
-    loop {
-        daemon.check_alive()?;
-        let listed = daemon
-            .json(files::BY_ID)
-            .ok()
-            .and_then(|v| v.as_object().map(|o| o.len()))
-            .unwrap_or(0);
-        if listed == n {
-            let took = t.elapsed();
-            progress!(
-                "{} lists {n} after {:.2} s",
-                files::BY_ID,
-                took.as_secs_f64()
-            );
-            return Ok(took);
-        }
-        if listed != shown.0 && shown.1.elapsed() >= Duration::from_secs(1) {
-            progress!("listed {listed}/{n}");
-            shown = (listed, Instant::now());
-        }
-        ensure!(
-            t.elapsed() < limit,
-            "{} lists {listed} of {n} members after {limit:?}\n{}",
-            files::BY_ID,
-            tail(&daemon.log())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 // ---- the real cluster ------------------------------------------------------------
 
 fn ip(n: usize) -> IpAddr {
@@ -241,7 +208,7 @@ fn rpc_addr(n: usize) -> SocketAddr {
 /// The daemon (`scale-0`) and the raw agents (`scale-1` …). Dropping it
 /// kills and reaps every agent, then the daemon stops.
 struct RealCluster {
-    agents: Vec<Child>,
+    agents: Agents,
     converged: Duration,
     /// Dropped after the agents are gone.
     daemon: Daemon,
@@ -265,26 +232,23 @@ impl RealCluster {
                 .args(["--rpc-addr", &rpc_addr(0).to_string()])
                 .args(["--profile", "local", "--role", "scale"]);
         })?;
-        fs::create_dir(daemon.dir.path().join("agents")).context("agent log dir")?;
+        let agents = Agents::new(daemon.dir().join("agents"), node_name, AGENT_NICE)?;
         let mut cluster = RealCluster {
-            agents: Vec::with_capacity(raw),
+            agents,
             converged: Duration::ZERO,
             daemon,
         };
         let started = Instant::now();
         let now = unix_now();
         for n in 1..=raw {
-            let mut cmd = Command::new("serf");
-            cmd.args(["agent", &format!("-node={}", node_name(n))])
-                .arg(format!("-bind={}", gossip_addr(n)))
-                .arg(format!("-rpc-addr={}", rpc_addr(n)))
-                .args(["-profile=local", "-tag", &format!("role=r{}", n % 20)])
-                .args(["-tag", &format!("timestamp={:.6}", now + n as f64 * 1e-3)])
-                .arg(format!("-join={}", gossip_addr(0)));
-            let log = cluster.agent_log(n);
-            let child = spawn(cmd, &log, libc::SIGKILL, AGENT_NICE)
-                .context("spawn `serf agent` (is serf installed?)")?;
-            cluster.agents.push(child);
+            cluster.agents.spawn(|cmd| {
+                cmd.args(["agent", &format!("-node={}", node_name(n))])
+                    .arg(format!("-bind={}", gossip_addr(n)))
+                    .arg(format!("-rpc-addr={}", rpc_addr(n)))
+                    .args(["-profile=local", "-tag", &format!("role=r{}", n % 20)])
+                    .args(["-tag", &format!("timestamp={:.6}", now + n as f64 * 1e-3)])
+                    .arg(format!("-join={}", gossip_addr(0)));
+            })?;
             if n % 50 == 0 {
                 progress!("spawned {n}/{raw} serf agents");
             }
@@ -293,66 +257,20 @@ impl RealCluster {
             "spawned {raw} serf agents in {} ms",
             started.elapsed().as_millis()
         );
-        cluster.converged = wait_listed(
-            &mut cluster.daemon,
-            raw + 1,
-            started,
-            Duration::from_secs(180),
-        )?;
-        cluster.check_agents()?;
+        let agents = &mut cluster.agents;
+        cluster.converged =
+            cluster
+                .daemon
+                .wait_listed(raw + 1, started, Duration::from_secs(180), || {
+                    agents.check()
+                })?;
         Ok(cluster)
     }
 
-    fn agent_log(&self, n: usize) -> PathBuf {
-        self.daemon
-            .dir
-            .path()
-            .join("agents")
-            .join(format!("{}.log", node_name(n)))
-    }
-
-    fn agent_pid(&self, n: usize) -> Result<u32> {
-        self.agents
-            .get(n - 1)
-            .map(Child::id)
-            .with_context(|| format!("no agent {}", node_name(n)))
-    }
-
-    fn check_agents(&mut self) -> Result<()> {
-        for (i, agent) in self.agents.iter_mut().enumerate() {
-            if let Some(status) = agent.try_wait().context("wait for a serf agent")? {
-                let n = i + 1;
-                bail!(
-                    "serf agent {} exited with {status}\n{}",
-                    node_name(n),
-                    tail(&self.agent_log(n))
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn kill_agents(&mut self) -> usize {
-        let n = self.agents.len();
-        for agent in &self.agents {
-            signal(agent, libc::SIGKILL);
-        }
-        for mut agent in self.agents.drain(..) {
-            let _ = agent.wait();
-        }
-        n
-    }
-
     fn stop(&mut self) -> Result<()> {
-        let killed = self.kill_agents();
+        let killed = self.agents.kill_all();
         progress!("{killed} serf agents killed and reaped");
         self.daemon.stop()
-    }
-}
-
-impl Drop for RealCluster {
-    fn drop(&mut self) {
-        self.kill_agents();
     }
 }
 

@@ -44,6 +44,8 @@ pub enum DockerError {
     NoShare(String, String),
     #[error("child {child}: {why}")]
     Child { child: String, why: String },
+    #[error("child {child}: container {container} is gone (removed outside serfnode)")]
+    Gone { child: String, container: String },
 }
 
 /// The parent container as Docker sees it.
@@ -235,7 +237,9 @@ pub async fn run_children<R: Raise>(
     });
     // A restarted daemon keeps the children it finds: their applications
     // (and their readers) carry on.
-    let adopted = adopt(&shared.parent, &specs).await;
+    let Some(adopted) = adopt(&shared.parent, &specs, &stop).await else {
+        return;
+    };
     // Children start once the files say who is in the cluster.
     let mut snaps = shared.view.subscribe();
     tokio::select! {
@@ -270,8 +274,9 @@ pub async fn run_children<R: Raise>(
         }
         shared.refresh(&name).await;
         let (shared, raise, stop) = (shared.clone(), raise.clone(), stop.clone());
+        let (spec, all) = (spec.clone(), specs.clone());
         tasks.push(tokio::spawn(async move {
-            keep_running(&shared, &*raise, &name, &stop).await
+            keep_running(&shared, &*raise, &spec, &all, &stop).await
         }));
     }
     stop.cancelled().await;
@@ -307,7 +312,14 @@ pub async fn run_children<R: Raise>(
 
 /// Waits for the child to exit, reports it, and starts it again with
 /// backoff, until `stop`.
-async fn keep_running<R: Raise>(shared: &Shared, raise: &R, child: &str, stop: &CancellationToken) {
+async fn keep_running<R: Raise>(
+    shared: &Shared,
+    raise: &R,
+    spec: &ChildSpec,
+    all: &[ChildSpec],
+    stop: &CancellationToken,
+) {
+    let child = spec.name.as_str();
     let name = container_name(&shared.parent.name, child);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
@@ -354,7 +366,7 @@ async fn keep_running<R: Raise>(shared: &Shared, raise: &R, child: &str, stop: &
         if sleep_or_shutdown(backoff.next_delay(), stop).await {
             return;
         }
-        match start(&shared.parent, child).await {
+        match start_or_recreate(&shared.parent, spec, all).await {
             Ok(()) => {
                 shared.event(raise, child, "started", None).await;
                 shared.refresh(child).await;
@@ -387,18 +399,32 @@ async fn docker_answers(docker: &Docker, stop: &CancellationToken) -> bool {
 
 /// The children an earlier daemon of this same parent container left: child
 /// name → whether it is running. Those not in `specs` any more are removed.
-async fn adopt(parent: &Parent, specs: &[ChildSpec]) -> HashMap<String, bool> {
+/// `None` at `stop`.
+async fn adopt(
+    parent: &Parent,
+    specs: &[ChildSpec],
+    stop: &CancellationToken,
+) -> Option<HashMap<String, bool>> {
     let filters: HashMap<&str, Vec<String>> =
         [("label", vec![format!("{LABEL_PARENT}={}", parent.id)])].into();
-    let opts = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let found = match parent.docker.list_containers(Some(opts)).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!("docker: list children of an earlier run: {e}");
-            return HashMap::new();
+    // Until Docker answers: starting without knowing the children would
+    // create containers whose names are taken and leave those unsupervised.
+    let found = loop {
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        match parent.docker.list_containers(Some(opts)).await {
+            Ok(found) => break found,
+            Err(e) => {
+                tracing::warn!("docker: list children of an earlier run: {e}; retrying");
+                if !docker_answers(&parent.docker, stop).await {
+                    return None;
+                }
+                if sleep_or_shutdown(Duration::from_millis(500), stop).await {
+                    return None;
+                }
+            }
         }
     };
     let mut kept = HashMap::new();
@@ -418,7 +444,7 @@ async fn adopt(parent: &Parent, specs: &[ChildSpec]) -> HashMap<String, bool> {
             }
         }
     }
-    kept
+    Some(kept)
 }
 
 fn apparmor_enabled() -> bool {
@@ -551,10 +577,36 @@ async fn start(parent: &Parent, child: &str) -> Result<(), DockerError> {
             None::<bollard::query_parameters::StartContainerOptions>,
         )
         .await
-        .map_err(|e| DockerError::Child {
-            child: child.to_owned(),
-            why: format!("start {name}: {e}"),
+        .map_err(|e| match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => DockerError::Gone {
+                child: child.to_owned(),
+                container: name.clone(),
+            },
+            e => DockerError::Child {
+                child: child.to_owned(),
+                why: format!("start {name}: {e}"),
+            },
         })
+}
+
+/// Starts the child's container, creating it again first if it was
+/// removed behind serfnode's back (`docker rm -f`): the manifest says the
+/// child exists, so it is brought back rather than retried forever.
+async fn start_or_recreate(
+    parent: &Parent,
+    spec: &ChildSpec,
+    all: &[ChildSpec],
+) -> Result<(), DockerError> {
+    match start(parent, &spec.name).await {
+        Err(gone @ DockerError::Gone { .. }) => {
+            tracing::warn!("{gone}; creating it again");
+            create(parent, spec, all).await?;
+            start(parent, &spec.name).await
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]

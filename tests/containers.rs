@@ -15,7 +15,8 @@
 //! 3. events: a line written to `/serfnode/parent` in a child of one node
 //!    arrives as a user event on another node (seen by `serf monitor`);
 //! 4. crash: a child exiting with status 3 is restarted (same container)
-//!    and its `container` events reach another node;
+//!    and its `container` events reach another node; a child container
+//!    removed with `docker rm -f` is created again under its name;
 //! 5. partition: a parent disconnected from the network turns `failed`,
 //!    and `alive` again once reconnected;
 //! 6. kill: a killed parent turns `failed` and leaves serfnodes_by_id.json;
@@ -569,6 +570,58 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
         "crash: {} container events of new-crash seen on db",
         events.len()
     ));
+
+    // 4b. removed: a child container removed behind serfnode's back is
+    // created again under its name (a new container), not retried forever.
+    let deb_id = inspect(&new_deb)["Id"].clone();
+    docker_ok(&["rm", "-f", &new_deb]);
+    let recreated = wait_for(
+        START,
+        &format!("{new_deb} created again and running"),
+        || {
+            let out = docker(&["inspect", &new_deb]);
+            if !out.status.success() {
+                return Err("not there yet".into());
+            }
+            let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let v = v[0].clone();
+            match (&v["Id"], &v["State"]["Running"]) {
+                (id, Value::Bool(true)) if *id != deb_id => Ok(v),
+                (id, running) => Err(format!("id {id}, running {running}")),
+            }
+        },
+    );
+    assert_eq!(
+        recreated["Config"]["Labels"][LABEL_CHILD], "deb",
+        "the new container is the child deb"
+    );
+    wait_for(
+        T,
+        "children_by_name.json of new to show the new deb",
+        || {
+            let v = try_exec_json(&new.name, "/serfnode/children_by_name.json")?;
+            match &v["deb"]["inspect"]["Id"] {
+                id if *id == recreated["Id"] => Ok(()),
+                id => Err(format!("deb is {id}")),
+            }
+        },
+    );
+    wait_for(T, "the new deb to read its files", || {
+        try_exec_json(&new_deb, "/serfnode/serfnodes_by_id.json").map(|_| ())
+    });
+    wait_for(
+        T,
+        "container events exited then started of new's deb",
+        || {
+            let events = monitor.user_events();
+            let seen = container_events(&events, &new, "deb");
+            match seen.iter().position(|v| v["state"] == "exited") {
+                Some(i) if seen[i + 1..].iter().any(|v| v["state"] == "started") => Ok(()),
+                _ => Err(format!("so far: {seen:?}")),
+            }
+        },
+    );
+    clock.phase("removed: new-deb created again as a new container");
 
     // 5. partition: new disconnected, then reconnected at its address.
     docker_ok(&["network", "disconnect", &cluster.network, &new.name]);

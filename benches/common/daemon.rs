@@ -3,7 +3,7 @@
 //! mount behind, also on panic.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -13,45 +13,46 @@ use serfnode::files;
 
 use super::{detach, is_mounted, signal, spawn, tail};
 
-/// A `serfnode agent` with its mount, hosts file and log in a temp dir.
+/// A `serfnode agent` with its mount and log.
 pub struct Daemon {
     pub name: String,
     pub mount: PathBuf,
+    pub log: PathBuf,
     child: Option<Child>,
     /// SIGTERM was sent: a second one would make serfnode exit at once,
     /// skipping its agent's leave.
     terminated: bool,
-    /// Declared last: removed only once the process is gone.
-    pub dir: tempfile::TempDir,
+    /// The temp dir [`Daemon::start`] made; removed once the process is gone
+    /// (the drop stops it first).
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
-    /// Starts `serfnode` (the binary at `bin`) with the arguments `args`
-    /// adds, a mount and a hosts file of its own, and waits until it follows
-    /// an agent.
-    pub fn start(bin: &str, name: &str, args: impl FnOnce(&mut Command)) -> Result<Daemon> {
-        let dir = tempfile::Builder::new()
-            .prefix("serfnode-bench-")
-            .tempdir()
-            .context("temp dir for serfnode")?;
-        let mount = dir.path().join("mnt");
-        fs::create_dir(&mount).context("mount point")?;
-        let hosts = dir.path().join("hosts");
-        fs::write(&hosts, "127.0.0.1\tlocalhost\n").context("hosts file")?;
+    /// Spawns `serfnode` (the binary at `bin`) with the arguments `args`
+    /// adds and `--mount mount`, logging to `log`, at the bench's priority;
+    /// does not wait for it.
+    pub fn spawn(
+        bin: &str,
+        name: &str,
+        mount: PathBuf,
+        log: PathBuf,
+        args: impl FnOnce(&mut Command),
+    ) -> Result<Daemon> {
+        fs::create_dir_all(&mount).with_context(|| format!("create {}", mount.display()))?;
         let mut daemon = Daemon {
             name: name.to_owned(),
             mount,
+            log,
             child: None,
             terminated: false,
-            dir,
+            dir: None,
         };
         let mut cmd = Command::new(bin);
         args(&mut cmd);
         cmd.arg("--mount")
             .arg(&daemon.mount)
-            .arg("--hosts-file")
-            .arg(&hosts)
             .env("SERFNODE_LOG", "info");
+        // The bench says everything on the command line.
         for var in [
             "ROLE",
             "PEER",
@@ -59,24 +60,37 @@ impl Daemon {
             "SERF_PORT",
             "NODE_NAME",
             "RPC_PORT",
+            "SERFNODE_MOUNT",
+            "SERFNODE_HANDLERS",
         ] {
             cmd.env_remove(var);
         }
+        daemon.child = Some(spawn(cmd, &daemon.log, libc::SIGTERM, None)?);
+        Ok(daemon)
+    }
+
+    /// [`Daemon::spawn`] in a temp dir of its own with a hosts file of its
+    /// own, then waits until it follows an agent.
+    pub fn start(bin: &str, name: &str, args: impl FnOnce(&mut Command)) -> Result<Daemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("serfnode-bench-")
+            .tempdir()
+            .context("temp dir for serfnode")?;
+        let hosts = dir.path().join("hosts");
+        fs::write(&hosts, "127.0.0.1\tlocalhost\n").context("hosts file")?;
         let started = Instant::now();
-        daemon.child = Some(spawn(cmd, &daemon.log(), libc::SIGTERM, 0)?);
-        let deadline = started + Duration::from_secs(30);
-        while !daemon
-            .json(files::STATUS)
-            .is_ok_and(|s| s["agent"]["connected"] == true)
-        {
-            daemon.check_alive()?;
-            ensure!(
-                Instant::now() < deadline,
-                "serfnode {name} does not follow its agent after 30 s\n{}",
-                tail(&daemon.log())
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut daemon = Daemon::spawn(
+            bin,
+            name,
+            dir.path().join("mnt"),
+            dir.path().join("serfnode.log"),
+            |cmd| {
+                args(cmd);
+                cmd.arg("--hosts-file").arg(&hosts);
+            },
+        )?;
+        daemon.dir = Some(dir);
+        daemon.wait_following(Duration::from_secs(30))?;
         progress!(
             "serfnode {name} follows its agent after {} ms",
             started.elapsed().as_millis()
@@ -84,8 +98,30 @@ impl Daemon {
         Ok(daemon)
     }
 
-    pub fn log(&self) -> PathBuf {
-        self.dir.path().join("serfnode.log")
+    /// Waits until `status.json` says the daemon follows its agent.
+    pub fn wait_following(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while !self
+            .json(files::STATUS)
+            .is_ok_and(|s| s["agent"]["connected"] == true)
+        {
+            self.check_alive()?;
+            ensure!(
+                Instant::now() < deadline,
+                "serfnode {} does not follow its agent after {limit:?}\n{}",
+                self.name,
+                tail(&self.log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The temp dir of a daemon made by [`Daemon::start`].
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map_or_else(|| self.log.parent().unwrap_or(Path::new("/")), |d| d.path())
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -111,11 +147,52 @@ impl Daemon {
                 bail!(
                     "serfnode {} exited with {status}\n{}",
                     self.name,
-                    tail(&self.log())
+                    tail(&self.log)
                 );
             }
         }
         Ok(())
+    }
+
+    /// Waits until `serfnodes_by_id.json` lists `n` members, calling `also`
+    /// (to check the other processes) on each look; the time since `since`.
+    pub fn wait_listed(
+        &mut self,
+        n: usize,
+        since: Instant,
+        limit: Duration,
+        mut also: impl FnMut() -> Result<()>,
+    ) -> Result<Duration> {
+        let mut shown = (0, Instant::now());
+        loop {
+            self.check_alive()?;
+            also()?;
+            let listed = self
+                .json(files::BY_ID)
+                .ok()
+                .and_then(|v| v.as_object().map(|o| o.len()))
+                .unwrap_or(0);
+            if listed == n {
+                let took = since.elapsed();
+                progress!(
+                    "{} lists {n} after {:.2} s",
+                    files::BY_ID,
+                    took.as_secs_f64()
+                );
+                return Ok(took);
+            }
+            if listed != shown.0 && shown.1.elapsed() >= Duration::from_secs(1) {
+                progress!("listed {listed}/{n}");
+                shown = (listed, Instant::now());
+            }
+            ensure!(
+                since.elapsed() < limit,
+                "{} lists {listed} of {n} members after {limit:?}\n{}",
+                files::BY_ID,
+                tail(&self.log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Asks for a clean shutdown (leave, unmount) without waiting for it.
@@ -157,7 +234,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("{}", tail(&self.log()));
+            eprintln!("{}", tail(&self.log));
         }
         if let Err(e) = self.stop() {
             eprintln!("cleanup: {e:#}");

@@ -2,8 +2,8 @@
 //! behind: progress lines, a subreaper that reaps orphaned descendants,
 //! signals, mount checks and log tails; and, in submodules, how figures are
 //! printed ([`report`]), what is read from /proc ([`procfs`]), a serfnode
-//! daemon under test ([`daemon`]) and synthetic
-//! members ([`synth`]).
+//! daemon under test ([`daemon`]), raw serf agents beside it ([`agents`])
+//! and synthetic members ([`synth`]).
 
 use std::fs::{self, File};
 use std::os::unix::process::CommandExt;
@@ -18,6 +18,8 @@ macro_rules! progress {
 }
 
 // Each bench uses a part of these.
+#[allow(dead_code)]
+pub mod agents;
 #[allow(dead_code)]
 pub mod daemon;
 #[allow(dead_code)]
@@ -68,15 +70,14 @@ impl Drop for Reaper {
     }
 }
 
-/// Spawns `cmd` at priority `nice` with its output in `log`. The child gets
-/// `death_signal` when the spawning (main) thread dies, so a killed bench
-/// leaves nothing behind.
-#[allow(dead_code)] // the events bench logs some processes nowhere
+/// Spawns `cmd` with its output in `log`, at priority `nice` (`None`: the
+/// bench's own). The child gets `death_signal` when the spawning (main)
+/// thread dies, so a killed bench leaves nothing behind.
 pub fn spawn(
     mut cmd: Command,
     log: &Path,
     death_signal: libc::c_int,
-    nice: libc::c_int,
+    nice: Option<libc::c_int>,
 ) -> Result<Child> {
     let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
     cmd.stdin(Stdio::null())
@@ -87,7 +88,7 @@ pub fn spawn(
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0
-                || libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0
+                || nice.is_some_and(|n| libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0)
             {
                 return Err(std::io::Error::last_os_error());
             }
