@@ -212,15 +212,15 @@ pub fn by_role(s: &Snapshot) -> Value {
     json!(map)
 }
 
-fn me(s: &Snapshot) -> Value {
+pub(crate) fn me(s: &Snapshot) -> Value {
     json!({"id": s.local, "inspect": s.containers.me})
 }
 
-fn parent(s: &Snapshot) -> Value {
+pub(crate) fn parent(s: &Snapshot) -> Value {
     json!({"id": s.local, "inspect": s.containers.parent})
 }
 
-fn children(s: &Snapshot) -> Value {
+pub(crate) fn children(s: &Snapshot) -> Value {
     let map: BTreeMap<&str, Value> = s
         .containers
         .children
@@ -257,7 +257,7 @@ fn encrypted() -> Option<bool> {
     }
 }
 
-fn status(s: &Snapshot) -> Value {
+pub(crate) fn status(s: &Snapshot) -> Value {
     let mut counts: BTreeMap<&str, usize> = ["alive", "leaving", "left", "failed"]
         .into_iter()
         .map(|k| (k, 0))

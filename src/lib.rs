@@ -35,3 +35,4 @@ pub mod query;
 pub mod replica;
 pub mod rpc;
 pub mod tags;
+pub mod templates;

@@ -34,13 +34,24 @@
 //!       privileged: no           # YAML 1.1 booleans, as PyYAML read them
 //!       handlers: /app/handlers  # run in the child [/etc/serfnode/handlers]
 //!       allow: {events: [deploy, "app-*"], queries: [where]}  # [all]
+//!       templates: [...]         # the child's, rendered in the child
 //! handlers: /handlers            # the parent's [/etc/serfnode/handlers]
+//! templates:                     # the node's (see crate::templates::spec)
+//!   - name: upstreams
+//!     template: |
+//!       {% for m in alive | role("web") %}server {{ m | service_addr }};
+//!       {% endfor %}
 //! ```
+//!
+//! An inline template that does not parse is an error at its line in the
+//! manifest (`templates[0].template: syntax error: ... at line 23 column
+//! 9`); a `source:` file is read and checked where it is rendered.
 //!
 //! Scalars are read as the original (PyYAML) read them where a string is
 //! meant: `MY_VAR: 1`, `expose: [80]` and `user: 1000` are text.
 
 mod docker_run;
+mod templates;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,6 +65,7 @@ use serde::{Deserialize, Deserializer};
 pub use docker_run::parse_docker_run;
 
 use crate::grants::Allow;
+use crate::templates::TemplateSpec;
 
 /// `/serfnode.yml`: the parent's own settings and the children it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +75,8 @@ pub struct Manifest {
     pub children: Vec<ChildSpec>,
     /// The `handlers:` key: the parent's handlers directory.
     pub handlers: Option<PathBuf>,
+    /// The `templates:` key: the node's templates.
+    pub templates: Vec<TemplateSpec>,
 }
 
 /// The `serfnode:` section. Its `environment`, `volumes` and `volumes_from`
@@ -132,6 +146,9 @@ pub struct ChildSpec {
     /// The user events it may raise and queries it may ask.
     #[serde(default)]
     pub allow: Allow,
+    /// Its templates, rendered in the child.
+    #[serde(default, deserialize_with = "crate::templates::child_templates")]
+    pub templates: Vec<TemplateSpec>,
 }
 
 /// What is wrong, whole in its message (the causes are not chained).
@@ -150,6 +167,9 @@ pub enum ManifestError {
     SectionVolumesFromChild { path: PathBuf, child: String },
     #[error("invalid DOCKER_RUN: {0}")]
     DockerRun(String),
+    /// An inline template that does not parse, at its line in the file.
+    #[error(transparent)]
+    Template(crate::templates::LoadError),
 }
 
 /// The error's message, with the location that serde_yaml_ng leaves out
@@ -168,7 +188,7 @@ impl Manifest {
     /// Reads and checks a manifest; `source` names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<Manifest, ManifestError> {
         let names = child_names(text);
-        let manifest = Document { names: &names }
+        let mut manifest = Document { names: &names }
             .deserialize(serde_yaml_ng::Deserializer::from_str(text))
             .map_err(|error| ManifestError::Yaml {
                 path: source.to_owned(),
@@ -185,6 +205,7 @@ impl Manifest {
                 child: child.name.clone(),
             });
         }
+        templates::check(&mut manifest, text, source)?;
         Ok(manifest)
     }
 
@@ -290,7 +311,7 @@ fn child_names(text: &str) -> Vec<String> {
 }
 
 /// The top-level keys, in the order of [`Key`].
-const KEYS: &[&str] = &["serfnode", "children", "handlers"];
+const KEYS: &[&str] = &["serfnode", "children", "handlers", "templates"];
 
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "lowercase")]
@@ -298,6 +319,7 @@ enum Key {
     Serfnode,
     Children,
     Handlers,
+    Templates,
 }
 
 /// The whole file, knowing every child's name.
@@ -317,7 +339,7 @@ impl<'de> Visitor<'de> for Document<'_> {
     type Value = Manifest;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a mapping with serfnode, children and handlers")
+        f.write_str("a mapping with serfnode, children, handlers and templates")
     }
 
     fn visit_unit<E>(self) -> Result<Manifest, E> {
@@ -325,7 +347,7 @@ impl<'de> Visitor<'de> for Document<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Manifest, A::Error> {
-        let (mut serfnode, mut children, mut handlers) = (None, None, None);
+        let (mut serfnode, mut children, mut handlers, mut templates) = (None, None, None, None);
         while let Some(key) = map.next_key()? {
             match key {
                 Key::Serfnode if serfnode.is_none() => {
@@ -335,6 +357,9 @@ impl<'de> Visitor<'de> for Document<'_> {
                     children = Some(map.next_value_seed(Children { names: self.names })?)
                 }
                 Key::Handlers if handlers.is_none() => handlers = Some(map.next_value()?),
+                Key::Templates if templates.is_none() => {
+                    templates = Some(map.next_value::<NodeTemplates>()?.0)
+                }
                 _ => return Err(de::Error::duplicate_field(KEYS[key as usize])),
             }
         }
@@ -342,7 +367,17 @@ impl<'de> Visitor<'de> for Document<'_> {
             serfnode: serfnode.flatten().unwrap_or_default(),
             children: children.unwrap_or_default(),
             handlers: handlers.flatten(),
+            templates: templates.unwrap_or_default(),
         })
+    }
+}
+
+/// The node's `templates:` list.
+struct NodeTemplates(Vec<TemplateSpec>);
+
+impl<'de> Deserialize<'de> for NodeTemplates {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NodeTemplates, D::Error> {
+        crate::templates::node_templates(d).map(NodeTemplates)
     }
 }
 

@@ -29,6 +29,17 @@ fn child(name: &str, image: &str) -> ChildSpec {
     }
 }
 
+/// Each YAML text's error is the message, after the file's name.
+fn assert_errors(cases: &[(&str, &str)]) {
+    for (yaml, message) in cases {
+        assert_eq!(
+            parse(yaml),
+            Err(format!("/serfnode.yml: {message}")),
+            "{yaml}"
+        );
+    }
+}
+
 /// The one child of a `children:` list made of `settings` (indented by 6).
 fn only_child(settings: &str) -> Result<ChildSpec, String> {
     let mut manifest = parse(&format!("children:\n  - web:\n{settings}"))?;
@@ -67,6 +78,7 @@ fn the_original_example_parses_as_it_was_when_active() {
             },
         ],
         handlers: None,
+        templates: vec![],
     };
     assert_eq!(manifest, expected);
 }
@@ -110,6 +122,7 @@ fn every_key_and_form_parses() {
             },
         ],
         handlers: Some("/handlers".into()),
+        templates: vec![],
     };
     assert_eq!(manifest, expected);
 }
@@ -219,7 +232,7 @@ fn errors_in_a_file_name_it() {
     assert_eq!(
         err,
         format!(
-            "{}: children[0].web: unknown field `volume`, expected one of `image`, `command`, `entrypoint`, `environment`, `volumes`, `volumes_from`, `working_dir`, `user`, `privileged`, `links`, `expose`, `ports`, `handlers`, `allow` at line 4 column 7",
+            "{}: children[0].web: unknown field `volume`, expected one of `image`, `command`, `entrypoint`, `environment`, `volumes`, `volumes_from`, `working_dir`, `user`, `privileged`, `links`, `expose`, `ports`, `handlers`, `allow`, `templates` at line 4 column 7",
             path.display()
         )
     );
@@ -271,12 +284,12 @@ fn errors_name_the_key_path_and_line() {
         ),
         (
             "[serfnode]\n",
-            "invalid type: sequence, expected a mapping with serfnode, children and handlers at line 1 column 1",
+            "invalid type: sequence, expected a mapping with serfnode, children, handlers and templates at line 1 column 1",
         ),
         // Unknown and repeated keys.
         (
             "chidren: []\n",
-            "unknown field `chidren`, expected one of `serfnode`, `children`, `handlers` at line 1 column 1",
+            "unknown field `chidren`, expected one of `serfnode`, `children`, `handlers`, `templates` at line 1 column 1",
         ),
         (
             "serfnode:\n  PEER: localhost\n",
@@ -337,13 +350,7 @@ fn errors_name_the_key_path_and_line() {
             "did not find expected '-' indicator at line 4 column 3, while parsing a block collection at line 2 column 3",
         ),
     ];
-    for (yaml, message) in cases {
-        assert_eq!(
-            parse(yaml),
-            Err(format!("/serfnode.yml: {message}")),
-            "{yaml}"
-        );
-    }
+    assert_errors(&cases);
 }
 
 #[test]
@@ -375,6 +382,7 @@ fn effective_children_take_the_sections_settings_the_child_winning() {
             child("second", "y"),
         ],
         handlers: None,
+        templates: vec![],
     };
     let merged = manifest.effective_children();
     assert_eq!(
@@ -481,4 +489,100 @@ fn allow_lists_parse_and_bad_patterns_name_the_key() {
     assert!(err.contains("allow") && err.contains("a/b"), "{err}");
     let err = only_child("      image: x\n      allow: {event: [a]}\n").unwrap_err();
     assert!(err.contains("unknown field `event`"), "{err}");
+}
+
+#[test]
+fn templates_parse_at_the_top_and_under_a_child() {
+    let yaml = "\
+templates:
+  - name: upstreams
+    source: /etc/serfnode/templates/upstreams.conf.j2
+    destination: /etc/nginx/conf.d/upstreams.conf
+    command: nginx -s reload
+    wait: 1s:5s
+children:
+  - web:
+      image: x
+      templates:
+        - name: app.env
+          template: |
+            PEERS={{ alive | map(attribute='id') | join(',') }}
+          signal: HUP
+";
+    let manifest = parse(yaml).unwrap();
+    assert_eq!(manifest.templates.len(), 1);
+    assert_eq!(manifest.templates[0].name, "upstreams");
+    let child = &manifest.children[0].templates[0];
+    assert_eq!(child.signal.map(|s| s.name()), Some("HUP"));
+    let crate::templates::Body::Inline { text, placement } = &child.body else {
+        panic!("{child:?}")
+    };
+    assert_eq!(
+        text,
+        "PEERS={{ alive | map(attribute='id') | join(',') }}\n"
+    );
+    let placement = placement.as_ref().unwrap();
+    assert_eq!(
+        (placement.line, placement.column, placement.exact),
+        (13, 13, true)
+    );
+    assert_eq!(placement.key, "children[0].web.templates[0].template");
+    // They go with the child into its effective settings.
+    assert_eq!(
+        manifest.effective_children()[0].templates,
+        manifest.children[0].templates
+    );
+}
+
+#[test]
+fn template_errors_name_the_key_path_and_line() {
+    let cases = [
+        (
+            "templates:\n  - name: a\n    template: x\n    signal: HUP\n",
+            "templates[0]: template `a`: `signal` is for a child's templates (it goes to the child's application); the node's run a `command` at line 2 column 5",
+        ),
+        (
+            "children:\n  - web:\n      image: x\n      templates:\n        - name: a\n          source: rel.j2\n",
+            "children[0].web.templates[0].source: invalid value: string \"rel.j2\", expected an absolute path to a file at line 6 column 19",
+        ),
+        (
+            "templates:\n  - name: a\n    template: x\n  - name: a\n    source: /a\n",
+            "templates[1]: duplicate template name `a` at line 4 column 5",
+        ),
+    ];
+    assert_errors(&cases);
+}
+
+#[test]
+fn an_inline_template_that_does_not_parse_is_an_error_at_its_manifest_line() {
+    let cases = [
+        // A literal block: the template's line 2 is the manifest's line 6.
+        (
+            "serfnode:\n  role: web\ntemplates:\n  - name: a\n    template: |\n      upstream {\n      {% for m in alive %}\n",
+            "templates[0].template: syntax error: unexpected end of input, expected end of block at line 7 column 25",
+        ),
+        (
+            "templates:\n  - name: a\n    template: |\n      x {{ y }\n",
+            "templates[0].template: syntax error: unexpected `}`, expected end of variable block at line 4 column 14",
+        ),
+        // One line, plain or quoted.
+        (
+            "templates:\n  - name: a\n    template: a {{ b c }}\n",
+            "templates[0].template: syntax error: unexpected identifier, expected end of variable block at line 3 column 22",
+        ),
+        (
+            "templates:\n  - {name: a, template: \"{{ 1 + }}\"}\n",
+            "templates[0].template: syntax error: unexpected end of variable block at line 2 column 33",
+        ),
+        // Folded: the template's own line, after where it starts.
+        (
+            "templates:\n  - name: a\n    template: >\n      {{ a\n      b c }}\n",
+            "templates[0].template: syntax error: unexpected identifier, expected end of variable block at line 1 column 6 of the template, which starts at line 3 column 15",
+        ),
+        (
+            "children:\n  - db:\n      image: x\n  - web:\n      image: x\n      templates:\n        - name: a\n          template: |\n            ok\n            {% if %}\n",
+            "children[1].web.templates[0].template: syntax error: unexpected end of block at line 10 column 19",
+        ),
+    ];
+    assert_errors(&cases);
 }
