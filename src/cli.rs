@@ -84,6 +84,15 @@ pub enum Command {
         #[command(flatten)]
         at: MountArg,
     },
+    /// Render a template against the local daemon's live view (read from
+    /// its files) and print it: for writing and debugging templates.
+    Render {
+        /// The template file, or `-` to read it from stdin.
+        #[arg(value_name = "SOURCE")]
+        source: PathBuf,
+        #[command(flatten)]
+        at: MountArg,
+    },
     /// The cluster's gossip encryption keys, through the local agent: list
     /// them, or rotate them on every member (install NEW, use NEW, remove OLD).
     Keys(KeysArgs),

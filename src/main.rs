@@ -108,6 +108,9 @@ fn operate(command: Command) -> anyhow::Result<()> {
         Command::Watch { from, at } => {
             serfnode::journal::watch(&at.mount, from, &mut out, || false).map_err(Into::into)
         }
+        Command::Render { source, at } => {
+            operator::render(&at.mount, &source, std::io::stdin().lock(), &mut out)
+        }
         Command::Keys(args) => serfnode::keys::run(
             &args,
             std::io::stdin().lock(),

@@ -1,8 +1,8 @@
-//! The operator commands (`serfnode members|event|query|status|watch`):
+//! The operator commands (`serfnode members|event|query|status|watch|render`):
 //! each talks to the local daemon through its files, so they work the same
 //! in a parent, on a host and inside a child, with the child's limits.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -227,6 +227,40 @@ pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<
             .collect();
         writeln!(out, "children    {}", list.join(", "))?;
     }
+    Ok(())
+}
+
+/// Renders the template at `source` (`-`: read from `stdin`) against the
+/// view the daemon at `mount` serves, and prints it as it is. The template
+/// is checked before the mount is read.
+pub fn render(
+    mount: &Path,
+    source: &Path,
+    mut stdin: impl Read,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use crate::templates::{Context, Documents, Origin, Source, TemplateSet};
+    let (text, origin) = if source == Path::new("-") {
+        let mut text = String::new();
+        stdin
+            .read_to_string(&mut text)
+            .context("read the template from stdin")?;
+        (text, Origin::Stdin)
+    } else {
+        let text = std::fs::read_to_string(source)
+            .with_context(|| format!("read {}", source.display()))?;
+        (text, Origin::File(source.to_owned()))
+    };
+    let name = "render".to_owned();
+    let set = TemplateSet::compile(vec![Source {
+        name: name.clone(),
+        text,
+        origin,
+    }])?;
+    let context = Context::new(Documents::read(mount)?);
+    // The error names the file already; the template's name is ours.
+    let bytes = set.render(&name, &context).map_err(|e| e.located)?;
+    out.write_all(&bytes)?;
     Ok(())
 }
 

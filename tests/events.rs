@@ -90,17 +90,7 @@ fn wait_members(nodes: &[&Node], n: usize) {
 }
 
 fn serfnode(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(SERFNODE)
-        .args(args)
-        .env_remove("SERFNODE_MOUNT")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::node::operator(args, b"")
 }
 
 #[test]

@@ -331,3 +331,27 @@ pub fn eventually(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
         "timed out after {timeout:?} waiting for {what}"
     );
 }
+
+/// Runs a `serfnode` operator command with `stdin` as its input: whether it
+/// succeeded, its stdout and its stderr.
+pub fn operator(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(SERFNODE)
+        .args(args)
+        .env_remove("SERFNODE_MOUNT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serfnode");
+    let mut input = child.stdin.take().expect("piped stdin");
+    // A command that does not read its input may have exited already.
+    let _ = input.write_all(stdin);
+    drop(input);
+    let out = child.wait_with_output().expect("wait for serfnode");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
