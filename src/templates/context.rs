@@ -18,6 +18,7 @@
 //! for the members it looks at, not for the size of the cluster.
 
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
@@ -148,9 +149,8 @@ impl Context {
             .as_array()
             .into_iter()
             .flatten()
-            .enumerate()
-            .filter(|(_, m)| m["status"] == "alive")
-            .map(|(i, _)| Node::at(&members, vec![Step::Index(i)]))
+            .filter(|m| m["status"] == "alive")
+            .map(|m| Node::wrap(&members, NonNull::from(m)))
             .collect();
         let root = |doc: Json| Node::root(Arc::new(doc));
         Context(minijinja::context! {
@@ -170,37 +170,37 @@ impl Context {
     }
 }
 
-/// One step from a document's root to a value inside it.
-#[derive(Debug, Clone)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
 /// A map or list inside a JSON document, as a template value: its members
 /// are converted when they are looked at. Scalars are converted at once.
 #[derive(Debug)]
 pub(crate) struct Node {
+    /// Keeps `at` alive.
     doc: Arc<Json>,
-    path: Vec<Step>,
+    /// A value inside `doc`: resolved once, as templates look at a value
+    /// many times (the length, each key, the repr).
+    at: NonNull<Json>,
 }
+
+// SAFETY: `at` points into `doc`, which the node keeps alive and nobody
+// changes: an `Arc<Json>` gives shared access only, and `Json` has no
+// interior mutability. A node is thus a `&Json` with its owner, and `&Json`
+// is Send and Sync.
+unsafe impl Send for Node {}
+unsafe impl Sync for Node {}
 
 impl Node {
     fn root(doc: Arc<Json>) -> Value {
-        Node::at(&doc, Vec::new())
+        let at = NonNull::from(&*doc);
+        Node::wrap(&doc, at)
     }
 
-    fn at(doc: &Arc<Json>, path: Vec<Step>) -> Value {
-        Node::wrap(doc, path, None)
-    }
-
-    /// `value` is what `path` leads to, when the caller has it at hand.
-    fn wrap(doc: &Arc<Json>, path: Vec<Step>, value: Option<&Json>) -> Value {
+    /// The value at `at` (inside `doc`) as a template value.
+    fn wrap(doc: &Arc<Json>, at: NonNull<Json>) -> Value {
         let node = Node {
             doc: doc.clone(),
-            path,
+            at,
         };
-        match value.unwrap_or_else(|| node.json()) {
+        match node.json() {
             Json::Object(_) | Json::Array(_) => Value::from_object(node),
             scalar => scalar_value(scalar),
         }
@@ -208,17 +208,13 @@ impl Node {
 
     /// The JSON value this node stands for.
     pub(crate) fn json(&self) -> &Json {
-        self.path.iter().fold(&*self.doc, |v, step| match step {
-            Step::Key(k) => &v[k.as_str()],
-            Step::Index(i) => &v[*i],
-        })
+        // SAFETY: see the Send and Sync impls: `doc` keeps it alive, unchanged.
+        unsafe { self.at.as_ref() }
     }
 
-    fn child(&self, step: Step, value: &Json) -> Value {
-        let mut path = Vec::with_capacity(self.path.len() + 1);
-        path.extend(self.path.iter().cloned());
-        path.push(step);
-        Node::wrap(&self.doc, path, Some(value))
+    /// `value`, a member of this node's value.
+    fn child(&self, value: &Json) -> Value {
+        Node::wrap(&self.doc, NonNull::from(value))
     }
 }
 
@@ -248,15 +244,8 @@ impl Object for Node {
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         match self.json() {
-            Json::Object(map) => {
-                let key = key.as_str()?;
-                let value = map.get(key)?;
-                Some(self.child(Step::Key(key.to_owned()), value))
-            }
-            Json::Array(list) => {
-                let i = key.as_usize()?;
-                Some(self.child(Step::Index(i), list.get(i)?))
-            }
+            Json::Object(map) => Some(self.child(map.get(key.as_str()?)?)),
+            Json::Array(list) => Some(self.child(list.get(key.as_usize()?)?)),
             _ => None,
         }
     }

@@ -86,7 +86,7 @@ fn sort_by(state: &State, list: &Value, key: &str, kwargs: Kwargs) -> Result<Val
     let mut sorted = sorted(state, "sort_by", list, key)?;
     if reverse == Some(true) {
         // Members without the field stay last.
-        let present = sorted.iter().take_while(|(k, _)| !k.is_missing()).count();
+        let present = sorted.iter().take_while(|(has, _)| *has).count();
         sorted[..present].reverse();
     }
     Ok(Value::from(
@@ -122,7 +122,7 @@ enum Field<'a> {
     Value(Value),
 }
 
-impl Field<'_> {
+impl<'a> Field<'a> {
     fn is_missing(&self) -> bool {
         match self {
             Field::Missing => true,
@@ -131,33 +131,35 @@ impl Field<'_> {
         }
     }
 
-    /// A string or a number, as text.
-    fn text(&self) -> Option<Cow<'_, str>> {
-        match self {
+    /// A string or a number, as text: borrowed from a document.
+    fn text(&self) -> Option<Cow<'a, str>> {
+        match *self {
             Field::Json(Json::String(s)) => Some(Cow::Borrowed(s)),
             Field::Json(Json::Number(n)) => Some(Cow::Owned(n.to_string())),
-            Field::Value(v) if v.kind() == ValueKind::String => v.as_str().map(Cow::Borrowed),
-            Field::Value(v) if v.kind() == ValueKind::Number => Some(Cow::Owned(v.to_string())),
+            Field::Value(ref v) if matches!(v.kind(), ValueKind::String | ValueKind::Number) => {
+                Some(Cow::Owned(v.to_string()))
+            }
             _ => None,
         }
     }
 
-    fn sort_key(&self) -> Key {
-        match self {
+    fn sort_key(&self) -> Key<'a> {
+        match *self {
             Field::Json(Json::Number(n)) => n.as_f64().map_or(Key::Missing, Key::Number),
-            Field::Value(v) if v.kind() == ValueKind::Number => {
+            Field::Value(ref v) if v.kind() == ValueKind::Number => {
                 f64::try_from(v.clone()).map_or(Key::Missing, Key::Number)
             }
-            Field::Json(Json::Bool(b)) => Key::Text(b.to_string()),
-            Field::Json(other @ (Json::Array(_) | Json::Object(_))) => Key::Text(other.to_string()),
+            Field::Json(other @ (Json::Bool(_) | Json::Array(_) | Json::Object(_))) => {
+                Key::Text(Cow::Owned(other.to_string()))
+            }
+            _ if self.is_missing() => Key::Missing,
             _ => match self.text() {
                 Some(t) => match t.parse::<f64>() {
                     Ok(n) if n.is_finite() => Key::Number(n),
-                    _ => Key::Text(t.into_owned()),
+                    _ => Key::Text(t),
                 },
-                None if self.is_missing() => Key::Missing,
                 None => match self {
-                    Field::Value(v) => Key::Text(v.to_string()),
+                    Field::Value(v) => Key::Text(Cow::Owned(v.to_string())),
                     _ => Key::Missing,
                 },
             },
@@ -167,17 +169,13 @@ impl Field<'_> {
 
 /// Numbers before text, both before members without the field.
 #[derive(Debug, PartialEq, PartialOrd)]
-enum Key {
+enum Key<'a> {
     Number(f64),
-    Text(String),
+    Text(Cow<'a, str>),
     Missing,
 }
 
-impl Key {
-    fn is_missing(&self) -> bool {
-        matches!(self, Key::Missing)
-    }
-
+impl Key<'_> {
     fn cmp(&self, other: &Key) -> Ordering {
         match (self, other) {
             (Key::Number(a), Key::Number(b)) => a.total_cmp(b),
@@ -298,29 +296,37 @@ fn named(filter: &str, e: Error) -> Error {
 }
 
 /// The members of `list` by the field at dotted `key` (`name` is `id`),
-/// ties by id, members without it last.
+/// ties by id, members without it last; with whether each has it.
 fn sorted(
     state: &State,
     filter: &str,
     list: &Value,
     key: &str,
-) -> Result<Vec<(Key, Value)>, Error> {
+) -> Result<Vec<(bool, Value)>, Error> {
     let path: Vec<&str> = match key {
         "name" => vec!["id"],
         _ => key.split('.').collect(),
     };
-    let mut keyed = Vec::new();
-    for m in members(state, filter, list)? {
-        field(&m, path[0]).map_err(|e| named(filter, e))?;
-        let k = at(&m, &path).sort_key();
-        let id = at(&m, &["id"]).text().map(Cow::into_owned);
-        keyed.push((k, id, m));
+    let items = members(state, filter, list)?;
+    let mut keyed = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        field(m, path[0]).map_err(|e| named(filter, e))?;
+        // Keys borrow from the documents: no copy per member.
+        let tie = if path == ["id"] {
+            None
+        } else {
+            at(m, &["id"]).text()
+        };
+        keyed.push((at(m, &path).sort_key(), tie, i));
     }
     // n log n comparisons, as minijinja's sort charges them.
     let n = keyed.len() as u64;
     state.consume_fuel(n * u64::from(n.max(2).ilog2()))?;
-    keyed.sort_by(|(a, ia, _), (b, ib, _)| a.cmp(b).then_with(|| ia.cmp(ib)));
-    Ok(keyed.into_iter().map(|(k, _, m)| (k, m)).collect())
+    keyed.sort_by(|(a, ta, _), (b, tb, _)| a.cmp(b).then_with(|| ta.cmp(tb)));
+    Ok(keyed
+        .into_iter()
+        .map(|(k, _, i)| (!matches!(k, Key::Missing), items[i].clone()))
+        .collect())
 }
 
 #[cfg(test)]

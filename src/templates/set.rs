@@ -216,6 +216,11 @@ impl TemplateSet {
 
     /// One template against one view.
     pub fn render(&self, name: &str, ctx: &Context) -> Result<Vec<u8>, RenderError> {
+        self.render_costed(name, ctx).map(|(bytes, _)| bytes)
+    }
+
+    /// [`TemplateSet::render`], and the fuel the render consumed.
+    pub fn render_costed(&self, name: &str, ctx: &Context) -> Result<(Vec<u8>, u64), RenderError> {
         let fail = |e: &minijinja::Error| {
             // The cause of an include's error is the included template's.
             let mut e = e;
@@ -236,10 +241,11 @@ impl TemplateSet {
             }
         };
         let template = self.env.get_template(name).map_err(|e| fail(&e))?;
-        template
-            .render(ctx.value())
-            .map(String::into_bytes)
-            .map_err(|e| fail(&e))
+        let captured = template
+            .render_captured(ctx.value())
+            .map_err(|e| fail(&e))?;
+        let fuel = captured.state().fuel_levels().map_or(0, |(used, _)| used);
+        Ok((captured.into_output().into_bytes(), fuel))
     }
 
     /// Renders every template against the view of `generation` into
