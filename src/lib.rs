@@ -7,8 +7,9 @@
 //! ([`control`]), runs handlers for cluster events ([`events`],
 //! [`handlers`]), keeps an event journal ([`journal`]), asks and answers
 //! queries ([`query`]) and keeps each role's oldest member in the hosts file
-//! ([`hosts`]), and encrypts gossip with keys rotated cluster-wide
-//! ([`keys`]). See README.md for the file contract.
+//! ([`hosts`]), encrypts gossip with keys rotated cluster-wide
+//! ([`keys`]), and renders templates of the cluster ([`templates`]; so far
+//! through `serfnode render`). See README.md for the file contract.
 
 pub mod agent;
 pub mod backoff;

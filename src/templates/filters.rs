@@ -212,13 +212,18 @@ fn at<'a>(member: &'a Value, path: &[&str]) -> Field<'a> {
 
 /// A top-level field; a member that is not a map at all is an error.
 fn field<'a>(member: &'a Value, key: &str) -> Result<Field<'a>, Error> {
+    is_member(member)?;
+    Ok(at(member, &[key]))
+}
+
+fn is_member(member: &Value) -> Result<(), Error> {
     if member.kind() != ValueKind::Map {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
             format!("expected a member (a map), got {}", member.kind()),
         ));
     }
-    Ok(at(member, &[key]))
+    Ok(())
 }
 
 /// How a member is named in errors.
@@ -310,7 +315,7 @@ fn sorted(
     let items = members(state, filter, list)?;
     let mut keyed = Vec::with_capacity(items.len());
     for (i, m) in items.iter().enumerate() {
-        field(m, path[0]).map_err(|e| named(filter, e))?;
+        is_member(m).map_err(|e| named(filter, e))?;
         // Keys borrow from the documents: no copy per member.
         let tie = if path == ["id"] {
             None
