@@ -28,7 +28,7 @@ pub struct NodeOpts {
     /// Mount here instead of in the node's temp dir.
     pub mount: Option<PathBuf>,
     /// Initial content of the node's hosts file.
-    pub hosts: Option<String>,
+    pub hosts: Option<Vec<u8>>,
     /// Keep the hosts file here instead of in the node's temp dir.
     pub hosts_path: Option<PathBuf>,
     /// Extra environment for the daemon.
@@ -68,7 +68,7 @@ impl Node {
             &hosts,
             opts.hosts
                 .as_deref()
-                .unwrap_or("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"),
+                .unwrap_or(b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"),
         )
         .unwrap();
         let log = dir.path().join("serfnode.log");
