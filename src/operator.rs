@@ -184,16 +184,21 @@ pub fn query(
     Ok(())
 }
 
-/// The daemon's status, as a short summary or as status.json.
-pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+/// The daemon's status, as a short summary or as status.json; returns
+/// whether it is healthy: following its agent, the view current. (A child's
+/// mount is healthy while its parent's daemon is.)
+pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<bool> {
     let s = read_json(&mount.join(files::STATUS))?;
+    let agent = &s["agent"];
+    let healthy = agent["connected"] == true;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
-        return Ok(());
+        return Ok(healthy);
     }
-    let agent = &s["agent"];
-    let agent_line = if agent["connected"] == true {
+    let agent_line = if healthy {
         "connected".to_string()
+    } else if agent["starting"] == true {
+        "starting (not reached yet)".to_string()
     } else {
         format!(
             "unreachable since {} (stale view)",
@@ -227,7 +232,7 @@ pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<
             .collect();
         writeln!(out, "children    {}", list.join(", "))?;
     }
-    Ok(())
+    Ok(healthy)
 }
 
 #[cfg(test)]

@@ -33,6 +33,10 @@ pub struct NodeOpts {
     pub hosts_path: Option<PathBuf>,
     /// Extra environment for the daemon.
     pub env: Vec<(String, String)>,
+    /// Run the daemon in a session (and process group) of its own, as a
+    /// shell with job control runs a foreground command: see
+    /// [`Node::signal_group`].
+    pub session: bool,
 }
 
 pub struct Node {
@@ -106,6 +110,18 @@ impl Node {
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env("SERFNODE_LOG", "info,serfnode=debug")
             .stdin(Stdio::null());
+        if opts.session {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setsid(2) is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
         for var in [
             "ROLE",
             "PEER",
@@ -235,9 +251,33 @@ impl Node {
         self.child.as_ref().expect("running").id() as i32
     }
 
+    /// The pid of the `serf agent` the daemon runs, if one runs now.
+    pub fn agent_pid(&self) -> Option<i32> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        for t in tasks {
+            let children = std::fs::read_to_string(t.ok()?.path().join("children")).ok()?;
+            for c in children.split_whitespace() {
+                let c: i32 = c.parse().ok()?;
+                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+                if comm.trim() == "serf" {
+                    return Some(c);
+                }
+            }
+        }
+        None
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// `sig` to the daemon's whole process group, as a terminal sends
+    /// Ctrl-C (SIGINT) or Ctrl-\\ (SIGQUIT) to its foreground job; needs
+    /// [`NodeOpts::session`].
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: kill(2) on the group our own child leads.
+        unsafe { libc::kill(-self.pid(), sig) };
     }
 
     /// Waits for the daemon to exit on its own.
