@@ -153,6 +153,19 @@ pub fn query(
     if !(timeout.is_finite() && timeout > 0.0) {
         bail!("query {name}: timeout {timeout} is not a positive number of seconds");
     }
+    // For where/ports the argument is the role itself, and --role says
+    // the same: either will do, both must agree.
+    let arg = if query::is_builtin(name) {
+        match (payload, role.as_deref()) {
+            (Some(arg), Some(role)) if arg != role => {
+                bail!("query {name}: the role argument {arg:?} and --role {role:?} differ")
+            }
+            (Some(arg), _) => arg,
+            (None, _) => "",
+        }
+    } else {
+        payload.unwrap_or("null")
+    };
     let ask = Ask {
         name: name.into(),
         payload: Value::Null,
@@ -160,8 +173,6 @@ pub fn query(
         nodes,
         timeout: Duration::from_secs_f64(timeout).min(query::MAX_TIMEOUT),
     };
-    // For where/ports the argument is the role itself.
-    let arg = payload.unwrap_or("null");
     let path: PathBuf = mount
         .join(files::QUERY)
         .join(name)
