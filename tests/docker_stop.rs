@@ -4,7 +4,8 @@
 //! open, and `docker kill -s HUP` (a hangup). Each must end with exit code
 //! 0, no child container left and the node gone from the cluster as `left`
 //! (a graceful leave), not `failed`. On the way, a SIGHUP sent to a child
-//! reaches its application through the `serfnode child` wrapper.
+//! reaches its application through the `serfnode child` wrapper, and
+//! `serfnode status` passes as a health check in a parent and a child.
 //!
 //! Needs the images of scripts/build-images; everything created is removed
 //! on drop (tests/support/docker.rs).
@@ -55,6 +56,16 @@ fn docker_stop_and_hangup_stop_a_parent_cleanly_even_with_children_that_ignore_s
         wait_until(START, &format!("{child} running"), || {
             docker(&["inspect", child]).status.success() && running(child)
         });
+    }
+
+    // `serfnode status` serves as a health check in a parent and a child.
+    for (container, bin) in [
+        (&subject.name, "serfnode"),
+        (&children[1], "/serfnode-share/serfnode"),
+    ] {
+        if let Err(e) = exec_sh(container, &format!("{bin} status")) {
+            panic!("health check in {container}: {e}");
+        }
     }
 
     // A hangup sent to a child reaches its application (which may reload,
