@@ -237,6 +237,11 @@ impl Quickstart {
 impl Drop for Quickstart {
     fn drop(&mut self) {
         let _ = self.tmux(&["kill-server"]);
+        // tmux leaves its socket behind when the server ends by itself.
+        let dir = std::env::var("TMUX_TMPDIR").unwrap_or_else(|_| "/tmp".into());
+        // SAFETY: getuid(2) cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let _ = std::fs::remove_file(format!("{dir}/tmux-{uid}/{}", self.socket));
         // The nodes run in sessions of their own: kill them by the pids
         // the script printed.
         for line in self.out().lines() {
