@@ -286,12 +286,19 @@ fn spawn(cfg: &AgentConfig) -> Result<Child, AgentError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe. The agent dies with us, so a
+    // SAFETY: prctl and setpgid are async-signal-safe. The agent dies with us, so a
     // crashed serfnode never leaves an orphan holding the node's ports.
     unsafe {
         let inherit = cfg.inherit_fd;
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A process group of its own: a terminal's Ctrl-C or Ctrl-\
+            // reaches the whole foreground job, and the agent must hear of
+            // the stop from us alone. (A second SIGINT cuts Serf's leave
+            // short; SIGQUIT kills it at once.)
+            if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // fcntl is async-signal-safe; this clears close-on-exec in the

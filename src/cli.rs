@@ -54,9 +54,11 @@ pub enum Command {
     /// Ask the cluster a query and print every response as JSON.
     Query {
         name: String,
-        /// JSON, or else taken as a string; for `where` and `ports`, a role [default: null].
+        /// JSON, or else taken as a string; for `where` and `ports`, the role
+        /// asked about, as --role [default: null; for where and ports, every role].
         payload: Option<String>,
-        /// Only members with this role answer.
+        /// Only members with this role answer (for `where` and `ports`, the
+        /// same as the role argument).
         #[arg(long)]
         role: Option<String>,
         /// Only this member answers (repeatable).

@@ -3,7 +3,8 @@
 //! order (each sharing the parent's network namespace, wrapped by
 //! `serfnode child`), restarts them when they exit, raises a `container`
 //! event for every start and exit, keeps the view's container info current,
-//! and stops and removes the children at shutdown.
+//! and stops and removes the children at shutdown (all at once, within the
+//! parent's own `docker stop` grace).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -283,31 +284,67 @@ pub async fn run_children<R: Raise>(
     for t in tasks {
         let _ = t.await;
     }
-    for spec in specs.iter().rev() {
-        let name = container_name(&shared.parent.name, &spec.name);
-        let docker = &shared.parent.docker;
-        let stopped = docker
-            .stop_container(
-                &name,
-                Some(StopContainerOptionsBuilder::default().t(5).build()),
-            )
-            .await;
-        if let Err(e) = stopped {
-            tracing::debug!("stop {name}: {e}");
-        }
-        let removed = docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await;
-        match removed {
-            Ok(()) => tracing::info!("child container {name} stopped and removed"),
-            Err(e) => tracing::warn!("remove {name}: {e}"),
-        }
-        shared.children.lock().remove(&spec.name);
+    // All at once, under one deadline: one after another, children that
+    // ignore SIGTERM used up Docker's grace for the parent, which was
+    // killed before it left the cluster, with children left behind.
+    let grace = children_grace(&shared.parent.inspect);
+    tracing::info!(
+        "stopping {} child containers (SIGKILL after {grace:?})",
+        specs.len()
+    );
+    let stops = futures_util::future::join_all(
+        specs
+            .iter()
+            .map(|spec| stop_and_remove(&shared, &spec.name, grace)),
+    );
+    // Bounded even if Docker does not answer: the leave must come.
+    if tokio::time::timeout(grace + Duration::from_secs(2), stops)
+        .await
+        .is_err()
+    {
+        tracing::warn!("docker: the children did not stop within {grace:?}; leaving anyway");
     }
     shared.publish();
+}
+
+/// Docker's grace for the parent when nothing else is set (`docker stop`
+/// without `-t`, `--stop-timeout`).
+const DOCKER_STOP_TIMEOUT: i64 = 10;
+/// What the rest of the shutdown takes at most once the children are gone:
+/// the leave (3 s), the unmount's wait for open files (2 s), a margin.
+const AFTER_CHILDREN: i64 = 6;
+
+/// How long the children get to stop before Docker kills them: the
+/// parent's own grace (its `--stop-timeout`, else Docker's 10 s) minus
+/// what the leave and the unmount need after them, at least 1 s.
+fn children_grace(parent_inspect: &Value) -> Duration {
+    let timeout = parent_inspect["Config"]["StopTimeout"]
+        .as_i64()
+        .filter(|t| *t >= 0)
+        .unwrap_or(DOCKER_STOP_TIMEOUT);
+    Duration::from_secs((timeout - AFTER_CHILDREN).max(1) as u64)
+}
+
+async fn stop_and_remove(shared: &Shared, child: &str, grace: Duration) {
+    let name = container_name(&shared.parent.name, child);
+    let docker = &shared.parent.docker;
+    let opts = StopContainerOptionsBuilder::default()
+        .t(grace.as_secs() as i32)
+        .build();
+    if let Err(e) = docker.stop_container(&name, Some(opts)).await {
+        tracing::debug!("stop {name}: {e}");
+    }
+    let removed = docker
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+    match removed {
+        Ok(()) => tracing::info!("child container {name} stopped and removed"),
+        Err(e) => tracing::warn!("remove {name}: {e}"),
+    }
+    shared.children.lock().remove(child);
 }
 
 /// Waits for the child to exit, reports it, and starts it again with
@@ -612,6 +649,15 @@ async fn start_or_recreate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_children_get_the_parents_grace_minus_the_leave_and_unmount() {
+        assert_eq!(children_grace(&json!({})), Duration::from_secs(4));
+        let with = |t: i64| children_grace(&json!({"Config": {"StopTimeout": t}}));
+        assert_eq!(with(30), Duration::from_secs(24));
+        assert_eq!(with(2), Duration::from_secs(1));
+        assert_eq!(with(-1), Duration::from_secs(4));
+    }
 
     #[test]
     fn own_id_comes_from_the_hostname_bind_mount() {

@@ -270,6 +270,8 @@ pub(crate) fn status(s: &Snapshot) -> Value {
         "node": s.local,
         "agent": {
             "connected": s.agent.connected,
+            // Not reached yet since the start: no outage, no view yet.
+            "starting": s.agent.starting(),
             "stale": !s.agent.connected,
             "stale_since": s.agent.stale_since.map(unix),
             "last_error": s.agent.last_error,
@@ -420,6 +422,7 @@ mod tests {
             member("b", "db", "2", Alive),
         ]);
         let before = tree(&view);
+        assert_eq!(read(&*before, STATUS)["agent"]["starting"], true);
         view.set_disconnected("rpc 127.0.0.1:7373: connection refused");
         let stale = tree(&view);
         assert_eq!(
@@ -432,6 +435,7 @@ mod tests {
         );
         let status = read(&*stale, STATUS);
         assert_eq!(status["agent"]["stale"], true);
+        assert_eq!(status["agent"]["starting"], false);
         assert!(status["agent"]["stale_since"].as_f64().unwrap() > 1.7e9);
         assert_eq!(status["members"]["alive"], 2);
 

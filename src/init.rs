@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 pub struct Exit {
     /// Its exit code, or 128 + the signal that killed it.
     pub code: i32,
-    /// Whether we forwarded a terminating signal (SIGTERM, SIGINT) to it:
-    /// an end asked for, not a crash.
+    /// Whether we forwarded a terminating signal (SIGTERM, SIGINT, SIGHUP,
+    /// SIGQUIT) to it: an end asked for, not a crash.
     pub asked: bool,
 }
 
@@ -46,7 +46,7 @@ pub async fn wait_forwarding(main: libc::pid_t) -> anyhow::Result<Exit> {
         forwarders.push(tokio::spawn(async move {
             while sig.recv().await.is_some() {
                 let raw = kind.as_raw_value();
-                if raw == libc::SIGTERM || raw == libc::SIGINT {
+                if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT].contains(&raw) {
                     asked.send_replace(true);
                 }
                 // SAFETY: kill(2) on the main child's pid. Forwarders are

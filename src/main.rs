@@ -51,9 +51,7 @@ fn main() -> ExitCode {
             Command::Parent(_) => serfnode::parent::run(std::env::args_os().collect()).await,
             Command::Child(args) => serfnode::child::run(ChildConfig::resolve(args)?).await,
             // The operator commands block on file reads: off the runtime.
-            op => tokio::task::spawn_blocking(move || operate(op))
-                .await?
-                .map(|()| 0),
+            op => tokio::task::spawn_blocking(move || operate(op)).await?,
         }
     });
     match result {
@@ -80,10 +78,17 @@ fn one_malloc_arena() {
     }
 }
 
-fn operate(command: Command) -> anyhow::Result<()> {
+/// Runs an operator command; its exit code.
+fn operate(command: Command) -> anyhow::Result<i32> {
     use serfnode::operator;
     let mut out = std::io::stdout().lock();
-    match command {
+    let done = match command {
+        Command::Status { json, at } => {
+            // A health check: 1 while the agent is not followed (unreachable,
+            // the view stale, or not reached yet), as for an error.
+            let healthy = operator::status(&at.mount, json, &mut out)?;
+            return Ok(i32::from(!healthy));
+        }
         Command::Members { json, at } => operator::members(&at.mount, json, &mut out),
         Command::Event { name, payload, at } => {
             operator::event(&at.mount, &name, payload.as_deref())
@@ -104,7 +109,6 @@ fn operate(command: Command) -> anyhow::Result<()> {
             timeout,
             &mut out,
         ),
-        Command::Status { json, at } => operator::status(&at.mount, json, &mut out),
         Command::Watch { from, at } => {
             serfnode::journal::watch(&at.mount, from, &mut out, || false).map_err(Into::into)
         }
@@ -120,32 +124,60 @@ fn operate(command: Command) -> anyhow::Result<()> {
         Command::Agent(_) | Command::Parent(_) | Command::Child(_) => {
             unreachable!("daemons are run by main")
         }
-    }
+    };
+    done.map(|()| 0)
 }
 
-/// The first SIGTERM or SIGINT starts an orderly shutdown; a second one
-/// detaches the mount (a lazy unmount cannot block) and exits at once.
+/// Every signal that asks a process to stop starts the same orderly
+/// shutdown: SIGTERM (`kill`, `docker stop`, systemd), SIGINT (Ctrl-C),
+/// SIGHUP (its terminal or ssh session closed; left unhandled it killed the
+/// daemon and left a mount answering ENOTCONN) and SIGQUIT (Ctrl-\\; a
+/// core dump helps nobody here, and would leave the mount dead too).
+///
+/// A later SIGTERM, SIGINT or SIGQUIT, sent at least [`PATIENCE`] after the
+/// first, detaches the mount (a lazy unmount cannot block) and exits at
+/// once: someone is tired of waiting. Sooner, it is the same request
+/// delivered twice (a terminal's Ctrl-C reaches the whole foreground job,
+/// and a script that traps it signals its children once more), and heeding
+/// it would skip the leave. SIGHUP never hurries the stop: a hangup comes
+/// from the shell and the kernel alike.
 fn on_signals(shutdown: CancellationToken, mount: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        for n in 0.. {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if n > 0 {
-                tracing::warn!(
-                    "second signal: detaching {} and exiting now",
-                    mount.display()
-                );
-                if let Err(e) = serfnode_fs::detach(&mount) {
-                    tracing::warn!("detach {}: {e}", mount.display());
+        let mut first: Option<tokio::time::Instant> = None;
+        loop {
+            let (name, hurries) = tokio::select! {
+                _ = term.recv() => ("SIGTERM", true),
+                _ = int.recv() => ("SIGINT", true),
+                _ = quit.recv() => ("SIGQUIT", true),
+                _ = hup.recv() => ("SIGHUP", false),
+            };
+            match first {
+                None => {
+                    tracing::info!("{name}: stopping");
+                    first = Some(tokio::time::Instant::now());
+                    shutdown.cancel();
                 }
-                std::process::exit(130);
+                Some(at) if hurries && at.elapsed() >= PATIENCE => {
+                    tracing::warn!(
+                        "second signal ({name}): detaching {} and exiting now",
+                        mount.display()
+                    );
+                    if let Err(e) = serfnode_fs::detach(&mount) {
+                        tracing::warn!("detach {}: {e}", mount.display());
+                    }
+                    std::process::exit(130);
+                }
+                Some(_) => tracing::info!("{name}: already stopping"),
             }
-            shutdown.cancel();
         }
     });
     Ok(())
 }
+
+/// How long after the first stop signal another one still counts as the
+/// same request (see [`on_signals`]).
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);

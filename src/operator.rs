@@ -153,6 +153,19 @@ pub fn query(
     if !(timeout.is_finite() && timeout > 0.0) {
         bail!("query {name}: timeout {timeout} is not a positive number of seconds");
     }
+    // For where/ports the argument is the role itself, and --role says
+    // the same: either will do, both must agree.
+    let arg = if query::is_builtin(name) {
+        match (payload, role.as_deref()) {
+            (Some(arg), Some(role)) if arg != role => {
+                bail!("query {name}: the role argument {arg:?} and --role {role:?} differ")
+            }
+            (Some(arg), _) => arg,
+            (None, _) => "",
+        }
+    } else {
+        payload.unwrap_or("null")
+    };
     let ask = Ask {
         name: name.into(),
         payload: Value::Null,
@@ -160,8 +173,6 @@ pub fn query(
         nodes,
         timeout: Duration::from_secs_f64(timeout).min(query::MAX_TIMEOUT),
     };
-    // For where/ports the argument is the role itself.
-    let arg = payload.unwrap_or("null");
     let path: PathBuf = mount
         .join(files::QUERY)
         .join(name)
@@ -184,16 +195,21 @@ pub fn query(
     Ok(())
 }
 
-/// The daemon's status, as a short summary or as status.json.
-pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+/// The daemon's status, as a short summary or as status.json; returns
+/// whether it is healthy: following its agent, the view current. (A child's
+/// mount is healthy while its parent's daemon is.)
+pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<bool> {
     let s = read_json(&mount.join(files::STATUS))?;
+    let agent = &s["agent"];
+    let healthy = agent["connected"] == true;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
-        return Ok(());
+        return Ok(healthy);
     }
-    let agent = &s["agent"];
-    let agent_line = if agent["connected"] == true {
+    let agent_line = if healthy {
         "connected".to_string()
+    } else if agent["starting"] == true {
+        "starting (not reached yet)".to_string()
     } else {
         format!(
             "unreachable since {} (stale view)",
@@ -227,7 +243,7 @@ pub fn status(mount: &Path, json: bool, out: &mut impl Write) -> anyhow::Result<
             .collect();
         writeln!(out, "children    {}", list.join(", "))?;
     }
-    Ok(())
+    Ok(healthy)
 }
 
 /// Renders the template at `source` (`-`: read from `stdin`) against the

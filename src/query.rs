@@ -10,7 +10,9 @@
 //! the payload: JSON if it parses (`null`, `{"role":"web"}`), else a string;
 //! `%XX` escapes stand for bytes a file name cannot hold (`/`) or that the
 //! options use (`;`, `%`). For `where` and `ports`, ARG is a role: the
-//! payload becomes `{"role": ARG}` and only that role is asked.
+//! payload becomes `{"role": ARG}` and only that role is asked; an empty
+//! ARG takes the role from `;role=R` (the two must agree when both are
+//! given; an empty R is none), and with neither every member answers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -63,6 +65,12 @@ pub enum AskError {
     Option(String),
     #[error("query argument {0:?} has a bad %-escape")]
     Escape(String),
+    #[error("query {name}: the role argument {arg:?} and role={role:?} differ")]
+    Role {
+        name: String,
+        arg: String,
+        role: String,
+    },
 }
 
 impl Ask {
@@ -103,9 +111,22 @@ impl Ask {
                 _ => return Err(AskError::Option(opt.into())),
             }
         }
-        if name == WHERE || name == PORTS {
-            ask.role.get_or_insert_with(|| arg.clone());
-            ask.payload = json!({ "role": arg });
+        if is_builtin(name) {
+            // An empty `;role=` says nothing, as for an empty ARG.
+            let role = match (arg, ask.role.take().filter(|r| !r.is_empty())) {
+                (arg, role) if arg.is_empty() => role,
+                (arg, None) => Some(arg),
+                (arg, Some(role)) if role == arg => Some(role),
+                (arg, Some(role)) => {
+                    return Err(AskError::Role {
+                        name: name.into(),
+                        arg,
+                        role,
+                    })
+                }
+            };
+            ask.payload = role.as_ref().map_or(Value::Null, |r| json!({ "role": r }));
+            ask.role = role;
         } else {
             ask.payload = plain(arg.as_bytes());
         }
@@ -113,7 +134,8 @@ impl Ask {
     }
 
     /// The file segment that [`Ask::from_file`] parses back into this ask
-    /// (for `serfnode query`, which reads the file).
+    /// (for `serfnode query`, which reads the file). An empty `arg` with no
+    /// option names the timeout: a file name cannot be empty.
     pub fn to_segment(&self, arg: &str) -> String {
         let mut s = escape(arg);
         if let Some(role) = &self.role {
@@ -124,7 +146,7 @@ impl Ask {
             s.push_str(";node=");
             s.push_str(&escape(&self.nodes.join(",")));
         }
-        if self.timeout != DEFAULT_TIMEOUT {
+        if self.timeout != DEFAULT_TIMEOUT || s.is_empty() {
             s.push_str(&format!(";timeout={}", self.timeout.as_secs_f64()));
         }
         s
@@ -282,10 +304,17 @@ impl<A: Asker + Clone> QueryFiles for Querier<A> {
     }
 }
 
-/// This member's answer to a built-in query, or `None` if it is not one or
-/// this member's role is not the one asked about.
+/// Whether `name` is a query serfnode answers itself.
+pub fn is_builtin(name: &str) -> bool {
+    name == WHERE || name == PORTS
+}
+
+/// This member's answer to a built-in query: `None` if `name` is not one
+/// (a handler may answer it), `Some(None)` for no answer (this member's
+/// role is not the one asked about, or this member is not known yet: a
+/// handler named after a built-in query never runs, not even then).
 pub fn builtin(name: &str, payload: &Value, snap: &Snapshot) -> Option<Option<Vec<u8>>> {
-    if name != WHERE && name != PORTS {
+    if !is_builtin(name) {
         return None;
     }
     let asked = match payload {
@@ -293,7 +322,9 @@ pub fn builtin(name: &str, payload: &Value, snap: &Snapshot) -> Option<Option<Ve
         Value::String(s) => Some(s.as_str()),
         _ => None,
     };
-    let me = snap.local_member()?;
+    let Some(me) = snap.local_member() else {
+        return Some(None);
+    };
     if asked.is_some_and(|r| r != tags::role_of(me)) {
         return Some(None);
     }
@@ -450,5 +481,47 @@ mod tests {
         assert_eq!(ports, json!({"80/tcp": ["8080"]}));
         assert_eq!(builtin(WHERE, &json!({"role": "db"}), &snap), Some(None));
         assert_eq!(builtin("other", &Value::Null, &snap), None);
+        // No role asked: every member answers.
+        assert!(builtin(WHERE, &Value::Null, &snap).unwrap().is_some());
+    }
+
+    #[test]
+    fn builtins_are_builtin_before_the_local_member_is_known() {
+        let view = View::new();
+        view.reconcile(vec![member("a", "web")]);
+        for name in [WHERE, PORTS] {
+            assert_eq!(builtin(name, &json!("web"), &view.snapshot()), Some(None));
+        }
+        view.set_local("a");
+        assert!(builtin(WHERE, &json!("web"), &view.snapshot())
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn where_and_ports_take_their_role_from_the_argument_or_the_option() {
+        let web = Some("web".to_string());
+        for seg in ["web", ";role=web", "web;role=web"] {
+            let a = Ask::from_file(WHERE, seg).unwrap();
+            assert_eq!(
+                (&a.role, &a.payload),
+                (&web, &json!({"role": "web"})),
+                "{seg}"
+            );
+        }
+        let all = Ask::from_file(PORTS, ";timeout=1").unwrap();
+        assert_eq!((all.role, all.payload), (None, Value::Null));
+        assert!(matches!(
+            Ask::from_file(WHERE, "web;role=db"),
+            Err(AskError::Role { .. })
+        ));
+        assert_eq!(Ask::from_file(WHERE, "web;role=").unwrap().role, web);
+        // What `serfnode query where --role web` reads, and with no role.
+        let mut ask = Ask::from_file("q", "x").unwrap();
+        ask.role = web.clone();
+        assert_eq!(ask.to_segment(""), ";role=web");
+        ask.role = None;
+        let seg = ask.to_segment("");
+        assert_eq!(Ask::from_file(WHERE, &seg).unwrap().role, None);
     }
 }

@@ -54,21 +54,6 @@ impl Reader {
     }
 }
 
-fn serf_child_of(pid: i32) -> Option<i32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for t in tasks {
-        let children = std::fs::read_to_string(t.ok()?.path().join("children")).ok()?;
-        for c in children.split_whitespace() {
-            let c: i32 = c.parse().ok()?;
-            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
-            if comm.trim() == "serf" {
-                return Some(c);
-            }
-        }
-    }
-    None
-}
-
 #[test]
 fn a_killed_agent_is_restarted_and_the_view_rebuilt_while_files_stay_readable() {
     let b = Node::start(NodeOpts {
@@ -86,11 +71,11 @@ fn a_killed_agent_is_restarted_and_the_view_rebuilt_while_files_stay_readable() 
     let gen = a.json("status.json")["generation"].as_u64().unwrap();
 
     let reader = Reader::start(a.path("serfnodes_by_id.json"));
-    let first = serf_child_of(a.pid()).expect("serf runs under serfnode");
+    let first = a.agent_pid().expect("serf runs under serfnode");
     // SAFETY: kill(2) of a process we found by pid.
     unsafe { libc::kill(first, libc::SIGKILL) };
     eventually(T, "a new serf agent", || {
-        serf_child_of(a.pid()).is_some_and(|p| p != first)
+        a.agent_pid().is_some_and(|p| p != first)
     });
     // Back: connected, newer generation, rejoined through --join.
     let status = a.wait_json("status.json", T, |v| {

@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::docker::{
-    busybox_image, debian_image, docker, docker_ok, exec_json, exec_sh, try_exec_json, wait_for,
-    Cluster, Monitor, Parent, UserEvent, LABEL_CHILD, LABEL_PARENT,
+    busybox_image, debian_image, docker, docker_ok, exec_json, exec_sh, inspect, try_exec_json,
+    wait_for, wait_status, Cluster, Monitor, Parent, UserEvent, LABEL_CHILD, LABEL_PARENT,
 };
 
 /// For anything that starts containers or waits for gossip; generous for a
@@ -107,32 +107,6 @@ fn lists_exactly(child: &str, nodes: &[(&Parent, &str)]) -> Result<Value, String
         node_info_matches(info, p, role)?;
     }
     Ok(by_id)
-}
-
-/// `status` of member `node` in `members/<node>.json` as `child` sees it.
-fn member_status(child: &str, node: &str) -> Result<String, String> {
-    let m = try_exec_json(child, &format!("/serfnode/members/{node}.json"))?;
-    m["status"]
-        .as_str()
-        .map(String::from)
-        .ok_or(format!("no status: {m}"))
-}
-
-fn wait_status(child: &str, node: &str, want: &str, timeout: Duration) {
-    wait_for(
-        timeout,
-        &format!("{node} {want} in {child}"),
-        || match member_status(child, node)? {
-            s if s == want => Ok(()),
-            s => Err(format!("status {s}")),
-        },
-    );
-}
-
-fn inspect(container: &str) -> Value {
-    let text = docker_ok(&["inspect", container]);
-    let v: Value = serde_json::from_str(&text).expect("docker inspect is JSON");
-    v[0].clone()
 }
 
 /// The child's argv as Docker runs it: Entrypoint + Cmd.

@@ -496,3 +496,81 @@ fn operator_commands_talk_to_the_local_daemon() {
         "{err}"
     );
 }
+
+#[test]
+fn builtin_queries_take_the_role_either_way_and_same_named_handlers_never_run() {
+    // Handlers named after the built-in queries, in every member: they
+    // must never run, not even while a daemon starts.
+    let hs: Vec<Handlers> = (0..2).map(|_| Handlers::new()).collect();
+    for h in &hs {
+        for name in ["where", "ports"] {
+            h.add(name, &format!(r#"touch "$OUT/{name}-ran"; echo handler"#));
+        }
+    }
+    let db = node("bq-db", "db", None, &hs[0], &[]);
+    // Someone asks where the web members are, over and over, while the
+    // web member's daemon starts and joins.
+    let asking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let asker = {
+        let (path, asking) = (db.path("query/where/web;timeout=0.2"), asking.clone());
+        std::thread::spawn(move || {
+            while asking.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::read(&path);
+            }
+        })
+    };
+    let web = node("bq-web", "web", Some(&db), &hs[1], &[]);
+    wait_members(&[&db, &web], 2);
+    std::thread::sleep(Duration::from_secs(1));
+    asking.store(false, std::sync::atomic::Ordering::Relaxed);
+    asker.join().unwrap();
+
+    let by_id = db.json("serfnodes_by_id.json");
+    let mount = db.mount.display().to_string();
+    let ask = |args: &[&str]| -> Value {
+        let mut all = vec!["query"];
+        all.extend(args);
+        all.extend(["--mount", &mount]);
+        let (ok, out, err) = serfnode(&all);
+        assert!(ok, "serfnode {}: {err}", all.join(" "));
+        serde_json::from_str(&out).unwrap()
+    };
+    // The role as the argument, as --role, or both: the same question.
+    for args in [
+        &["where", "web"][..],
+        &["where", "--role", "web"],
+        &["where", "web", "--role", "web"],
+    ] {
+        let answers = ask(args);
+        assert_eq!(answers["complete"], true, "{args:?}: {answers}");
+        assert_eq!(
+            answers["responses"],
+            json!({"bq-web": by_id["bq-web"]}),
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        ask(&["ports", "--role", "db"])["responses"],
+        json!({"bq-db": {}})
+    );
+    // No role at all: every member says where it is.
+    let everyone = ask(&["where"]);
+    assert_eq!(everyone["complete"], true, "{everyone}");
+    assert_eq!(everyone["responses"], by_id);
+    // Two roles that differ are refused, naming both.
+    let (ok, _, err) = serfnode(&["query", "where", "web", "--role", "db", "--mount", &mount]);
+    assert!(
+        !ok && err.contains("\"web\"") && err.contains("\"db\""),
+        "{err}"
+    );
+
+    for (h, n) in hs.iter().zip([&db, &web]) {
+        for name in ["where", "ports"] {
+            assert!(
+                h.out(&format!("{name}-ran")).is_none(),
+                "the {name} handler ran on {}",
+                n.name
+            );
+        }
+    }
+}

@@ -317,7 +317,7 @@ fn a_full_disk_under_the_hosts_file_is_retried_once_space_returns() {
     let a = Node::start(NodeOpts {
         name: "full-a".into(),
         role: "first".into(),
-        hosts: Some(own.clone()),
+        hosts: Some(own.clone().into()),
         hosts_path: Some(hosts.clone()),
         ..NodeOpts::default()
     });

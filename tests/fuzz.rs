@@ -1259,8 +1259,11 @@ fn check_query_file(input: &[u8]) -> Result<(), TestCaseError> {
                 ask.timeout
             );
             if name == WHERE || name == PORTS {
-                prop_assert!(ask.role.is_some());
-                prop_assert!(ask.payload.get("role").is_some_and(Value::is_string));
+                // The role asked about, or every member.
+                match &ask.role {
+                    Some(role) => prop_assert_eq!(&ask.payload, &json!({ "role": role })),
+                    None => prop_assert_eq!(&ask.payload, &Value::Null),
+                }
             }
             // The options survive `to_segment` (the argument is kept as
             // written, escapes and all).
@@ -1270,6 +1273,10 @@ fn check_query_file(input: &[u8]) -> Result<(), TestCaseError> {
         }
         Err(AskError::Name(n)) => prop_assert!(!is_event_name(&n)),
         Err(AskError::Option(_) | AskError::Escape(_)) => {}
+        Err(AskError::Role { name, arg, role }) => {
+            prop_assert!(name == WHERE || name == PORTS);
+            prop_assert!(!arg.is_empty() && arg != role);
+        }
     }
     Ok(())
 }
@@ -1318,17 +1325,26 @@ fn query_files() {
                 return Ok(());
             }
             let builtin = name == WHERE || name == PORTS;
+            // For where/ports the role is the argument, or the option when
+            // the argument is empty; the two must agree.
+            let role = match role {
+                // An empty `;role=` is none.
+                Some(role) if builtin && role.is_empty() => (!arg.is_empty()).then(|| arg.clone()),
+                Some(role) if builtin && !arg.is_empty() && role != arg => {
+                    let want = AskError::Role { name, arg, role };
+                    prop_assert_eq!(got, Err(want));
+                    return Ok(());
+                }
+                _ if builtin && !arg.is_empty() => Some(arg.clone()),
+                role => role,
+            };
             let want = Ask {
-                payload: if builtin {
-                    json!({ "role": arg })
-                } else {
-                    events::plain(arg.as_bytes())
+                payload: match (&role, builtin) {
+                    (Some(role), true) => json!({ "role": role }),
+                    (None, true) => Value::Null,
+                    (_, false) => events::plain(arg.as_bytes()),
                 },
-                role: if builtin {
-                    role.or(Some(arg.clone()))
-                } else {
-                    role
-                },
+                role,
                 ..ask
             };
             prop_assert_eq!(got.as_ref(), Ok(&want), "segment {:?}", segment);

@@ -116,3 +116,206 @@ fn block_names_the_oldest_member_of_each_role_and_nothing_hostile() {
     let reports = web2.log().matches("role \"evil role\"").count();
     assert_eq!(reports, 1, "{}", web2.log());
 }
+
+/// The bytes of the block naming `roles` (role, address), as written.
+fn block_bytes(roles: &[(&str, String)]) -> Vec<u8> {
+    let mut b = format!("{}\n", serfnode::hosts::BEGIN);
+    for (role, ip) in roles {
+        b += &format!("{ip}\t{role}\n");
+    }
+    b += &format!("{}\n", serfnode::hosts::END);
+    b.into_bytes()
+}
+
+/// `bytes` without serfnode's padding lines (`# serfnode pad` + spaces).
+fn without_padding(bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| {
+            !l.strip_suffix(b"\n")
+                .and_then(|l| l.strip_prefix(serfnode::hosts::PAD.as_bytes()))
+                .is_some_and(|rest| rest.iter().all(|&b| b == b' '))
+        })
+        .flatten()
+        .copied()
+        .collect()
+}
+
+#[test]
+fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused() {
+    let begin = serfnode::hosts::BEGIN;
+    // Each kind of file on a node of its own, all started at once; every
+    // failure is collected, so one run reports each case.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "lone-begin",
+            format!("127.0.0.1\tlocalhost\n{begin}\n10.2.2.2\tafter-a-lone-begin\n# more\n")
+                .into_bytes(),
+        ),
+        (
+            "crlf",
+            b"127.0.0.1\tlocalhost\r\n::1\tip6-localhost\r\n10.1.1.1\tdos\r\n".to_vec(),
+        ),
+        (
+            "latin1",
+            b"127.0.0.1\tlocalhost\n10.1.1.1\tcaf\xe9 # \xff\xfe not utf-8\n\n\n".to_vec(),
+        ),
+        (
+            "no-newline",
+            b"127.0.0.1\tlocalhost\n10.3.3.3\tlast-line-unterminated".to_vec(),
+        ),
+    ];
+    let mut nodes: Vec<Node> = cases
+        .iter()
+        .map(|(name, bytes)| {
+            Node::spawn(NodeOpts {
+                name: (*name).into(),
+                role: "web".into(),
+                hosts: Some(bytes.clone()),
+                ..NodeOpts::default()
+            })
+        })
+        .collect();
+    // Far larger than a hosts file gets: refused, not read into memory.
+    let huge: Vec<u8> = (0..600_000)
+        .flat_map(|i| format!("10.{}.{}.{}\th{i}\n", i >> 16, (i >> 8) & 255, i & 255).into_bytes())
+        .collect();
+    assert!(huge.len() as u64 > serfnode::hosts::MAX_LEN);
+    let big = Node::start(NodeOpts {
+        name: "huge".into(),
+        hosts: Some(huge.clone()),
+        ..NodeOpts::default()
+    });
+
+    let mut failed = Vec::new();
+    for ((name, original), node) in cases.iter().zip(&nodes) {
+        node.wait_connected();
+        let mut want = original.clone();
+        if !want.ends_with(b"\n") {
+            want.push(b'\n');
+        }
+        want.extend(block_bytes(&[("web", node.ip.to_string())]));
+        let written = support::wait_until(T, || std::fs::read(&node.hosts).unwrap() == want);
+        if !written {
+            failed.push(format!(
+                "{name}: want\n{:?}\ngot\n{:?}\n{}",
+                String::from_utf8_lossy(&want),
+                String::from_utf8_lossy(&std::fs::read(&node.hosts).unwrap()),
+                node.log()
+            ));
+        }
+    }
+    // A clean stop takes the block out and leaves the rest as it was.
+    for ((name, original), node) in cases.iter().zip(&mut nodes) {
+        node.signal(libc::SIGTERM);
+        assert!(node.wait_exit(T).success(), "{name}: {}", node.log());
+        let mut want = original.clone();
+        if !want.ends_with(b"\n") {
+            want.push(b'\n');
+        }
+        let left = without_padding(&std::fs::read(&node.hosts).unwrap());
+        if left != want {
+            failed.push(format!(
+                "{name} after stop: want {:?}, got {:?}",
+                String::from_utf8_lossy(&want),
+                String::from_utf8_lossy(&left)
+            ));
+        }
+    }
+
+    let path = big.hosts.display().to_string();
+    let refused = support::wait_until(T, || {
+        big.full_log().contains(&format!(
+            "hosts file {path}: {} bytes, over the",
+            huge.len()
+        ))
+    });
+    if !refused {
+        failed.push(format!("huge: no error naming the file\n{}", big.log()));
+    }
+    // Retried every second, logged once; the file untouched; files served.
+    std::thread::sleep(Duration::from_millis(2500));
+    let reports = big
+        .full_log()
+        .matches(&format!("hosts file {path}"))
+        .count();
+    if reports > 1 {
+        failed.push(format!("huge: the error was logged {reports} times"));
+    }
+    if std::fs::read(&big.hosts).unwrap() != huge {
+        failed.push("huge: the file was changed".into());
+    }
+    assert_eq!(big.json("status.json")["agent"]["connected"], true);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+#[test]
+fn lines_appended_by_another_writer_while_the_block_changes_all_survive() {
+    let node = Node::start(NodeOpts {
+        name: "app-host".into(),
+        role: "host".into(),
+        hosts: Some(OUTSIDE.into()),
+        ..NodeOpts::default()
+    });
+    let other = Agent::start(AgentOpts {
+        join: Some(node.bind_addr()),
+        ..AgentOpts::named("flipper").tag("role", "r")
+    });
+    let short = "r".to_string();
+    let long = "r".repeat(60);
+    eventually(T, "both roles in the block", || {
+        node.hosts_text().contains("# END serfnode") && block(&node.hosts_text()).len() == 2
+    });
+
+    // Another writer (an application, Docker) appends lines as fast as a
+    // busy one would, while the block grows and shrinks under it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (path, stop) = (node.hosts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(format!("10.9.0.1\tappended-{n}\n").as_bytes())
+                    .unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            n
+        })
+    };
+    const CHANGES: usize = 20;
+    for k in 0..CHANGES {
+        let role = if k % 2 == 0 { &long } else { &short };
+        other.set_tags(&[("role", role)]);
+        eventually(T, &format!("change {k}: role {role} in the block"), || {
+            block(&node.hosts_text()).contains_key(role.as_str())
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended = appender.join().unwrap();
+
+    let text = node.hosts_text();
+    let seen: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("10.9.0.1\tappended-"))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let lost: Vec<u32> = (0..appended).filter(|n| !seen.contains(n)).collect();
+    assert!(
+        lost.is_empty() && seen.len() == appended as usize,
+        "{} of {appended} appended lines lost ({} seen): {:?}",
+        lost.len(),
+        seen.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "appended lines reordered"
+    );
+    assert!(text.starts_with(OUTSIDE), "the file's own lines changed");
+    let updates = node.full_log().matches("hosts file updated").count();
+    assert!(updates > CHANGES, "only {updates} updates");
+    eprintln!("{appended} lines appended during {updates} updates: none lost");
+}

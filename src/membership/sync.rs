@@ -10,7 +10,11 @@
 //!
 //! While the agent is unreachable the view keeps its members and is marked
 //! stale; the task reconnects with backoff and publishes the live client for
-//! others (the write node) through `clients`.
+//! others (the write node) through `clients`. An agent not listening yet in
+//! the first [`START_GRACE`] of the daemon's life is no outage (the agent
+//! the daemon starts takes a moment to open its RPC port): the view is
+//! "starting" then, and becomes stale only if the agent is still
+//! unreachable after it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +27,10 @@ use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::rpc::{Client, RpcError};
 
 const MEMBER_EVENTS: &str = "member-join,member-leave,member-failed,member-update,member-reap";
+
+/// How long an agent that was never reached may stay unreachable before
+/// that counts as an outage.
+pub const START_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -55,12 +63,15 @@ pub async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut failures = 0u32;
+    let started = tokio::time::Instant::now();
+    let mut reached = false;
     while !shutdown.is_cancelled() {
         let err = match Client::connect(cfg.rpc, cfg.auth_key.as_deref()).await {
             Ok(client) => {
                 backoff.reset();
                 failures = 0;
                 let err = follow(&view, &cfg, &client, &clients, &shutdown).await;
+                reached |= view.snapshot().agent.connected;
                 clients.send_replace(None);
                 match err {
                     Some(e) => e,
@@ -69,14 +80,18 @@ pub async fn run(
             }
             Err(e) => e,
         };
-        view.set_disconnected(&err.to_string());
-        // The first failure of an outage is news; the retries are not.
-        if failures == 0 {
-            tracing::warn!("agent unreachable, serving the last view as stale: {err}");
+        if !reached && started.elapsed() < START_GRACE {
+            tracing::debug!("agent not reachable yet: {err}");
         } else {
-            tracing::debug!("still unreachable: {err}");
+            view.set_disconnected(&err.to_string());
+            // The first failure of an outage is news; the retries are not.
+            if failures == 0 {
+                tracing::warn!("agent unreachable, serving the last view as stale: {err}");
+            } else {
+                tracing::debug!("still unreachable: {err}");
+            }
+            failures += 1;
         }
-        failures += 1;
         if sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
             return;
         }

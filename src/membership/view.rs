@@ -30,6 +30,14 @@ pub struct AgentState {
     pub last_error: Option<String>,
 }
 
+impl AgentState {
+    /// Not reached yet, and no outage either: the daemon (or a child's
+    /// mount) has just started.
+    pub fn starting(&self) -> bool {
+        !self.connected && self.stale_since.is_none()
+    }
+}
+
 /// What Docker says about this node's containers (`None` outside Docker).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Containers {

@@ -114,6 +114,35 @@ pub fn exec_json(container: &str, path: &str) -> Value {
     try_exec_json(container, path).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `docker inspect CONTAINER`, its one object.
+pub fn inspect(container: &str) -> Value {
+    let text = docker_ok(&["inspect", container]);
+    let v: Value = serde_json::from_str(&text).expect("docker inspect is JSON");
+    v[0].clone()
+}
+
+/// `status` of member `node` in `members/<node>.json` as `container` (a
+/// parent or a child) sees it.
+pub fn member_status(container: &str, node: &str) -> Result<String, String> {
+    let m = try_exec_json(container, &format!("/serfnode/members/{node}.json"))?;
+    m["status"]
+        .as_str()
+        .map(String::from)
+        .ok_or(format!("no status: {m}"))
+}
+
+/// Waits until `container` sees member `node` with status `want`.
+pub fn wait_status(container: &str, node: &str, want: &str, timeout: Duration) {
+    wait_for(
+        timeout,
+        &format!("{node} {want} in {container}"),
+        || match member_status(container, node)? {
+            s if s == want => Ok(()),
+            s => Err(format!("status {s}")),
+        },
+    );
+}
+
 /// Polls `cond` every 200 ms until it holds; panics naming `what` past
 /// `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {

@@ -28,11 +28,15 @@ pub struct NodeOpts {
     /// Mount here instead of in the node's temp dir.
     pub mount: Option<PathBuf>,
     /// Initial content of the node's hosts file.
-    pub hosts: Option<String>,
+    pub hosts: Option<Vec<u8>>,
     /// Keep the hosts file here instead of in the node's temp dir.
     pub hosts_path: Option<PathBuf>,
     /// Extra environment for the daemon.
     pub env: Vec<(String, String)>,
+    /// Run the daemon in a session (and process group) of its own, as a
+    /// shell with job control runs a foreground command: see
+    /// [`Node::signal_group`].
+    pub session: bool,
 }
 
 pub struct Node {
@@ -68,7 +72,7 @@ impl Node {
             &hosts,
             opts.hosts
                 .as_deref()
-                .unwrap_or("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"),
+                .unwrap_or(b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"),
         )
         .unwrap();
         let log = dir.path().join("serfnode.log");
@@ -106,6 +110,18 @@ impl Node {
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env("SERFNODE_LOG", "info,serfnode=debug")
             .stdin(Stdio::null());
+        if opts.session {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setsid(2) is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
         for var in [
             "ROLE",
             "PEER",
@@ -235,9 +251,33 @@ impl Node {
         self.child.as_ref().expect("running").id() as i32
     }
 
+    /// The pid of the `serf agent` the daemon runs, if one runs now.
+    pub fn agent_pid(&self) -> Option<i32> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        for t in tasks {
+            let children = std::fs::read_to_string(t.ok()?.path().join("children")).ok()?;
+            for c in children.split_whitespace() {
+                let c: i32 = c.parse().ok()?;
+                let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+                if comm.trim() == "serf" {
+                    return Some(c);
+                }
+            }
+        }
+        None
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// `sig` to the daemon's whole process group, as a terminal sends
+    /// Ctrl-C (SIGINT) or Ctrl-\\ (SIGQUIT) to its foreground job; needs
+    /// [`NodeOpts::session`].
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: kill(2) on the group our own child leads.
+        unsafe { libc::kill(-self.pid(), sig) };
     }
 
     /// Waits for the daemon to exit on its own.

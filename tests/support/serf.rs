@@ -152,6 +152,25 @@ impl Agent {
         );
     }
 
+    /// How this agent sees member `name` (`alive`, `left`, `failed`, ...),
+    /// by `serf members`; `None` when it does not know it.
+    pub fn member_status(&self, name: &str) -> Option<String> {
+        let out = Command::new("serf")
+            .arg("members")
+            .arg(format!("-rpc-addr={}", self.rpc_addr()))
+            .arg("-format=json")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run `serf members`");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["status"].as_str())
+            .map(String::from)
+    }
+
     /// SIGKILL, no leave: the cluster sees the node fail.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
