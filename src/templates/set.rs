@@ -474,6 +474,10 @@ upstream web {
     fn html_names_are_not_escaped_and_the_last_newline_stays() {
         let set = TemplateSet::compile(vec![source("index.html", "{{ '<b>' }}\n")]).unwrap();
         assert_eq!(set.render("index.html", &ctx()).unwrap(), b"<b>\n");
+        assert_eq!(
+            render("{{ 1 == 1 }} {{ 1 == 2 }} {{ none }}").unwrap(),
+            "True False None"
+        );
     }
 
     #[test]
