@@ -1,10 +1,12 @@
 //! The supervised `serf agent` process: started with this node's name,
 //! addresses and tags, restarted with backoff whenever it dies, and stopped
 //! with SIGINT (Serf's graceful leave) at shutdown. Its log lines are
-//! forwarded to ours under the `serf` target.
+//! forwarded to ours under the `serf` target, and the records it says it
+//! dropped for a slow stream subscriber are reported (see [`Drops`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
@@ -36,7 +39,26 @@ pub struct AgentConfig {
     pub inherit_fd: Option<i32>,
     /// How long the graceful leave may take at shutdown before SIGKILL.
     pub leave_timeout: Duration,
+    /// Where the agent's reports of dropped stream records go.
+    pub drops: Option<Drops>,
 }
+
+/// The RPC clients (their address, as the agent sees it) the agent said it
+/// dropped a stream record for. The agent gives each subscription 512 slots
+/// and drops what does not fit, logging `[WARN] agent.ipc: Dropping event to
+/// ipc.client: ADDR` right after the event's `Received event: …` line; drops
+/// of queries (not journaled) are not reported. Bounded: a burst of drops
+/// needs only one report to be noticed.
+pub type Drops = mpsc::Sender<SocketAddr>;
+
+/// The agent's log line for a dropped stream record.
+const DROPPED: &str = "agent.ipc: Dropping event to ipc.client: ";
+/// The agent's log line for each event it handles.
+const RECEIVED: &str = "agent: Received event: ";
+/// The agent's log pipes: large, so that a daemon briefly too busy to read
+/// them never stalls the agent's event loop, which logs every event before
+/// handing it on.
+const LOG_PIPE: libc::c_int = 1 << 20;
 
 impl AgentConfig {
     pub fn args(&self) -> Vec<String> {
@@ -315,12 +337,30 @@ fn spawn(cfg: &AgentConfig) -> Result<Child, AgentError> {
         serf: cfg.serf.display().to_string(),
         source,
     })?;
-    forward_log(child.stdout.take());
-    forward_log(child.stderr.take());
+    if let Some(out) = &child.stdout {
+        grow_pipe(out.as_raw_fd());
+    }
+    if let Some(err) = &child.stderr {
+        grow_pipe(err.as_raw_fd());
+    }
+    forward_log(child.stdout.take(), cfg.drops.clone());
+    forward_log(child.stderr.take(), cfg.drops.clone());
     Ok(child)
 }
 
-fn forward_log(out: Option<impl AsyncRead + Unpin + Send + 'static>) {
+/// Enlarges a pipe to `LOG_PIPE` bytes (best effort: the default 64 KiB
+/// works, only sooner stalls the agent while we do not read).
+fn grow_pipe(fd: i32) {
+    // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory is passed.
+    if unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, LOG_PIPE) } < 0 {
+        tracing::debug!(
+            "serf agent log pipe stays small: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn forward_log(out: Option<impl AsyncRead + Unpin + Send + 'static>, drops: Option<Drops>) {
     let Some(out) = out else { return };
     tokio::spawn(async move {
         // Read as bytes: the agent logs member names, which any peer
@@ -328,6 +368,7 @@ fn forward_log(out: Option<impl AsyncRead + Unpin + Send + 'static>) {
         // agent dies of SIGPIPE at its next line.
         let mut out = BufReader::new(out);
         let mut buf = Vec::new();
+        let mut last_query = false;
         loop {
             buf.clear();
             match out.read_until(b'\n', &mut buf).await {
@@ -336,6 +377,15 @@ fn forward_log(out: Option<impl AsyncRead + Unpin + Send + 'static>) {
             }
             let line = String::from_utf8_lossy(&buf);
             let line = line.trim();
+            if let Some(event) = after(line, RECEIVED) {
+                last_query = event.starts_with("query:");
+            }
+            if let (Some(drops), Some(addr)) = (&drops, dropped_for(line)) {
+                if !last_query {
+                    // Full: reports are pending anyway.
+                    let _ = drops.try_send(addr);
+                }
+            }
             if line.contains("[ERR]") || line.contains("[WARN]") {
                 tracing::warn!(target: "serf", "{line}");
             } else if !line.is_empty() {
@@ -345,9 +395,36 @@ fn forward_log(out: Option<impl AsyncRead + Unpin + Send + 'static>) {
     });
 }
 
+/// What follows `marker` in `line`.
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| &line[at + marker.len()..])
+}
+
+/// The client a "Dropping event" log line names.
+fn dropped_for(line: &str) -> Option<SocketAddr> {
+    after(line, DROPPED)?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_reports_name_the_client() {
+        let line =
+            "2026/12/02 10:00:00 [WARN] agent.ipc: Dropping event to ipc.client: 127.0.0.1:40123";
+        assert_eq!(dropped_for(line), Some("127.0.0.1:40123".parse().unwrap()));
+        let v6 = "[WARN] agent.ipc: Dropping event to ipc.client: [::1]:7";
+        assert_eq!(dropped_for(v6), Some("[::1]:7".parse().unwrap()));
+        assert_eq!(
+            dropped_for("[INFO] agent: Received event: user-event: x"),
+            None
+        );
+        assert_eq!(
+            after("[INFO] agent: Received event: query: where", RECEIVED),
+            Some("query: where")
+        );
+    }
 
     #[test]
     fn the_config_file_lies_beside_the_rpc_key_or_in_memory() {

@@ -8,6 +8,12 @@
 //! rest, meeting the error), or the errno if the first line failed. So
 //! nothing accepted is lost and nothing rejected is half-sent.
 //!
+//! Every errno but one means "not raised": retrying is safe. [`UNKNOWN`]
+//! (ETIMEDOUT) means the agent (or, in a child, the parent) took the request
+//! and gave no verdict in time: the event may yet be raised, and the journal
+//! says whether it was. A write waits at most [`RAISE_TIMEOUT`] in a parent,
+//! so that a child, which waits longer, hears its parent's verdict.
+//!
 //! On the wire each payload travels in the envelope that says which node and
 //! child raised it (see [`crate::events`]). Serf counts the gossip framing
 //! too, so name + enveloped payload must fit in 472 bytes: the envelope
@@ -17,13 +23,16 @@
 //! |---|---|
 //! | not JSON, not `[string, value]`, bad event name | EINVAL |
 //! | name + payload (in its envelope) over the agent's limit | EMSGSIZE |
-//! | agent unreachable or not answering in time | EAGAIN |
+//! | agent unreachable, or over the event rate: not sent | EAGAIN |
+//! | sent, no answer in time (connection lost, agent stopped): may be raised | ETIMEDOUT |
 //! | agent refused the event for another reason | EIO |
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::Value;
 use serfnode_fs::{Completion, ControlSink, Writer};
@@ -42,6 +51,18 @@ pub const DEFAULT_EVENT_RATE: u32 = 256;
 
 /// Serf's default `UserEventSizeLimit`: name + payload, before encoding.
 pub const DEFAULT_EVENT_LIMIT: usize = 512;
+
+/// The errno of a write whose events may have been raised (the request was
+/// sent and no verdict came): the writer checks the journal before retrying.
+pub const UNKNOWN: i32 = libc::ETIMEDOUT;
+
+/// How long a write waits for the local agent in all (the FUSE request is
+/// held open meanwhile, and fuser ignores interrupts).
+pub const RAISE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Of [`RAISE_TIMEOUT`], how long a write or a query waits for a lost agent
+/// connection to come back (nothing is sent meanwhile).
+pub const CONNECT_WAIT: Duration = Duration::from_secs(3);
 
 /// Serf applies the same limit again to the encoded gossip message, whose
 /// framing (type, field names, Lamport time) takes at most this much: so
@@ -237,6 +258,7 @@ impl<R: Raise> ControlSink for WriteNode<R> {
             match (raised, bad) {
                 (Ok(()), None) => done.accept_all(),
                 (Ok(()), Some(errno)) => done.fail(valid, errno),
+                (Err((k, UNKNOWN)), _) => done.unknown(k, UNKNOWN),
                 (Err((k, errno)), _) => done.fail(k, errno),
             }
         });
@@ -254,9 +276,6 @@ pub struct AgentRaise {
     clients: watch::Receiver<Option<Client>>,
     view: View,
     pace: Option<parking_lot::Mutex<Bucket>>,
-    /// Bound on how long a write may wait for the agent: the FUSE request is
-    /// held open meanwhile, and fuser ignores interrupts.
-    timeout: Duration,
 }
 
 impl AgentRaise {
@@ -266,7 +285,6 @@ impl AgentRaise {
             clients,
             view,
             pace: (rate > 0).then(|| parking_lot::Mutex::new(Bucket::new(rate))),
-            timeout: Duration::from_secs(3),
         }
     }
 
@@ -275,7 +293,8 @@ impl AgentRaise {
         &self.view
     }
 
-    /// The live agent connection, waiting (bounded) through a reconnect.
+    /// The live agent connection, waiting up to [`CONNECT_WAIT`] through a
+    /// reconnect.
     pub async fn client(&self) -> Option<Client> {
         let mut rx = self.clients.clone();
         let wait = async {
@@ -284,7 +303,7 @@ impl AgentRaise {
                 .ok()
                 .and_then(|c| c.clone())
         };
-        tokio::time::timeout(self.timeout, wait)
+        tokio::time::timeout(CONNECT_WAIT, wait)
             .await
             .ok()
             .flatten()
@@ -292,7 +311,10 @@ impl AgentRaise {
 }
 
 impl Raise for AgentRaise {
+    /// Within [`RAISE_TIMEOUT`] in all. An event whose request went out and
+    /// got no answer is [`UNKNOWN`]; every other error is certain.
     async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
+        let deadline = Instant::now() + RAISE_TIMEOUT;
         let Some(client) = self.client().await else {
             tracing::warn!(
                 "write node: {origin}: agent unreachable, {} event(s) refused",
@@ -312,15 +334,6 @@ impl Raise for AgentRaise {
                     return Err((sent, libc::EINVAL));
                 }
             };
-            if let Some(pace) = &self.pace {
-                if !pace.lock().take() {
-                    tracing::info!(
-                        "write node: {origin}: event {:?} refused (EAGAIN): over the event rate; serf would drop events raised faster",
-                        event.name
-                    );
-                    return Err((sent, libc::EAGAIN));
-                }
-            }
             let size = event.name.len() + wire.len();
             if size + WIRE_OVERHEAD > DEFAULT_EVENT_LIMIT {
                 tracing::info!(
@@ -330,24 +343,48 @@ impl Raise for AgentRaise {
                 );
                 return Err((sent, libc::EMSGSIZE));
             }
+            if client.is_closed() || Instant::now() >= deadline {
+                tracing::warn!(
+                    "write node: {origin}: event {:?} not sent (EAGAIN): the agent connection is gone or the write's {RAISE_TIMEOUT:?} are up",
+                    event.name
+                );
+                return Err((sent, libc::EAGAIN));
+            }
+            if let Some(pace) = &self.pace {
+                if !pace.lock().take() {
+                    tracing::info!(
+                        "write node: {origin}: event {:?} refused (EAGAIN): over the event rate; serf would drop events raised faster",
+                        event.name
+                    );
+                    return Err((sent, libc::EAGAIN));
+                }
+            }
             let res =
-                tokio::time::timeout(self.timeout, client.event(&event.name, &wire, false)).await;
+                tokio::time::timeout_at(deadline, client.event(&event.name, &wire, false)).await;
             let errno = match res {
                 Ok(Ok(())) => {
                     tracing::debug!(name = %event.name, "event raised for {origin}");
                     continue;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!("write node: {origin}: event {:?}: {e}", event.name);
-                    errno_of(&e)
+                    let errno = errno_of(&e);
+                    let outcome = if errno == UNKNOWN {
+                        "sent, no verdict: it may yet be raised (ETIMEDOUT)"
+                    } else {
+                        "refused by the agent"
+                    };
+                    tracing::warn!(
+                        "write node: {origin}: event {:?}: {e}: {outcome}",
+                        event.name
+                    );
+                    errno
                 }
                 Err(_) => {
                     tracing::warn!(
-                        "write node: {origin}: event {:?}: agent did not answer within {:?}",
+                        "write node: {origin}: event {:?}: the agent did not answer within {RAISE_TIMEOUT:?}; it may yet raise it (ETIMEDOUT)",
                         event.name,
-                        self.timeout
                     );
-                    libc::EAGAIN
+                    UNKNOWN
                 }
             };
             return Err((sent, errno));
@@ -386,11 +423,14 @@ impl Bucket {
     }
 }
 
+/// The errno of an event request that failed after it was sent: the
+/// agent's refusal is certain; anything else (the connection closed, a
+/// garbled reply) leaves the outcome unknown.
 fn errno_of(e: &RpcError) -> i32 {
     match e {
         RpcError::Agent { message, .. } if message.contains("exceeds") => libc::EMSGSIZE,
         RpcError::Agent { .. } => libc::EIO,
-        _ => libc::EAGAIN,
+        _ => UNKNOWN,
     }
 }
 

@@ -117,6 +117,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // The agent outlives every other task: it is stopped last but one, so
     // the leave is gossiped while the files still say what happens.
     let agent_stop = CancellationToken::new();
+    // The agent's reports of records it dropped for us (its log is ours
+    // only when we run it).
+    let (drops_tx, drops_rx) = tokio::sync::mpsc::channel(64);
+    let drops_rx = (!cfg.attach).then_some(drops_rx);
     let agent = (!cfg.attach).then(|| {
         let acfg = AgentConfig {
             serf: cfg.serf.clone(),
@@ -130,6 +134,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             config_file: agent_file.as_ref().map(|f| f.path().to_owned()),
             inherit_fd: agent_file.as_ref().and_then(|f| f.inherit_fd()),
             leave_timeout: Duration::from_secs(3),
+            drops: Some(drops_tx),
         };
         tokio::spawn(agent::supervise(acfg, agent_stop.clone()))
     });
@@ -150,6 +155,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         view.clone(),
         journal,
         handlers.clone(),
+        drops_rx,
         tasks.clone(),
     ));
     let joiner = (!cfg.join.is_empty())

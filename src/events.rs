@@ -2,6 +2,12 @@
 //! them), member events and queries, decoded once from the agent's stream and
 //! given to the journal, the handlers and the built-in query answers.
 //!
+//! Following the stream, every loss that can be noticed becomes a gap line in
+//! the journal: records the agent dropped for us (its log says so, see
+//! [`crate::agent::Drops`]; not with `--attach`, whose agent's log we do not
+//! read), records dropped on our side of the connection, and whatever
+//! happened between a connection's end and the next one's stream.
+//!
 //! Attribution: a Serf user event carries only a name and a payload, so an
 //! event raised through a write node travels in an envelope,
 //! `{"serfnode":{"node":N,"child":C},"payload":P}`, and is unwrapped here on
@@ -9,12 +15,13 @@
 //! environment, the journal shows `"from"`. Events raised by other means
 //! (`serf event`) carry no envelope and are passed through as they are.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
@@ -176,16 +183,21 @@ pub fn stream_filter() -> String {
 /// `ready` holds the connection while its stream is followed: the write
 /// node raises events only through it, so every event this node accepts is
 /// also one its own journal and handlers see.
+///
+/// `drops` reports the clients the agent dropped records for (None when its
+/// log is not ours to read).
 pub async fn follow(
     mut clients: watch::Receiver<Option<Client>>,
     ready: watch::Sender<Option<Client>>,
     view: View,
     journal: Journal,
     handlers: Handlers,
+    mut drops: Option<mpsc::Receiver<SocketAddr>>,
     stop: CancellationToken,
 ) {
     let filter = stream_filter();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut followed = false;
     loop {
         let Some(client) = membership::next_client(&mut clients, &stop).await else {
             return;
@@ -202,13 +214,39 @@ pub async fn follow(
         };
         backoff.reset();
         tracing::debug!("events: following the agent's stream");
+        if followed && journal.push_gap() {
+            tracing::warn!(
+                "events: following the agent's stream anew; events in between may be lost (gap line journaled)"
+            );
+        }
+        followed = true;
+        // Reports about an earlier connection are stale.
+        while let Some(Ok(_)) = drops.as_mut().map(|d| d.try_recv()) {}
+        let local = client.local_addr();
         ready.send_replace(Some(client.clone()));
         loop {
-            let rec = tokio::select! {
-                rec = sub.recv() => rec,
+            // Records first: a drop the agent reports happened after the
+            // records it had queued for us, so its gap line goes after them,
+            // once the stream is drained (and a burst of reports is one line).
+            let (lost, rec) = tokio::select! {
+                biased;
                 _ = stop.cancelled() => return,
+                rec = sub.next() => match rec {
+                    Some(rec) => rec,
+                    None => break,
+                },
+                addr = dropped(&mut drops) => {
+                    if Some(addr) == local && journal.push_gap() {
+                        tracing::warn!("events: the agent dropped stream records for us (gap line journaled)");
+                    }
+                    continue;
+                }
             };
-            let Some(rec) = rec else { break };
+            if lost > 0 && journal.push_gap() {
+                tracing::warn!(
+                    "events: {lost} stream records lost: we fell behind (gap line journaled)"
+                );
+            }
             on_event(
                 &client,
                 &view.snapshot(),
@@ -218,12 +256,24 @@ pub async fn follow(
             );
         }
         ready.send_replace(None);
-        if sub.dropped() > 0 {
+        if sub.dropped_since_last() > 0 {
             tracing::warn!(
-                "events: {} stream records lost on a connection that fell behind",
-                sub.dropped()
+                "events: {} stream records lost before the connection ended",
+                sub.dropped_since_last()
             );
         }
+    }
+}
+
+/// The next client the agent reported dropping records for; never, without
+/// reports.
+async fn dropped(drops: &mut Option<mpsc::Receiver<SocketAddr>>) -> SocketAddr {
+    match drops {
+        Some(rx) => match rx.recv().await {
+            Some(addr) => addr,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

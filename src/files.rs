@@ -130,6 +130,11 @@ impl Dir for QueryDir {
     fn entries(&self) -> Vec<(String, NodeKind)> {
         Vec::new()
     }
+
+    /// Any query name: only the recent ones are kept.
+    fn open_ended(&self) -> bool {
+        true
+    }
 }
 
 struct QueryNameDir {
@@ -148,6 +153,10 @@ impl Dir for QueryNameDir {
 
     fn entries(&self) -> Vec<(String, NodeKind)> {
         Vec::new()
+    }
+
+    fn open_ended(&self) -> bool {
+        true
     }
 }
 

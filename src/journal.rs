@@ -17,10 +17,25 @@
 //! number, so a reader that resumes from the seq of the last line it read
 //! never sees a line twice. Queries are not journaled.
 //!
+//! Where gap lines come from: a reader behind the ring or holding another
+//! run's number (`events_since`); events that never reached the journal
+//! (`Journal::push_gap`: the agent dropped stream records for a slow
+//! subscriber, records were dropped on our side, the stream was followed
+//! anew after a reconnect), each with `F` null and its own number, placed
+//! where the loss was noticed; and a mirror's jumps and re-bases (below).
+//!
 //! Sequence numbers go up by one per line within a daemon's run and start at
 //! the journal's creation time in unix microseconds, so a number a reader
 //! saved stays meaningful across a restart: the reader sees a gap, never an
 //! old number reused for a different event.
+//!
+//! A child's journal mirrors its parent's and keeps the parent's numbers
+//! while they go up. A parent's daemon that restarts with its clock stepped
+//! back numbers its events below what the child holds; the child then
+//! re-bases: it writes a gap line (`F` null) after its head and carries on
+//! from there, numbering the parent's new run at a fixed offset above the
+//! parent's numbers. So a child's numbers only ever go up, and may differ
+//! from its parent's after such a restart.
 //!
 //! Files:
 //! - `events`: the whole ring, oldest first.
@@ -49,13 +64,13 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use imbl::Vector;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use serfnode_fs::{Dir, Doc, Node, NodeKind};
+use serfnode_fs::{Dir, Doc, Node, NodeKind, Parts};
 use tokio::sync::watch as tokio_watch;
 use tracing::info;
 
@@ -132,6 +147,16 @@ pub struct JournalSnap {
     head: u64,
     /// Oldest first; seqs strictly increasing (every append is above `head`).
     items: Vector<Item>,
+    /// The ring rendered once, shared by `events` and every `events_since/N`
+    /// of this generation (each of those adds at most a gap line of its own).
+    rendered: OnceLock<Rendered>,
+}
+
+/// The bytes of every line of a snapshot, and where each line starts.
+#[derive(Debug, Clone)]
+struct Rendered {
+    bytes: Arc<Vec<u8>>,
+    starts: Vec<usize>,
 }
 
 impl JournalSnap {
@@ -171,7 +196,24 @@ impl JournalSnap {
     /// The `events` file, rendered on first read.
     pub fn events_doc(self: &Arc<Self>) -> Doc {
         let snap = Arc::clone(self);
-        Doc::new(self.generation, move || snap.render_all())
+        Doc::parts(self.generation, move || {
+            Parts::whole(Arc::clone(&snap.rendered().bytes))
+        })
+    }
+
+    fn rendered(&self) -> &Rendered {
+        self.rendered.get_or_init(|| {
+            let mut bytes = Vec::new();
+            let mut starts = Vec::with_capacity(self.items.len());
+            for item in &self.items {
+                starts.push(bytes.len());
+                item.write_line(&mut bytes);
+            }
+            Rendered {
+                bytes: Arc::new(bytes),
+                starts,
+            }
+        })
     }
 
     /// The `events_since` directory.
@@ -181,24 +223,33 @@ impl JournalSnap {
 
     /// The bytes of `events`.
     pub fn render_all(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for item in &self.items {
-            item.write_line(&mut out);
-        }
-        out
+        self.rendered().bytes.to_vec()
     }
 
     /// The bytes of `events_since/<n>`.
     pub fn render_since(&self, n: u64) -> Vec<u8> {
+        self.parts_since(n).to_vec()
+    }
+
+    /// `events_since/<n>`: its own gap line, if any, then a slice of the
+    /// shared rendering.
+    fn parts_since(&self, n: u64) -> Parts {
         let (marker, start) = self.since(n);
-        let mut out = Vec::new();
+        let mut head = Vec::new();
         if let Some(gap) = marker {
-            gap.write_line(&mut out);
+            gap.write_line(&mut head);
         }
-        for item in self.items.iter().skip(start) {
-            item.write_line(&mut out);
+        let rendered = self.rendered();
+        let from = rendered
+            .starts
+            .get(start)
+            .copied()
+            .unwrap_or(rendered.bytes.len());
+        Parts {
+            head,
+            shared: Arc::clone(&rendered.bytes),
+            range: from..rendered.bytes.len(),
         }
-        out
     }
 
     /// What a reader that has everything up to `n` gets: an optional leading
@@ -267,13 +318,18 @@ impl Dir for SinceDir {
         let snap = Arc::clone(&self.0);
         // Lazy, and cheap to build: every publish asks again for each name a
         // reader has looked up.
-        Some(Node::File(Doc::new(self.0.generation, move || {
-            snap.render_since(n)
+        Some(Node::File(Doc::parts(self.0.generation, move || {
+            snap.parts_since(n)
         })))
     }
 
     fn entries(&self) -> Vec<(String, NodeKind)> {
         Vec::new()
+    }
+
+    /// One name per number: only the recent ones are kept.
+    fn open_ended(&self) -> bool {
+        true
     }
 }
 
@@ -313,6 +369,21 @@ struct State {
     next: u64,
     generation: u64,
     items: Vector<Item>,
+    /// Where a mirror stands in its parent's numbering.
+    parent: ParentSeqs,
+}
+
+/// A mirror's account of its parent's numbers.
+#[derive(Debug, Default)]
+struct ParentSeqs {
+    /// The newest parent seq mirrored (in the parent's numbering).
+    last: Option<u64>,
+    /// Added to the parent's seqs of its current run (non-zero after a
+    /// re-base).
+    offset: u64,
+    /// A new link whose first entries will tell whether the parent is the
+    /// same run (its numbers never go back) or a new one.
+    undecided: bool,
 }
 
 impl State {
@@ -330,7 +401,48 @@ impl State {
             generation: self.generation,
             head: self.next - 1,
             items: self.items.clone(),
+            rendered: OnceLock::new(),
         })
+    }
+
+    /// Whether `entries` (the first of a link) come from a new run of the
+    /// parent, `last` being the newest parent seq mirrored. Within a run the
+    /// parent's numbers never go back: its backlog (its whole ring) ends at or
+    /// above `last` and holds the same entry under `last` if it still has it;
+    /// later entries are above `last`.
+    fn new_run(&self, last: u64, backlog: bool, entries: &[Entry]) -> bool {
+        let (Some(first), Some(newest)) = (entries.first(), entries.last()) else {
+            return false;
+        };
+        if !backlog {
+            return first.seq <= last;
+        }
+        let held = self.items.iter().rev().find_map(|item| match item {
+            Item::Event(e) => Some(e.time),
+            Item::Gap { .. } => None,
+        });
+        let differs = entries
+            .iter()
+            .find(|e| e.seq == last)
+            .is_some_and(|e| Some(e.time) != held);
+        newest.seq < last || differs
+    }
+
+    /// Appends a gap line with an unknown start at the next seq, unless the
+    /// newest line already is one (one loss, however many times noticed).
+    fn gap(&mut self) -> bool {
+        if let Some(Item::Gap {
+            first_lost: None, ..
+        }) = self.items.back()
+        {
+            return false;
+        }
+        let seq = self.next;
+        self.append(Item::Gap {
+            seq,
+            first_lost: None,
+        });
+        true
     }
 }
 
@@ -353,6 +465,7 @@ impl Journal {
             next: first_seq,
             generation: 0,
             items: Vector::new(),
+            parent: ParentSeqs::default(),
         };
         let (tx, _) = tokio_watch::channel(state.snap());
         Journal {
@@ -379,43 +492,92 @@ impl Journal {
         Some(seq)
     }
 
-    /// Appends entries received from the parent's journal, keeping the
-    /// parent's seqs. Entries already held (seq <= head) are skipped. A jump
-    /// in the numbers (the parent's ring moved on, or it restarted) becomes a
-    /// gap line, except in a journal that never held anything: that one takes
-    /// the parent's numbers as they come. (A parent whose numbers went back,
-    /// its clock having moved back over a restart, is skipped until they pass
-    /// this head.)
-    pub fn mirror(&self, entries: Vec<Entry>) {
+    /// Records that events may have been lost here without a trace (see the
+    /// module doc): a gap line with `first_lost: null`. Noticing the same
+    /// loss again before another event adds nothing (false).
+    pub fn push_gap(&self) -> bool {
         let mut state = self.shared.state.lock();
-        let mut appended = false;
-        for entry in entries {
-            if matches!(entry.event, ClusterEvent::Query { .. }) {
+        let added = state.gap();
+        if added {
+            self.changed(&mut state);
+        }
+        added
+    }
+
+    /// Appends entries received from the parent's journal. `link_start`: the
+    /// first entries of a new connection to the parent (its backlog).
+    ///
+    /// The parent's seqs are kept (plus the offset of a re-base). Entries
+    /// already held are skipped. A jump in the numbers (the parent's ring
+    /// moved on, or it restarted with a later clock) becomes a gap line,
+    /// except in a journal that never held anything: that one takes the
+    /// parent's numbers as they come. A parent whose numbers went back (it
+    /// restarted with its clock stepped back) is a new run: a gap line with an
+    /// unknown start, then its entries numbered on from this head. Within one
+    /// run a parent's numbers never go back, so its backlog on a new link
+    /// ends at or above what this mirror has seen.
+    pub fn mirror(&self, entries: Vec<Entry>, link_start: bool) {
+        let mut state = self.shared.state.lock();
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| !matches!(e.event, ClusterEvent::Query { .. }))
+            .collect();
+        if link_start {
+            state.parent.undecided = true;
+        }
+        let mut changed = false;
+        if let (true, Some(first)) = (state.parent.undecided, entries.first()) {
+            state.parent.undecided = false;
+            let last = state.parent.last;
+            if last.is_some_and(|last| state.new_run(last, link_start, &entries)) {
+                changed |= state.gap();
+                let base = state.next;
+                state.parent.offset = base.saturating_sub(first.seq);
+                state.parent.last = None;
+                info!(
+                    parent_seq = first.seq,
+                    seq = base,
+                    "journal mirror: the parent's numbers went back (a new run); numbering on after a gap"
+                );
+            }
+        }
+        for mut entry in entries {
+            let parent_seq = entry.seq;
+            if state.parent.last.is_some_and(|last| parent_seq <= last) {
                 continue;
             }
+            entry.seq = parent_seq.saturating_add(state.parent.offset);
             if !state.items.is_empty() {
-                let head = state.next - 1;
-                if entry.seq <= head {
+                let next = state.next;
+                if entry.seq < next {
+                    // Only a saturated offset gets here: never number backwards.
                     continue;
                 }
-                if entry.seq != head + 1 {
+                if entry.seq > next {
                     info!(
-                        first_lost = head + 1,
+                        first_lost = next,
                         last_lost = entry.seq - 1,
                         "journal mirror: the parent's events jumped; recording a gap"
                     );
                     state.append(Item::Gap {
                         seq: entry.seq - 1,
-                        first_lost: Some(head + 1),
+                        first_lost: Some(next),
                     });
                 }
             }
+            state.parent.last = Some(parent_seq);
             state.append(Item::Event(Arc::new(entry)));
-            appended = true;
+            changed = true;
         }
-        if appended {
+        if changed {
             self.changed(&mut state);
         }
+    }
+
+    /// The seq this journal gives the parent's entry `parent_seq` (for a
+    /// child's start, kept in the child's numbering).
+    pub fn mirrored_seq(&self, parent_seq: u64) -> u64 {
+        parent_seq.saturating_add(self.shared.state.lock().parent.offset)
     }
 
     fn changed(&self, state: &mut State) {
@@ -748,11 +910,14 @@ mod tests {
         assert_eq!(j.push(query.clone(), at(1.0)), None);
         let snap = j.snapshot();
         assert_eq!((snap.len(), snap.generation()), (0, 0));
-        j.mirror(vec![Entry {
-            seq: 5,
-            time: 1.0,
-            event: query,
-        }]);
+        j.mirror(
+            vec![Entry {
+                seq: 5,
+                time: 1.0,
+                event: query,
+            }],
+            true,
+        );
         assert_eq!(j.snapshot().generation(), 0);
     }
 
@@ -804,22 +969,22 @@ mod tests {
         let child = Journal::with_start(16, 9_000);
 
         // Brand new: the parent's numbers as they come, no marker.
-        child.mirror(parent.entries_since(0));
+        child.mirror(parent.entries_since(0), true);
         assert_eq!(seqs(&read(&child.snapshot(), EVENTS)), [100, 101, 102]);
         assert_eq!(child.snapshot().head(), 102);
 
         // Already held lines are skipped; contiguous ones are appended.
         parent.push(user("e", json!(3)), at(2.0));
-        child.mirror(parent.entries_since(100));
+        child.mirror(parent.entries_since(100), false);
         let snap = child.snapshot();
         assert_eq!(seqs(&read(&snap, EVENTS)), [100, 101, 102, 103]);
         let g = snap.generation();
-        child.mirror(parent.entries_since(101));
+        child.mirror(parent.entries_since(101), false);
         assert_eq!(child.snapshot().generation(), g, "nothing new, no change");
 
         // A jump becomes a gap line ending just below the first new seq.
         let restarted = filled(16, 200, 2); // 200, 201
-        child.mirror(restarted.entries_since(0));
+        child.mirror(restarted.entries_since(0), true);
         let snap = child.snapshot();
         let all = lines(&read(&snap, EVENTS));
         assert_eq!(
@@ -839,8 +1004,8 @@ mod tests {
     #[test]
     fn a_gap_at_the_front_of_the_ring_merges_with_the_readers_own() {
         let child = Journal::with_start(3, 9_000);
-        child.mirror(filled(8, 100, 1).entries_since(0)); // 100
-        child.mirror(filled(8, 200, 2).entries_since(0)); // gap 199, 200, 201
+        child.mirror(filled(8, 100, 1).entries_since(0), true); // 100
+        child.mirror(filled(8, 200, 2).entries_since(0), true); // gap 199, 200, 201
         let snap = child.snapshot();
         assert_eq!(seqs(&read(&snap, EVENTS)), [199, 200, 201]);
         let since = lines(&read(&snap, &format!("{EVENTS_SINCE}/100")));
@@ -854,6 +1019,92 @@ mod tests {
             json!({"seq": 199, "type": "gap", "first_lost": 51})
         );
         assert_eq!(since.len(), 3);
+    }
+
+    #[test]
+    fn a_mirror_re_bases_when_its_parents_numbers_go_back() {
+        let child = Journal::with_start(32, 9_000);
+        child.mirror(filled(8, 100, 3).entries_since(0), true); // 100..=102
+                                                                // The parent restarted with its clock back: its ring starts at 50.
+        let rewound = filled(8, 50, 2); // 50, 51
+        child.mirror(rewound.entries_since(0), true);
+        let snap = child.snapshot();
+        let all = lines(&read(&snap, EVENTS));
+        assert_eq!(
+            all[3],
+            json!({"seq": 103, "type": "gap", "first_lost": null})
+        );
+        assert_eq!(seqs(&read(&snap, EVENTS)), [100, 101, 102, 103, 104, 105]);
+        // New entries of that run follow, at the same offset.
+        rewound.push(user("e", json!(52)), at(3.0));
+        child.mirror(rewound.entries_since(51), false);
+        assert_eq!(child.snapshot().head(), 106);
+        // A reconnect to the same run: its backlog holds what we have.
+        let g = child.snapshot().generation();
+        child.mirror(rewound.entries_since(0), true);
+        assert_eq!(child.snapshot().generation(), g, "nothing new");
+        // Same numbers, other events: a new run too (its clock went back
+        // just as far as its events went on).
+        let twin = filled(8, 51, 2); // 51, 52 with other times
+        child.mirror(twin.entries_since(0), true);
+        assert_eq!(
+            seqs(&read(&child.snapshot(), EVENTS))[6..],
+            [106, 107, 108, 109]
+        );
+        // A new run whose backlog is empty is told by its first entry.
+        let empty = Journal::with_start(8, 10);
+        child.mirror(empty.entries_since(0), true);
+        empty.push(user("e", json!(0)), at(4.0));
+        child.mirror(empty.entries_since(0), false);
+        let all = lines(&read(&child.snapshot(), EVENTS));
+        assert_eq!(all[all.len() - 2]["type"], "gap");
+        assert_eq!(child.snapshot().head(), 111);
+        // Handlers of a child see the events once, gap lines never.
+        let handed: Vec<u64> = child
+            .snapshot()
+            .entries_since(102)
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(handed, [104, 105, 106, 108, 109, 111]);
+    }
+
+    #[test]
+    fn losses_noticed_outside_the_ring_are_gap_lines_merged_while_nothing_comes_between() {
+        let j = Journal::with_start(8, 100);
+        j.push(user("a", json!(1)), at(1.0));
+        assert!(j.push_gap());
+        assert!(!j.push_gap(), "the same loss noticed again");
+        j.push(user("b", json!(2)), at(2.0));
+        let all = lines(&read(&j.snapshot(), EVENTS));
+        assert_eq!(
+            all[1],
+            json!({"seq": 101, "type": "gap", "first_lost": null})
+        );
+        assert_eq!(seqs(&read(&j.snapshot(), EVENTS)), [100, 101, 102]);
+        // A reader resuming from before the gap sees it; from it, not.
+        assert_eq!(
+            seqs(&read(&j.snapshot(), &format!("{EVENTS_SINCE}/100"))),
+            [101, 102]
+        );
+        assert_eq!(
+            seqs(&read(&j.snapshot(), &format!("{EVENTS_SINCE}/101"))),
+            [102]
+        );
+    }
+
+    #[test]
+    fn every_events_since_file_shares_one_rendering_of_the_ring() {
+        let j = filled(8, 100, 5);
+        let snap = j.snapshot();
+        let a = snap.parts_since(101);
+        let b = snap.parts_since(50);
+        assert!(Arc::ptr_eq(&a.shared, &b.shared));
+        assert!(a.head.is_empty());
+        assert_eq!(seqs(&b.head), [99], "its own gap line");
+        assert_eq!(a.to_vec(), snap.render_since(101));
+        assert_eq!(snap.render_all(), snap.parts_since(0).to_vec());
+        assert!(snap.parts_since(104).is_empty());
     }
 
     /// Real mounts: needs root and /dev/fuse (skipped without it).

@@ -3,8 +3,10 @@
 //! built-in queries `where` and `ports` from the live view.
 //!
 //! A query file is read with `cat`, so its wait holds a FUSE request open,
-//! which fuser cannot interrupt: every ask is bounded ([`MAX_TIMEOUT`]), and
-//! ends early once every member the view expects to answer has answered.
+//! which fuser cannot interrupt: every ask is bounded (a timeout of at most
+//! [`MAX_TIMEOUT`]; the read itself at most [`MAX_WAIT`] in a parent, waiting
+//! for a lost agent connection included), and ends early once every member
+//! the view expects to answer has answered.
 //!
 //! Query files: `query/NAME/ARG[;role=R][;node=N,M][;timeout=SECS]`. ARG is
 //! the payload: JSON if it parses (`null`, `{"role":"web"}`), else a string;
@@ -31,8 +33,14 @@ use crate::names::is_event_name;
 use crate::rpc::{Client, QueryParams, QueryRecord, RpcError};
 use crate::tags::{self, NodeInfo};
 
-/// What a reader waits at most; also the cap on asked timeouts.
+/// The cap on asked timeouts.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a query read waits in a parent, in all: the query's own
+/// timeout plus a second for the agent to take and end it, with any wait
+/// for a lost agent connection taken out of the query's time.
+pub const MAX_WAIT: Duration = Duration::from_secs(6);
+/// Of [`MAX_WAIT`], what is left for the agent beyond the query's timeout.
+const AGENT_SLACK: Duration = Duration::from_secs(1);
 /// The wait when the reader names none: long enough for handlers to answer
 /// on a loopback or LAN cluster, short enough for a `cat`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -161,7 +169,7 @@ impl Ask {
             .collect()
     }
 
-    fn params(&self) -> QueryParams {
+    fn params(&self, within: Duration) -> QueryParams {
         let mut filter_tags = BTreeMap::new();
         if let Some(role) = &self.role {
             filter_tags.insert(tags::ROLE.to_string(), format!("^{}$", regex_escape(role)));
@@ -173,7 +181,7 @@ impl Ask {
             filter_tags,
             request_ack: false,
             relay_factor: 0,
-            timeout: Some(self.timeout.min(MAX_TIMEOUT)),
+            timeout: Some(self.timeout.min(MAX_TIMEOUT).min(within)),
         }
     }
 }
@@ -191,12 +199,19 @@ pub struct Answers {
 }
 
 /// Asks the cluster and gathers answers until every expected member
-/// answered or the (bounded) timeout.
-pub async fn ask(client: &Client, snap: &Snapshot, ask: &Ask) -> Result<Answers, RpcError> {
+/// answered or the timeout (the ask's, capped at [`MAX_TIMEOUT`] and at
+/// `within`).
+pub async fn ask(
+    client: &Client,
+    snap: &Snapshot,
+    ask: &Ask,
+    within: Duration,
+) -> Result<Answers, RpcError> {
     let began = Instant::now();
     let expected = ask.expected(snap);
-    let deadline = tokio::time::Instant::now() + ask.timeout.min(MAX_TIMEOUT);
-    let mut sub = client.query(ask.params()).await?;
+    let timeout = ask.timeout.min(MAX_TIMEOUT).min(within);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut sub = client.query(ask.params(timeout)).await?;
     let mut responses = BTreeMap::new();
     while !expected.iter().all(|n| responses.contains_key(n)) {
         match tokio::time::timeout_at(deadline, sub.recv()).await {
@@ -234,36 +249,45 @@ impl<A: Asker> Asker for Arc<A> {
 }
 
 impl Asker for AgentRaise {
+    /// Within [`MAX_WAIT`] in all, a lost connection's wait included.
     async fn ask(&self, origin: &Origin, q: Ask) -> Result<Answers, i32> {
-        let Some(client) = self.client().await else {
-            tracing::warn!("query {}: {origin}: agent unreachable", q.name);
-            return Err(libc::EAGAIN);
+        let limit = tokio::time::Instant::now() + MAX_WAIT;
+        let asked = async {
+            let Some(client) = self.client().await else {
+                tracing::warn!("query {}: {origin}: agent unreachable", q.name);
+                return Err(libc::EAGAIN);
+            };
+            let snap = self.view().snapshot();
+            // The query gets what is left, less the agent's slack.
+            let left = limit.saturating_duration_since(tokio::time::Instant::now());
+            let within = left.saturating_sub(AGENT_SLACK);
+            match ask(&client, &snap, &q, within).await {
+                Ok(answers) => {
+                    tracing::debug!(query = %q.name, answers = answers.responses.len(), "query for {origin}");
+                    Ok(answers)
+                }
+                Err(e) => {
+                    tracing::warn!("query {}: {origin}: {e}", q.name);
+                    Err(match e {
+                        // Serf's 1 KB query limit, as the write node maps it.
+                        RpcError::Agent { message, .. } if message.contains("exceeds") => {
+                            libc::EMSGSIZE
+                        }
+                        RpcError::Agent { .. } => libc::EIO,
+                        _ => libc::EAGAIN,
+                    })
+                }
+            }
         };
-        let snap = self.view().snapshot();
-        // The query's own timeout bounds the wait; this covers the agent
-        // not answering the request itself.
-        match tokio::time::timeout(
-            MAX_TIMEOUT + Duration::from_secs(1),
-            ask(&client, &snap, &q),
-        )
-        .await
-        {
-            Ok(Ok(answers)) => {
-                tracing::debug!(query = %q.name, answers = answers.responses.len(), "query for {origin}");
-                Ok(answers)
+        match tokio::time::timeout_at(limit, asked).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    "query {}: {origin}: the agent did not answer within {MAX_WAIT:?}",
+                    q.name
+                );
+                Err(libc::EAGAIN)
             }
-            Ok(Err(e)) => {
-                tracing::warn!("query {}: {origin}: {e}", q.name);
-                Err(match e {
-                    // Serf's 1 KB query limit, as the write node maps it.
-                    RpcError::Agent { message, .. } if message.contains("exceeds") => {
-                        libc::EMSGSIZE
-                    }
-                    RpcError::Agent { .. } => libc::EIO,
-                    _ => libc::EAGAIN,
-                })
-            }
-            Err(_) => Err(libc::EAGAIN),
         }
     }
 }
@@ -454,7 +478,7 @@ mod tests {
         ask.nodes = vec!["c".into()];
         assert_eq!(ask.expected(&snap), ["c"]);
         assert_eq!(
-            ask.params().filter_tags["role"],
+            ask.params(MAX_TIMEOUT).filter_tags["role"],
             "^web$",
             "only the role is asked"
         );

@@ -33,11 +33,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
-use crate::control::{Event, Origin, Raise, DEFAULT_EVENT_LIMIT};
+use crate::control::{Event, Origin, Raise, DEFAULT_EVENT_LIMIT, RAISE_TIMEOUT, UNKNOWN};
 use crate::grants::{Allow, Grants};
 use crate::journal::{Entry, Journal};
 use crate::membership::{Containers, Mirror, Snapshot, View};
-use crate::query::{Answers, Ask, Asker, MAX_TIMEOUT};
+use crate::query::{Answers, Ask, Asker, MAX_WAIT};
 use crate::rpc::Member;
 
 /// The socket's file name in the share directory.
@@ -418,6 +418,15 @@ async fn raise_from_child<R: Raise>(
     (n, bad)
 }
 
+/// How long a child's write waits for its parent's verdict: longer than the
+/// parent waits for its agent ([`RAISE_TIMEOUT`]), so that the child hears
+/// the parent's verdict, "unknown" included, rather than guessing.
+pub const CHILD_RAISE_WAIT: Duration = Duration::from_secs(RAISE_TIMEOUT.as_secs() + 2);
+
+/// How long a child's query read waits for its parent: past the parent's
+/// own bound ([`MAX_WAIT`]).
+pub const CHILD_QUERY_WAIT: Duration = Duration::from_secs(MAX_WAIT.as_secs() + 1);
+
 /// What a child's mount asks of the parent, and where the answer goes.
 pub enum Request {
     /// A write: the writer's pid, its events; the answer is (events raised,
@@ -426,6 +435,7 @@ pub enum Request {
         pid: u32,
         events: Vec<WireEvent>,
         reply: oneshot::Sender<(usize, Option<i32>)>,
+        handoff: Handoff,
     },
     /// A query file's read.
     Query {
@@ -436,7 +446,7 @@ pub enum Request {
 }
 
 impl Request {
-    /// Answers "try again" (the link is down).
+    /// Answers "try again": never sent (the link is down).
     fn unavailable(self) {
         match self {
             Request::Events { reply, .. } => {
@@ -447,24 +457,66 @@ impl Request {
             }
         }
     }
+
+    /// Answers a request that was sent on a link lost before its verdict:
+    /// the parent may have raised the events ([`UNKNOWN`]); a query is simply
+    /// asked again by the next read.
+    fn unanswered(self) {
+        match self {
+            Request::Events { reply, .. } => {
+                let _ = reply.send((0, Some(UNKNOWN)));
+            }
+            Request::Query { reply, .. } => {
+                let _ = reply.send(Err(libc::EAGAIN));
+            }
+        }
+    }
+}
+
+/// Who decides a write request's fate first: the link, sending it to the
+/// parent, or the writer, giving up on it. Only a request the writer gave up
+/// on before it was sent is certainly not raised.
+#[derive(Clone, Default)]
+pub struct Handoff(Arc<std::sync::atomic::AtomicU8>);
+
+const QUEUED: u8 = 0;
+const SENT: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Handoff {
+    /// The link is about to send the request: false if it was withdrawn.
+    fn send(&self) -> bool {
+        self.swap_from_queued(SENT)
+    }
+
+    /// The writer gives up: true if the request was never sent (and now
+    /// never will be).
+    fn withdraw(&self) -> bool {
+        self.swap_from_queued(WITHDRAWN)
+    }
+
+    fn swap_from_queued(&self, to: u8) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 /// The child's side of the write node: events go to the parent's daemon.
 pub struct ParentRaise {
     requests: mpsc::Sender<Request>,
-    timeout: Duration,
 }
 
 impl ParentRaise {
     pub fn new(requests: mpsc::Sender<Request>) -> ParentRaise {
-        ParentRaise {
-            requests,
-            timeout: Duration::from_secs(5),
-        }
+        ParentRaise { requests }
     }
 }
 
 impl Raise for ParentRaise {
+    /// Within [`CHILD_RAISE_WAIT`]. Without a verdict: EAGAIN if the request
+    /// never left this process, [`UNKNOWN`] once it was sent.
     async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
         let n = events.len();
         let wire = events
@@ -475,21 +527,29 @@ impl Raise for ParentRaise {
             })
             .collect();
         let (tx, rx) = oneshot::channel();
+        let handoff = Handoff::default();
         let asked = async {
             let req = Request::Events {
                 pid: origin.pid,
                 events: wire,
                 reply: tx,
+                handoff: handoff.clone(),
             };
             self.requests.send(req).await.ok()?;
             rx.await.ok()
         };
-        match tokio::time::timeout(self.timeout, asked).await {
+        match tokio::time::timeout(CHILD_RAISE_WAIT, asked).await {
             Ok(Some((raised, None))) if raised == n => Ok(()),
             Ok(Some((raised, errno))) => Err((raised, errno.unwrap_or(libc::EIO))),
-            _ => {
-                tracing::warn!("write node: {origin}: parent serfnode unreachable");
+            _ if handoff.withdraw() => {
+                tracing::warn!("write node: {origin}: parent serfnode unreachable; not sent");
                 Err((0, libc::EAGAIN))
+            }
+            _ => {
+                tracing::warn!(
+                    "write node: {origin}: parent serfnode gave no verdict within {CHILD_RAISE_WAIT:?}; the events may yet be raised (ETIMEDOUT)"
+                );
+                Err((0, UNKNOWN))
             }
         }
     }
@@ -508,7 +568,7 @@ impl Asker for ParentRaise {
             self.requests.send(req).await.ok()?;
             rx.await.ok()
         };
-        match tokio::time::timeout(MAX_TIMEOUT + Duration::from_secs(2), asked).await {
+        match tokio::time::timeout(CHILD_QUERY_WAIT, asked).await {
             Ok(Some(result)) => result,
             _ => {
                 tracing::warn!("query {name}: {origin}: parent serfnode unreachable");
@@ -611,17 +671,24 @@ async fn link(
                     }
                 }
                 Ok(Some(ToChild::Journal { entries, backlog })) => {
+                    let last = entries.last().map(|e| e.seq);
+                    side.journal.mirror(entries, backlog);
                     if backlog {
-                        let last = entries.last().map_or(0, |e| e.seq);
-                        side.start.get_or_init(|| last);
+                        let start = last.map_or(0, |s| side.journal.mirrored_seq(s));
+                        side.start.get_or_init(|| start);
                     }
-                    side.journal.mirror(entries);
                 }
                 Ok(None) => break Err(ReplicaError::Link(std::io::ErrorKind::UnexpectedEof.into())),
                 Err(e) => break Err(e),
             },
             req = requests.recv() => {
                 let Some(req) = req else { break Ok(()) };
+                if let Request::Events { handoff, .. } = &req {
+                    if !handoff.send() {
+                        // The writer gave up on it and was told it was not sent.
+                        continue;
+                    }
+                }
                 next_id += 1;
                 let id = next_id;
                 let frame = match req {
@@ -636,10 +703,10 @@ async fn link(
             _ = stop.cancelled() => break Ok(()),
         }
     };
-    // Writes in flight on a lost link may or may not have been raised; the
-    // writer is told to try again (EAGAIN), as for an unreachable agent.
+    // Writes in flight on a lost link may or may not have been raised: the
+    // writer is told so (ETIMEDOUT), never to simply try again.
     for (_, req) in pending.drain() {
-        req.unavailable();
+        req.unanswered();
     }
     res
 }

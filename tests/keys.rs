@@ -155,25 +155,6 @@ fn rows(keys: &[(&str, &str)]) -> Vec<(String, String)> {
     rows
 }
 
-/// The `serf agent` a daemon runs: its pid.
-fn agent_pid(daemon: i32) -> i32 {
-    let mut found = None;
-    support::node::eventually(T, "the daemon's serf agent", || {
-        found = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<i32>().ok())
-            .find(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                // pid (comm) state ppid ...: comm may hold spaces, not ')'.
-                let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-                after.split_whitespace().nth(1) == Some(&daemon.to_string())
-                    && stat.contains("(serf)")
-            });
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 fn proc_file(pid: i32, file: &str) -> String {
     text(&std::fs::read(format!("/proc/{pid}/{file}")).unwrap()).replace('\0', " ")
 }
@@ -474,7 +455,7 @@ fn the_key_shows_on_no_command_line() {
     ));
 
     for (daemon, key) in [(sealed.child.id() as i32, &key), (filed.pid(), &file_key)] {
-        let serf = agent_pid(daemon);
+        let serf = support::node::agent_pid(daemon);
         let daemon_cmdline = proc_file(daemon, "cmdline");
         let serf_cmdline = proc_file(serf, "cmdline");
         assert!(!daemon_cmdline.contains(key.as_str()), "{daemon_cmdline}");

@@ -7,104 +7,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::node::{eventually, is_mounted, raw_write, Node, NodeOpts, SERFNODE};
+use support::child::{parent, Wrapped};
+use support::node::{eventually, raw_write, Node, NodeOpts};
 
 const T: Duration = Duration::from_secs(30);
-
-struct Wrapped {
-    mount: PathBuf,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Wrapped {
-    fn start(share: &Path, name: &str, extra: &[&str], cmd: &[&str]) -> Wrapped {
-        let dir = tempfile::tempdir().unwrap();
-        let mount = dir.path().join("mnt");
-        let child = Command::new(SERFNODE)
-            .args(["child", "--name", name, "--me-link", "none"])
-            .arg("--socket")
-            .arg(share.join("replica.sock"))
-            .arg("--mount")
-            .arg(&mount)
-            .args(extra)
-            .arg("--")
-            .args(cmd)
-            .env("SERFNODE_LOG", "info,serfnode=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Wrapped {
-            mount,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn json(&self, file: &str) -> Option<Value> {
-        serde_json::from_slice(&std::fs::read(self.mount.join(file)).ok()?).ok()
-    }
-
-    fn wait_json(&self, file: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(v) = self.json(file).filter(|v| pred(v)) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{file} in the child never matched: {:?}",
-                self.json(file)
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn finish(mut self, timeout: Duration) -> (i32, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                use std::io::Read;
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
-                assert!(!is_mounted(&self.mount), "child mount left behind");
-                return (status.code().unwrap_or(-1), out);
-            }
-            assert!(Instant::now() < deadline, "wrapper did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Wrapped {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_mounted(&self.mount) {
-            support::node::detach(&self.mount);
-        }
-    }
-}
-
-fn parent(name: &str, share: &Path) -> Node {
-    Node::start(NodeOpts {
-        name: name.into(),
-        role: "web".into(),
-        args: vec!["--share".into(), share.to_str().unwrap().into()],
-        ..NodeOpts::default()
-    })
-}
 
 #[test]
 fn a_child_mirrors_its_parent_and_writes_through_it() {

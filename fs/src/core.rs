@@ -10,16 +10,26 @@
 //!   rendered once and never change, so the kernel may cache its pages for as long as it
 //!   likes, and an open fd always reads one complete version.
 //! - The `children` of a current directory inode are exactly the names we track below it:
-//!   every name the kernel looked up and has not forgotten, plus current names it forgot
-//!   (kept so a current version keeps its inode number). Each child inode matches the node
+//!   every name the kernel looked up and has not forgotten. Each child inode matches the node
 //!   its name has in the current tree; `publish` restores that after swapping the root.
 //!   Volatile names are never tracked: a lookup of one returns its resolver (called by the
 //!   adapter without the lock), and each answer becomes a fresh inode that no name leads to.
+//! - An inode lives while the kernel holds it (it has not forgotten every lookup), and no
+//!   longer: current or not, it is freed when the kernel forgets it (a current name is looked
+//!   up again as a new inode; the kernel holds no page of the old one by then). So memory
+//!   follows what the kernel caches, and publishes compare only what it holds.
 //! - An inode is "current" while reachable from the root through `children`. A non-current
-//!   inode lives only until the kernel forgets it; it stays readable until then. A volatile
-//!   answer is never current but never outdated either (poll gives it no POLLPRI): it was
-//!   complete when made, and publishes never touch it. It is created already counted once
-//!   (the LOOKUP it answers) and freed when the kernel forgets it.
+//!   inode stays readable until the kernel forgets it. A volatile answer is never current but
+//!   never outdated either (poll gives it no POLLPRI): it was complete when made, and
+//!   publishes never touch it. It is created already counted once (the LOOKUP it answers).
+//! - Below an open-ended directory (`Dir::open_ended`: names beyond any listing, as many as
+//!   readers ask for) at most `OPEN_ENDED_KEEP` names are kept fresh: past that, the least
+//!   recently looked up are handed to the adapter to invalidate, so the kernel forgets them
+//!   (an open one stays tracked, and current, until closed). The kernel caches dentries until
+//!   memory pressure otherwise, and with them our inodes and the cost of every publish.
+//! - Poll handles are per inode and bounded (see `Polls`): the kernel never says when a
+//!   poller went away.
+//! - Listings are shared by every opendir of a directory that has not changed since.
 //! - Dentry invalidations are computed under the lock but sent by the caller after it is
 //!   released: the kernel takes directory locks for them that a pending lookup may hold.
 //!   A lookup counts itself under the same lock that orders it against a publish, and the
@@ -29,9 +39,8 @@
 //!   the name up once instead of revalidating it first), but only once no volatile lookup is
 //!   pending in its directory; see `Core::answered`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -39,12 +48,18 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::control::{self, ControlSink, ReplyFn, Writer, Writers};
-use crate::node::{Body, Dir, Doc, Node, NodeKind};
+use crate::node::{Body, Dir, Doc, Node, NodeKind, Slice};
 use crate::volatile::{Resolve, Resolved};
 
 pub(crate) const ROOT: u64 = 1;
 /// d_ino reported in listings for names never looked up (libfuse does the same).
 const UNKNOWN_INO: u64 = 0xffff_ffff;
+/// Names kept fresh below an open-ended directory; past it, the least recently looked up
+/// are invalidated, `OPEN_ENDED_BATCH` at a time (so eviction costs O(1) per lookup).
+pub(crate) const OPEN_ENDED_KEEP: usize = 256;
+const OPEN_ENDED_BATCH: usize = 64;
+/// Poll handles an inode keeps before waking the older ones (see `Polls`).
+pub(crate) const POLL_FLUSH_MIN: usize = 64;
 
 /// Attributes of a live inode; the adapter adds owner and permission bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,17 +101,7 @@ pub(crate) struct Entry {
 }
 
 /// A byte range of an immutable file version.
-pub(crate) struct Chunk {
-    bytes: Arc<Vec<u8>>,
-    range: Range<usize>,
-}
-
-impl Deref for Chunk {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.bytes[self.range.clone()]
-    }
-}
+pub(crate) type Chunk = Slice;
 
 /// What the kernel must be told after a publish.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -139,6 +144,8 @@ struct Resolving {
 struct Tree {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
+    /// Stamps lookups, for the recency of open-ended names.
+    next_stamp: u64,
 }
 
 struct Inode {
@@ -148,8 +155,14 @@ struct Inode {
     /// An answer of a volatile name: not current, yet never outdated.
     volatile: bool,
     created: SystemTime,
+    /// Where a tracked inode's name is (its directory, the name); unset for volatile answers.
+    place: Option<(u64, Arc<str>)>,
+    /// When it was last looked up (a `next_stamp`).
+    used: u64,
+    /// Handed out for invalidation from an open-ended directory, not looked up since.
+    evicted: bool,
     /// Poll handles (kernel `kh`) to wake when this inode stops being current.
-    polls: Vec<u64>,
+    polls: Polls,
     kind: Kind,
 }
 
@@ -162,18 +175,79 @@ enum Kind {
         parent: u64,
         dir: Arc<dyn Dir>,
         children: HashMap<Arc<str>, u64>,
+        /// Children not evicted.
+        fresh: usize,
+        /// The listing opendir shares until the directory or its children change.
+        listing: Option<Arc<[Entry]>>,
     },
     Control(Arc<dyn ControlSink>),
 }
 
+/// The poll handles waiting on one inode. In no-open mode the kernel never says that a
+/// poller's file was closed, so handles of gone pollers pile up while the file does not
+/// change (an open+poll+close loop, a `watch` reopening its file every second). Past
+/// `limit` handles all but the newest are woken and forgotten: the kernel polls a live
+/// poller again (at once for poll(2), at the next epoll_wait), which registers anew; a dead
+/// handle is dropped by the kernel (a wakeup for a closed file finds nothing). `limit`
+/// adapts to how many woken handles came back (live pollers), so live ones are not woken
+/// over and over: memory stays within a few times the live pollers plus `POLL_FLUSH_MIN`,
+/// and each gone handle costs one wakeup.
+#[derive(Default)]
+struct Polls {
+    handles: HashSet<u64>,
+    /// Handles woken and not back yet (recent flushes; trimmed, it is only a count's basis).
+    woken: HashSet<u64>,
+    /// Woken handles that came back since the last flush.
+    back: usize,
+    limit: usize,
+}
+
+impl Polls {
+    /// Registers `kh`; returns the handles to wake now (empty unless past the limit).
+    fn add(&mut self, kh: u64) -> Vec<u64> {
+        if self.woken.remove(&kh) {
+            self.back += 1;
+        }
+        let limit = self.limit.max(POLL_FLUSH_MIN);
+        if !self.handles.insert(kh) || self.handles.len() < limit {
+            return Vec::new();
+        }
+        self.limit = POLL_FLUSH_MIN + 2 * std::mem::take(&mut self.back);
+        let mut flushed = std::mem::take(&mut self.handles);
+        flushed.remove(&kh);
+        self.handles.insert(kh);
+        if self.woken.len() > 4 * self.limit {
+            self.woken.clear();
+        }
+        let wake: Vec<u64> = flushed.iter().copied().collect();
+        self.woken.extend(flushed);
+        wake
+    }
+
+    /// Every handle, for a change; the set is left empty.
+    fn take(&mut self) -> Vec<u64> {
+        let handles = std::mem::take(&mut self.handles);
+        *self = Polls::default();
+        handles.into_iter().collect()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.handles.len()
+    }
+}
+
 impl Inode {
-    fn new(kind: Kind) -> Inode {
+    fn new(kind: Kind, place: Option<(u64, Arc<str>)>) -> Inode {
         Inode {
             nlookup: 0,
             current: true,
             volatile: false,
             created: SystemTime::now(),
-            polls: Vec::new(),
+            place,
+            used: 0,
+            evicted: false,
+            polls: Polls::default(),
             kind,
         }
     }
@@ -192,8 +266,9 @@ impl Inode {
     fn refresh(&mut self, node: Node) -> Result<(), Node> {
         match (&mut self.kind, node) {
             (Kind::File { version, .. }, Node::File(doc)) if *version == doc.version() => Ok(()),
-            (Kind::Dir { dir, .. }, Node::Dir(new)) => {
+            (Kind::Dir { dir, listing, .. }, Node::Dir(new)) => {
                 *dir = new;
+                *listing = None;
                 Ok(())
             }
             (Kind::Control(sink), Node::Control(new)) => {
@@ -216,6 +291,13 @@ impl Inode {
             },
         }
     }
+}
+
+/// The parts of a directory inode that follow its tracked names.
+struct DirMut<'a> {
+    children: &'a mut HashMap<Arc<str>, u64>,
+    fresh: &'a mut usize,
+    listing: &'a mut Option<Arc<[Entry]>>,
 }
 
 /// What `Tree::lookup` found (the attributes are made outside the lock).
@@ -255,11 +337,84 @@ impl Tree {
         }
     }
 
-    fn children_mut(&mut self, ino: u64) -> Option<&mut HashMap<Arc<str>, u64>> {
+    /// What changes in a directory inode as names come and go.
+    fn dir_mut(&mut self, ino: u64) -> Option<DirMut<'_>> {
         match &mut self.inodes.get_mut(&ino)?.kind {
-            Kind::Dir { children, .. } => Some(children),
+            Kind::Dir {
+                children,
+                fresh,
+                listing,
+                ..
+            } => Some(DirMut {
+                children,
+                fresh,
+                listing,
+            }),
             _ => None,
         }
+    }
+
+    /// Tracks `ino` as `name` below directory `parent`.
+    fn track(&mut self, parent: u64, name: Arc<str>, ino: u64) {
+        if let Some(dir) = self.dir_mut(parent) {
+            dir.children.insert(name, ino);
+            *dir.fresh += 1;
+            *dir.listing = None;
+        }
+    }
+
+    /// Stops tracking `name` below `parent` if it still leads to `ino`.
+    fn untrack(&mut self, parent: u64, name: &str, ino: u64) {
+        let was_fresh = self.inodes.get(&ino).is_some_and(|i| !i.evicted);
+        if let Some(dir) = self.dir_mut(parent) {
+            if dir.children.get(name) == Some(&ino) {
+                dir.children.remove(name);
+                *dir.listing = None;
+                if was_fresh {
+                    *dir.fresh -= 1;
+                }
+            }
+        }
+    }
+
+    /// Below an open-ended directory past `OPEN_ENDED_KEEP` fresh names: marks the least
+    /// recently looked up as evicted and returns their names, to invalidate.
+    fn evict(&mut self, dir: u64) -> Vec<Arc<str>> {
+        let Some(Inode {
+            kind: Kind::Dir {
+                children, fresh, ..
+            },
+            ..
+        }) = self.inodes.get(&dir)
+        else {
+            return Vec::new();
+        };
+        if *fresh <= OPEN_ENDED_KEEP {
+            return Vec::new();
+        }
+        let excess = *fresh - (OPEN_ENDED_KEEP - OPEN_ENDED_BATCH);
+        let mut candidates: Vec<(u64, Arc<str>, u64)> = children
+            .iter()
+            .filter_map(|(name, &ino)| {
+                let child = self.inodes.get(&ino)?;
+                (!child.evicted).then(|| (child.used, Arc::clone(name), ino))
+            })
+            .collect();
+        let excess = excess.min(candidates.len());
+        if excess == 0 {
+            return Vec::new();
+        }
+        candidates.select_nth_unstable_by_key(excess - 1, |c| c.0);
+        candidates.truncate(excess);
+        let mut names = Vec::with_capacity(excess);
+        for (_, name, ino) in candidates {
+            self.tracked(ino).evicted = true;
+            names.push(name);
+        }
+        if let Some(dir) = self.dir_mut(dir) {
+            *dir.fresh -= names.len();
+        }
+        names
     }
 
     /// A child inode found in a `children` map (those always exist).
@@ -279,8 +434,10 @@ impl Tree {
         }
     }
 
-    fn lookup(&mut self, parent: u64, name: &str) -> Result<Hit, i32> {
-        let node = self.live_dir(parent)?.get(name).ok_or(libc::ENOENT)?;
+    /// Looks `name` up below `parent`; also returns the names evicted below `parent`.
+    fn lookup(&mut self, parent: u64, name: &str) -> Result<(Hit, Vec<Arc<str>>), i32> {
+        let dir = self.live_dir(parent)?;
+        let node = dir.get(name).ok_or(libc::ENOENT)?;
         let known = self.children(parent).and_then(|c| c.get(name)).copied();
         if let Node::Volatile(resolver) = node {
             // The name was something else until the owner's tree changed without a publish:
@@ -288,11 +445,12 @@ impl Tree {
             if let Some(ino) = known {
                 self.detach(parent, name.into(), ino, false, &mut Published::default());
             }
-            return Ok(Hit::Volatile(Resolution {
+            let hit = Hit::Volatile(Resolution {
                 parent,
                 name: name.into(),
                 resolver,
-            }));
+            });
+            return Ok((hit, Vec::new()));
         }
         let ino = match known {
             None => self.insert(parent, name, node),
@@ -306,9 +464,23 @@ impl Tree {
                 }
             },
         };
+        self.next_stamp += 1;
+        let stamp = self.next_stamp;
         let inode = self.inodes.get_mut(&ino).expect("just found or inserted");
         inode.nlookup += 1;
-        Ok(Hit::Inode(inode.view(ino)))
+        inode.used = stamp;
+        let view = inode.view(ino);
+        if std::mem::take(&mut inode.evicted) {
+            if let Some(dir) = self.dir_mut(parent) {
+                *dir.fresh += 1;
+            }
+        }
+        let evicted = if dir.open_ended() {
+            self.evict(parent)
+        } else {
+            Vec::new()
+        };
+        Ok((Hit::Inode(view), evicted))
     }
 
     /// A fresh file inode for one answer of a volatile name, counted for the LOOKUP it
@@ -316,10 +488,13 @@ impl Tree {
     fn insert_volatile(&mut self, bytes: Vec<u8>) -> View {
         let ino = self.next_ino;
         self.next_ino += 1;
-        let mut inode = Inode::new(Kind::File {
-            version: 0,
-            body: Arc::new(Body::from(Doc::ready(0, bytes))),
-        });
+        let mut inode = Inode::new(
+            Kind::File {
+                version: 0,
+                body: Arc::new(Body::from(Doc::ready(0, bytes))),
+            },
+            None,
+        );
         inode.nlookup = 1;
         inode.current = false;
         inode.volatile = true;
@@ -340,14 +515,16 @@ impl Tree {
                 parent,
                 dir,
                 children: HashMap::new(),
+                fresh: 0,
+                listing: None,
             },
             Node::Control(sink) => Kind::Control(sink),
             Node::Volatile(_) => unreachable!("volatile names are never tracked"),
         };
-        self.inodes.insert(ino, Inode::new(kind));
-        if let Some(children) = self.children_mut(parent) {
-            children.insert(name.into(), ino);
-        }
+        let name: Arc<str> = name.into();
+        let place = Some((parent, Arc::clone(&name)));
+        self.inodes.insert(ino, Inode::new(kind, place));
+        self.track(parent, name, ino);
         ino
     }
 
@@ -378,16 +555,24 @@ impl Tree {
     /// Takes `ino` (and everything tracked below it) out of the current tree. Inodes the
     /// kernel still holds become non-current and get an invalidation; the others are freed.
     fn detach(&mut self, parent: u64, name: Arc<str>, ino: u64, gone: bool, out: &mut Published) {
-        if let Some(children) = self.children_mut(parent) {
-            children.remove(&name);
-        }
+        self.untrack(parent, &name, ino);
         let Some(inode) = self.inodes.get_mut(&ino) else {
             return;
         };
         inode.current = false;
-        out.polls.append(&mut inode.polls);
+        inode.place = None;
+        out.polls.append(&mut inode.polls.take());
         let below = match &mut inode.kind {
-            Kind::Dir { children, .. } => std::mem::take(children),
+            Kind::Dir {
+                children,
+                fresh,
+                listing,
+                ..
+            } => {
+                *fresh = 0;
+                *listing = None;
+                std::mem::take(children)
+            }
             _ => HashMap::new(),
         };
         let held = inode.nlookup > 0;
@@ -407,16 +592,23 @@ impl Tree {
         }
     }
 
-    fn listing(&self, ino: u64) -> Result<Vec<Entry>, i32> {
-        let inode = self.inode(ino)?;
+    /// The directory's listing, shared while it does not change.
+    fn listing(&mut self, ino: u64) -> Result<Arc<[Entry]>, i32> {
+        let inode = self.inodes.get_mut(&ino).ok_or(libc::ENOENT)?;
+        let current = inode.current;
         let Kind::Dir {
             parent,
             dir,
             children,
-        } = &inode.kind
+            listing,
+            ..
+        } = &mut inode.kind
         else {
             return Err(libc::ENOTDIR);
         };
+        if let Some(shared) = listing {
+            return Ok(Arc::clone(shared));
+        }
         let dots = [(".", ino), ("..", *parent)];
         let mut entries: Vec<Entry> = dots
             .into_iter()
@@ -426,12 +618,16 @@ impl Tree {
                 name: name.to_owned(),
             })
             .collect();
-        if inode.current {
+        if current {
             entries.extend(dir.entries().into_iter().map(|(name, kind)| Entry {
                 ino: children.get(name.as_str()).copied().unwrap_or(UNKNOWN_INO),
                 kind,
                 name,
             }));
+        }
+        let entries: Arc<[Entry]> = entries.into();
+        if current {
+            *listing = Some(Arc::clone(&entries));
         }
         Ok(entries)
     }
@@ -439,15 +635,21 @@ impl Tree {
 
 impl Core {
     pub(crate) fn new(root: Arc<dyn Dir>) -> Core {
-        let root_inode = Inode::new(Kind::Dir {
-            parent: ROOT,
-            dir: root,
-            children: HashMap::new(),
-        });
+        let root_inode = Inode::new(
+            Kind::Dir {
+                parent: ROOT,
+                dir: root,
+                children: HashMap::new(),
+                fresh: 0,
+                listing: None,
+            },
+            None,
+        );
         Core {
             tree: Mutex::new(Tree {
                 inodes: HashMap::from([(ROOT, root_inode)]),
                 next_ino: ROOT + 1,
+                next_stamp: 0,
             }),
             writers: Arc::default(),
             listings: Mutex::default(),
@@ -471,14 +673,16 @@ impl Core {
     }
 
     /// Looks `name` up in the current tree and counts one kernel reference to the result;
-    /// for a volatile name, returns its resolver instead (see `resolve`).
-    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<Found, i32> {
+    /// for a volatile name, returns its resolver instead (see `resolve`). Also returns the
+    /// names below `parent` to invalidate now (evicted from an open-ended directory).
+    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<(Found, Vec<Arc<str>>), i32> {
         let name = name.to_str().ok_or(libc::ENOENT)?;
-        let found = self.tree.lock().lookup(parent, name)?;
-        Ok(match found {
+        let (found, evicted) = self.tree.lock().lookup(parent, name)?;
+        let found = match found {
             Hit::Inode(view) => Found::Inode(view.attr()),
             Hit::Volatile(resolution) => Found::Volatile(resolution),
-        })
+        };
+        Ok((found, evicted))
     }
 
     /// Asks the resolver for one answer of a volatile name; `reply` answers the LOOKUP when
@@ -550,21 +754,32 @@ impl Core {
         false
     }
 
-    /// The kernel dropped `n` references. Non-current inodes are freed at zero; current ones
-    /// stay (with their bytes) so the version keeps its inode number until outdated.
+    /// The kernel dropped `n` references. At zero the inode is freed, current or not: the
+    /// kernel holds no dentry, page or fd of it (its poll handles are dead), and the next
+    /// lookup of a current name makes a new inode.
     pub(crate) fn forget(&self, ino: u64, n: u64) {
         let mut tree = self.tree.lock();
         let Some(inode) = tree.inodes.get_mut(&ino) else {
             return;
         };
         inode.nlookup = inode.nlookup.saturating_sub(n);
-        if inode.nlookup == 0 {
-            // No fd can be open on an inode the kernel forgot: its poll handles are dead.
-            inode.polls.clear();
-            if !inode.current {
-                tree.inodes.remove(&ino);
-            }
+        if inode.nlookup > 0 || ino == ROOT {
+            return;
         }
+        let place = inode.place.take();
+        // A directory the kernel forgot holds no dentries below it either; anything still
+        // tracked there (never, in practice) goes the usual way.
+        let below = match &mut inode.kind {
+            Kind::Dir { children, .. } => std::mem::take(children),
+            _ => HashMap::new(),
+        };
+        for (name, child) in below {
+            tree.detach(ino, name, child, true, &mut Published::default());
+        }
+        if let Some((parent, name)) = place {
+            tree.untrack(parent, &name, ino);
+        }
+        tree.inodes.remove(&ino);
     }
 
     pub(crate) fn getattr(&self, ino: u64) -> Result<Attr, i32> {
@@ -592,21 +807,16 @@ impl Core {
             Kind::Dir { .. } => return Err(libc::EISDIR),
             Kind::Control(_) => return Err(libc::EACCES),
         };
-        let bytes = Arc::clone(body.bytes());
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        let end = start.saturating_add(size as usize).min(bytes.len());
-        Ok(Chunk {
-            bytes,
-            range: start..end,
-        })
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        Ok(body
+            .bytes()
+            .slice(start..start.saturating_add(size as usize)))
     }
 
     pub(crate) fn opendir(&self, ino: u64) -> Result<u64, i32> {
         let entries = self.tree.lock().listing(ino)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.listings.lock().insert(fh, entries.into());
+        self.listings.lock().insert(fh, entries);
         Ok(fh)
     }
 
@@ -621,8 +831,8 @@ impl Core {
     /// poll(2) readiness: files and directories are always readable, control nodes always
     /// writable; POLLPRI once the inode is no longer current (a newer version exists or the
     /// name is gone), never for a volatile answer. With `kh`, the kernel waits: remember it
-    /// to wake after a publish.
-    pub(crate) fn poll(&self, ino: u64, kh: Option<u64>) -> Result<u32, i32> {
+    /// to wake after a publish. Also returns older handles to wake now (see `Polls`).
+    pub(crate) fn poll(&self, ino: u64, kh: Option<u64>) -> Result<(u32, Vec<u64>), i32> {
         let mut tree = self.tree.lock();
         let inode = tree.inodes.get_mut(&ino).ok_or(libc::ENOENT)?;
         let ready = match inode.kind {
@@ -631,15 +841,23 @@ impl Core {
         } as u32;
         if inode.volatile {
             // Never changes, never outdated: nothing to wait for.
-            return Ok(ready);
+            return Ok((ready, Vec::new()));
         }
         if !inode.current {
-            return Ok(ready | libc::POLLPRI as u32);
+            return Ok((ready | libc::POLLPRI as u32, Vec::new()));
         }
-        if let Some(kh) = kh.filter(|kh| !inode.polls.contains(kh)) {
-            inode.polls.push(kh);
-        }
-        Ok(ready)
+        let wake = kh.map(|kh| inode.polls.add(kh)).unwrap_or_default();
+        Ok((ready, wake))
+    }
+
+    /// Poll handles an inode holds (for tests).
+    #[cfg(test)]
+    pub(crate) fn poll_handles(&self, ino: u64) -> usize {
+        self.tree
+            .lock()
+            .inodes
+            .get(&ino)
+            .map_or(0, |i| i.polls.len())
     }
 
     /// Hands the complete lines of one WRITE (at `offset` of the writer's file) to the

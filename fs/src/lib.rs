@@ -18,6 +18,12 @@
 //!   being served meanwhile. Each answer is its own immutable inode (no POLLPRI, untouched
 //!   by publishes), freed once the kernel forgets it. See `volatile` for what the kernel
 //!   does with such names (e.g. `stat` then `cat` resolves twice).
+//! - Bounded under hostile readers and writers: an inode lives only while the kernel holds
+//!   it; below an open-ended directory (`Dir::open_ended`) only the most recently looked-up
+//!   names are kept and the kernel is told to forget the others; poll handles of gone
+//!   pollers are woken and dropped past a small bound; opendirs of an unchanged directory
+//!   share one listing; control-node writers' partial lines are bounded per writer and in
+//!   all (see `control`). Documents may share bytes (`Parts`), e.g. every suffix of a log.
 //! - No request is ever held open waiting for a future event (fuser 0.18 ignores
 //!   FUSE_INTERRUPT, so such a waiter could not be killed). Control writes are held only
 //!   until the sink answers, and volatile lookups until the resolver answers; both must
@@ -37,5 +43,5 @@ mod volatile;
 pub use control::{Completion, ControlSink, Writer};
 pub use error::FsError;
 pub use mount::{detach, detach_stale, mount, Mount, MountOptions, Publisher};
-pub use node::{Dir, Doc, MapDir, Node, NodeKind};
+pub use node::{Dir, Doc, MapDir, Node, NodeKind, Parts};
 pub use volatile::{Resolve, Resolved};

@@ -97,20 +97,20 @@ pub fn mount(path: &Path, root: Arc<dyn Dir>, opts: &MountOptions) -> Result<Mou
         SessionACL::Owner
     };
     cfg.n_threads = Some(opts.threads.max(1));
-    let (unhash, unhash_rx) = mpsc::channel();
+    let (notices, notices_rx) = mpsc::channel();
     let fs = Fs {
         core: Arc::clone(&core),
-        unhash,
+        notices,
         // SAFETY: geteuid/getegid cannot fail and touch no memory.
         uid: unsafe { libc::geteuid() },
         gid: unsafe { libc::getegid() },
     };
     let session = Session::new(fs, &path, &cfg).map_err(failed)?;
     let notifier = session.notifier();
-    let (unhasher, unhash_core) = (notifier.clone(), Arc::clone(&core));
+    let (notice_sender, notice_core) = (notifier.clone(), Arc::clone(&core));
     thread::Builder::new()
-        .name("serfnode-unhash".to_owned())
-        .spawn(move || unhash_answered(&unhash_core, &unhasher, &unhash_rx))
+        .name("serfnode-notify".to_owned())
+        .spawn(move || send_notices(&notice_core, &notice_sender, &notices_rx))
         .map_err(failed)?;
     let session = session.spawn().map_err(failed)?;
     Ok(Mount {
@@ -268,19 +268,38 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-/// Names below a directory whose dentries the kernel should drop.
-type Unhash = (INodeNo, Vec<Arc<str>>);
+/// What a request handler asks the kernel to be told, after its reply.
+enum Notice {
+    /// Names below a directory whose dentries the kernel should drop: answered volatile
+    /// names, or names evicted from an open-ended directory.
+    Unhash(INodeNo, Vec<Arc<str>>),
+    /// Poll handles to wake (older ones of an inode, see `core::Polls`).
+    Wake(Vec<u64>),
+}
 
-/// Drops the dentries of answered volatile names (see `Core::answered` for why and when)
-/// until the session ends. Its own thread: the invalidation waits for the directory's lock,
-/// which lookups waiting for a FUSE worker or for a resolver (maybe one running on the thread
-/// that answered) may hold.
-fn unhash_answered(core: &Core, notifier: &Notifier, names: &Receiver<Unhash>) {
-    for (parent, names) in names {
-        for name in names.iter().filter(|name| core.unhash_now(parent.0, name)) {
-            // Fails harmlessly when the kernel has no such dentry any more.
-            if let Err(e) = notifier.inval_entry(parent, OsStr::new(&**name)) {
-                debug!(%name, "volatile dentry not dropped: {e}");
+/// Sends the notices request handlers ask for until the session ends: drops dentries (of
+/// answered volatile names, see `Core::answered` for why and when, and of names evicted from
+/// open-ended directories) and wakes poll handles. Its own thread: a dentry invalidation
+/// waits for the directory's lock, which lookups waiting for a FUSE worker or for a resolver
+/// (maybe one running on the thread that answered) may hold.
+fn send_notices(core: &Core, notifier: &Notifier, notices: &Receiver<Notice>) {
+    for notice in notices {
+        match notice {
+            Notice::Unhash(parent, names) => {
+                for name in names.iter().filter(|name| core.unhash_now(parent.0, name)) {
+                    // Fails harmlessly when the kernel has no such dentry any more.
+                    if let Err(e) = notifier.inval_entry(parent, OsStr::new(&**name)) {
+                        debug!(%name, "dentry not dropped: {e}");
+                    }
+                }
+            }
+            Notice::Wake(handles) => {
+                for kh in handles {
+                    // A handle whose file was closed is unknown to the kernel: ignored.
+                    if let Err(e) = notifier.poll(PollHandle(kh)) {
+                        debug!(kh, "poll wakeup not delivered: {e}");
+                    }
+                }
             }
         }
     }
@@ -346,8 +365,8 @@ fn unescape(field: &str) -> Vec<u8> {
 /// The `fuser::Filesystem`: every method counts the request, asks `Core` and replies.
 struct Fs {
     core: Arc<Core>,
-    /// To the thread that drops the dentries of answered volatile names.
-    unhash: Sender<Unhash>,
+    /// To the thread that sends the kernel notifications requests ask for.
+    notices: Sender<Notice>,
     uid: u32,
     gid: u32,
 }
@@ -355,6 +374,12 @@ struct Fs {
 impl Fs {
     fn attr(&self, attr: &Attr) -> FileAttr {
         file_attr(attr, self.uid, self.gid)
+    }
+
+    /// Hands `notice` to the notifying thread (gone only with the session, and the kernel
+    /// connection with it).
+    fn notify(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
     }
 }
 
@@ -401,7 +426,13 @@ impl fuser::Filesystem for Fs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.core.note_request();
-        match self.core.lookup(parent.0, name) {
+        let found = self.core.lookup(parent.0, name).map(|(found, evicted)| {
+            if !evicted.is_empty() {
+                self.notify(Notice::Unhash(parent, evicted));
+            }
+            found
+        });
+        match found {
             Ok(Found::Inode(attr)) => reply.entry(&TTL, &self.attr(&attr), Generation(0)),
             Ok(Found::Volatile(resolution)) => {
                 let (uid, gid) = (self.uid, self.gid);
@@ -415,11 +446,11 @@ impl fuser::Filesystem for Fs {
                     ),
                     Err(e) => reply.error(errno(e)),
                 });
-                let unhash = self.unhash.clone();
+                let notices = self.notices.clone();
                 let unhash: UnhashFn = Box::new(move |names| {
                     if !names.is_empty() {
                         // Fails only once the session is gone, and then there is no dentry.
-                        let _ = unhash.send((parent, names));
+                        let _ = notices.send(Notice::Unhash(parent, names));
                     }
                 });
                 self.core.resolve(resolution, reply, unhash);
@@ -602,7 +633,12 @@ impl fuser::Filesystem for Fs {
             .contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY)
             .then(|| ph.handle().0);
         match self.core.poll(ino.0, kh) {
-            Ok(ready) => reply.poll(PollEvents::from_bits_truncate(ready)),
+            Ok((ready, wake)) => {
+                reply.poll(PollEvents::from_bits_truncate(ready));
+                if !wake.is_empty() {
+                    self.notify(Notice::Wake(wake));
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -1,9 +1,11 @@
 //! The tree an owner publishes: named nodes that are versioned documents, directories,
 //! control (write) nodes or volatile files (resolved anew by each lookup), plus `MapDir`, a
-//! ready-made directory, and `Body`, the render-once bytes of one document version.
+//! ready-made directory, `Parts`, a document made of a small head and a slice of bytes other
+//! documents share, and `Body`, the render-once bytes of one document version.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -66,7 +68,90 @@ impl NodeKind {
     }
 }
 
-type Render = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+type Render = Arc<dyn Fn() -> Parts + Send + Sync>;
+
+/// The bytes of a document: `head`, then `shared[range]`. Many documents can show slices of
+/// one shared buffer (e.g. every suffix of a log) while each holds only its own head.
+#[derive(Clone)]
+pub struct Parts {
+    pub head: Vec<u8>,
+    pub shared: Arc<Vec<u8>>,
+    pub range: Range<usize>,
+}
+
+impl Parts {
+    /// Bytes of the document's own, nothing shared.
+    pub fn owned(bytes: Vec<u8>) -> Parts {
+        Parts::whole(Arc::new(bytes))
+    }
+
+    /// All of `shared`.
+    pub fn whole(shared: Arc<Vec<u8>>) -> Parts {
+        let range = 0..shared.len();
+        Parts {
+            head: Vec::new(),
+            shared,
+            range,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The document's bytes, copied out.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(&self.shared[self.range.clone()]);
+        out
+    }
+
+    /// The bytes in `at` (clamped to the document): borrowed when they lie in one part.
+    pub(crate) fn slice(&self, at: Range<usize>) -> Slice {
+        let end = at.end.min(self.len());
+        let start = at.start.min(end);
+        let h = self.head.len();
+        if start >= h {
+            let (a, b) = (self.range.start + start - h, self.range.start + end - h);
+            return Slice::Shared(Arc::clone(&self.shared), a..b);
+        }
+        let mut out = self.head[start..end.min(h)].to_vec();
+        if end > h {
+            out.extend_from_slice(&self.shared[self.range.start..self.range.start + end - h]);
+        }
+        Slice::Owned(out)
+    }
+}
+
+impl fmt::Debug for Parts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parts")
+            .field("head", &self.head.len())
+            .field("shared", &self.range)
+            .finish()
+    }
+}
+
+/// A byte range of a document, as a read answers it.
+pub(crate) enum Slice {
+    Shared(Arc<Vec<u8>>, Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Slice {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Slice::Shared(bytes, range) => &bytes[range.clone()],
+            Slice::Owned(bytes) => bytes,
+        }
+    }
+}
 
 /// One version of a file. Same (path, version) must always mean the same bytes — the owner
 /// guarantees it; the filesystem relies on it to let the kernel cache pages for good.
@@ -78,7 +163,7 @@ pub struct Doc {
 
 #[derive(Clone)]
 enum Source {
-    Ready(Arc<Vec<u8>>),
+    Ready(Parts),
     Lazy(Render),
 }
 
@@ -86,6 +171,11 @@ impl Doc {
     /// A document rendered lazily: `render` runs on the first lookup of this version, at most
     /// once per (path, version) while that version's inode lives, never during a publish.
     pub fn new(version: u64, render: impl Fn() -> Vec<u8> + Send + Sync + 'static) -> Doc {
+        Doc::parts(version, move || Parts::owned(render()))
+    }
+
+    /// Like `new`, for a document whose bytes are (partly) shared with others.
+    pub fn parts(version: u64, render: impl Fn() -> Parts + Send + Sync + 'static) -> Doc {
         Doc {
             version,
             source: Source::Lazy(Arc::new(render)),
@@ -96,7 +186,7 @@ impl Doc {
     pub fn ready(version: u64, bytes: Vec<u8>) -> Doc {
         Doc {
             version,
-            source: Source::Ready(Arc::new(bytes)),
+            source: Source::Ready(Parts::owned(bytes)),
         }
     }
 
@@ -108,8 +198,8 @@ impl Doc {
     /// filesystem itself renders each version once, through its inode).
     pub fn render(&self) -> Vec<u8> {
         match &self.source {
-            Source::Ready(bytes) => bytes.to_vec(),
-            Source::Lazy(render) => render(),
+            Source::Ready(parts) => parts.to_vec(),
+            Source::Lazy(render) => render().to_vec(),
         }
     }
 }
@@ -119,7 +209,7 @@ impl fmt::Debug for Doc {
         let mut s = f.debug_struct("Doc");
         s.field("version", &self.version);
         match &self.source {
-            Source::Ready(bytes) => s.field("len", &bytes.len()),
+            Source::Ready(parts) => s.field("len", &parts.len()),
             Source::Lazy(_) => s.field("len", &"lazy"),
         };
         s.finish()
@@ -137,6 +227,13 @@ pub trait Dir: Send + Sync + 'static {
     fn get(&self, name: &str) -> Option<Node>;
     /// The readdir listing, in any order.
     fn entries(&self) -> Vec<(String, NodeKind)>;
+    /// Whether `get` answers names beyond any listing, as many as are asked for (one per
+    /// number, per query...). The filesystem then keeps only the names looked up most
+    /// recently (and those still open) and has the kernel forget the others, so that
+    /// lookups of a million distinct names cost bounded memory and publishes stay cheap.
+    fn open_ended(&self) -> bool {
+        false
+    }
 }
 
 /// A directory held as a sorted map: the simple way to build a tree to publish.
@@ -175,7 +272,7 @@ impl Dir for MapDir {
 
 /// The bytes of one (path, version): rendered at most once, on first use, then immutable.
 pub(crate) struct Body {
-    bytes: OnceLock<Arc<Vec<u8>>>,
+    bytes: OnceLock<Parts>,
     /// Present until rendered; dropped afterwards so whatever it captured is freed.
     render: Mutex<Option<Render>>,
 }
@@ -183,13 +280,13 @@ pub(crate) struct Body {
 impl Body {
     /// The bytes, rendering them now if this is the first use. Concurrent callers wait for
     /// the one render instead of running their own.
-    pub(crate) fn bytes(&self) -> &Arc<Vec<u8>> {
+    pub(crate) fn bytes(&self) -> &Parts {
         self.bytes.get_or_init(|| {
             let mut slot = self.render.lock();
             let render = slot
                 .as_ref()
                 .expect("an unrendered body keeps its renderer");
-            let bytes = Arc::new(render());
+            let bytes = render();
             *slot = None;
             bytes
         })
@@ -199,8 +296,8 @@ impl Body {
 impl From<Doc> for Body {
     fn from(doc: Doc) -> Body {
         match doc.source {
-            Source::Ready(bytes) => Body {
-                bytes: OnceLock::from(bytes),
+            Source::Ready(parts) => Body {
+                bytes: OnceLock::from(parts),
                 render: Mutex::new(None),
             },
             Source::Lazy(render) => Body {

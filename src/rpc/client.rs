@@ -56,6 +56,8 @@ impl Drop for Handle {
 /// What the handles and both tasks share.
 struct Shared {
     addr: SocketAddr,
+    /// Our end of the connection (what the agent's log calls this client).
+    local: Option<SocketAddr>,
     /// Kept to authenticate the side connections of slow commands.
     auth_key: Option<String>,
     next_seq: AtomicU64,
@@ -96,19 +98,25 @@ enum Kind {
     Query,
 }
 
+/// One record for a subscriber, with the count of records dropped for it
+/// before this one was queued (so it can tell where it lost some).
+type Queued = (u64, Vec<u8>);
+
 /// The sending side of a subscription.
 #[derive(Clone)]
 struct Sink {
     kind: Kind,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Queued>,
     dropped: Arc<AtomicU64>,
 }
 
 impl Sink {
     /// Never blocks the reader: a subscriber that falls behind loses records
-    /// (its owner reconciles from `members` anyway).
+    /// (its owner reconciles from `members` anyway, and the event follower
+    /// marks the loss in the journal).
     fn push(&self, seq: u64, record: Vec<u8>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(record) {
+        let before = self.dropped.load(Ordering::Relaxed);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send((before, record)) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // Powers of two: a stuck subscriber does not flood the log.
             if n.is_power_of_two() {
@@ -202,9 +210,10 @@ impl Client {
         stream
             .set_nodelay(true)
             .map_err(|source| RpcError::Io { addr, source })?;
+        let local = stream.local_addr().ok();
         let (read, write) = stream.into_split();
-        let client =
-            Client::start(addr, auth_key.map(str::to_owned), read, write).with_timeout(timeout);
+        let client = Client::spawn(addr, local, auth_key.map(str::to_owned), read, write)
+            .with_timeout(timeout);
         client
             .call("handshake", Some(&proto::Handshake { version: 1 }), false)
             .await?;
@@ -217,8 +226,23 @@ impl Client {
     }
 
     /// Spawns the connection's tasks over any byte stream.
+    #[cfg(test)]
     pub(super) fn start<R, W>(
         addr: SocketAddr,
+        auth_key: Option<String>,
+        read: R,
+        write: W,
+    ) -> Client
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        Client::spawn(addr, None, auth_key, read, write)
+    }
+
+    fn spawn<R, W>(
+        addr: SocketAddr,
+        local: Option<SocketAddr>,
         auth_key: Option<String>,
         read: R,
         write: W,
@@ -230,6 +254,7 @@ impl Client {
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             addr,
+            local,
             auth_key,
             next_seq: AtomicU64::new(0),
             routes: Mutex::new(Routes {
@@ -263,6 +288,12 @@ impl Client {
 
     pub fn addr(&self) -> SocketAddr {
         self.shared().addr
+    }
+
+    /// Our end of the connection, as the agent names this client in its log
+    /// (`ipc.client: ADDR`); unknown for a connection not made by `connect`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared().local
     }
 
     pub fn is_closed(&self) -> bool {
@@ -373,6 +404,7 @@ impl Client {
             seq,
             rx,
             dropped,
+            seen: 0,
         })
     }
 
@@ -394,7 +426,7 @@ impl Client {
         command: &'static str,
         req: &B,
         kind: Kind,
-    ) -> Result<(u64, mpsc::Receiver<Vec<u8>>, Arc<AtomicU64>)> {
+    ) -> Result<(u64, mpsc::Receiver<Queued>, Arc<AtomicU64>)> {
         let (records, rx) = mpsc::channel(RECORD_BUFFER);
         let dropped = Arc::new(AtomicU64::new(0));
         let sink = Sink {
@@ -540,23 +572,42 @@ pub(super) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T>
 pub struct Subscription {
     client: Client,
     seq: u64,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Queued>,
     dropped: Arc<AtomicU64>,
+    /// Drops accounted for by the records received so far.
+    seen: u64,
 }
 
 impl Subscription {
     /// The next record; `None` once the connection closed. Cancel-safe.
     pub async fn recv(&mut self) -> Option<StreamRecord> {
+        self.next().await.map(|(_, record)| record)
+    }
+
+    /// The next record and how many records were dropped just before it
+    /// because this subscriber fell behind; `None` once the connection
+    /// closed. Cancel-safe.
+    pub async fn next(&mut self) -> Option<(u64, StreamRecord)> {
         loop {
-            let body = self.rx.recv().await?;
-            match decode::<proto::WireRecord>("stream record", &body)
-                .map(proto::WireRecord::into_record)
-            {
-                Ok(Ok(record)) => return Some(record),
+            let (before, body) = self.rx.recv().await?;
+            let lost = before - self.seen;
+            let record = decode::<proto::WireRecord>("stream record", &body)
+                .map(proto::WireRecord::into_record);
+            match record {
+                Ok(Ok(record)) => {
+                    self.seen = before;
+                    return Some((lost, record));
+                }
                 Ok(Err(event)) => debug!(event, "skipping a stream record of unknown kind"),
                 Err(e) => warn!("skipping a stream record: {e}"),
             }
         }
+    }
+
+    /// Records dropped after the last one received (e.g. before the
+    /// connection closed).
+    pub fn dropped_since_last(&self) -> u64 {
+        self.dropped() - self.seen
     }
 
     /// Records lost so far because this subscriber fell behind.
@@ -575,7 +626,7 @@ impl Drop for Subscription {
 pub struct QuerySubscription {
     client: Client,
     seq: u64,
-    rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Queued>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -584,7 +635,7 @@ impl QuerySubscription {
     /// connection closed. Cancel-safe.
     pub async fn recv(&mut self) -> Option<QueryRecord> {
         loop {
-            let body = self.rx.recv().await?;
+            let (_, body) = self.rx.recv().await?;
             match decode::<proto::WireQueryRecord>("query record", &body)
                 .map(proto::WireQueryRecord::into_record)
             {
@@ -1010,7 +1061,15 @@ mod tests {
         let (members, ()) = tokio::join!(client.members(), agent.members());
         assert_eq!(members.unwrap().len(), 4);
         assert_eq!(sub.dropped(), 5);
-        assert!(sub.recv().await.is_some());
+        // The queued records come first, then the loss shows before the
+        // first record queued after it.
+        for _ in 0..RECORD_BUFFER {
+            assert!(matches!(sub.next().await, Some((0, _))));
+        }
+        assert_eq!(sub.dropped_since_last(), 5);
+        agent.reply(seq, "", Some(RECORD_USER)).await;
+        assert!(matches!(sub.next().await, Some((5, _))));
+        assert_eq!(sub.dropped_since_last(), 0);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! Helpers shared by the integration tests: real `serf agent` and
 //! `serfnode` processes, and waiting for conditions.
 
+pub mod child;
 pub mod docker;
 pub mod node;
 pub mod serf;

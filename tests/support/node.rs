@@ -267,6 +267,20 @@ impl Node {
         None
     }
 
+    /// The pid of the `serf agent` this daemon supervises (waits for it).
+    pub fn wait_agent_pid(&self) -> i32 {
+        agent_pid(self.pid())
+    }
+
+    /// The journal's lines (`events`, or `events_since/N`), parsed.
+    pub fn journal(&self, file: &str) -> Vec<Value> {
+        journal_lines(
+            &self
+                .read(file)
+                .unwrap_or_else(|e| panic!("read {file}: {e}")),
+        )
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.pid(), sig) };
@@ -325,6 +339,85 @@ pub fn raw_write(path: &Path, bytes: &[u8]) -> Result<usize, i32> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// The `serf agent` a daemon runs: its pid.
+pub fn agent_pid(daemon: i32) -> i32 {
+    let mut found = None;
+    eventually(Duration::from_secs(30), "the daemon's serf agent", || {
+        found = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<i32>().ok())
+            .find(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // pid (comm) state ppid ...: comm may hold spaces, not ')'.
+                let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+                after.split_whitespace().nth(1) == Some(&daemon.to_string())
+                    && stat.contains("(serf)")
+            });
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// libfaketime, which `scripts/setup` installs (Debian's `faketime`).
+pub const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The environment that runs a daemon under libfaketime with its wall
+/// clock offset by what `offset` holds (e.g. `+0`, `-1h`; re-read on every
+/// call), monotonic time untouched, as on a host whose clock is stepped.
+/// (Serf, a Go program, does not read the clock through libc.)
+pub fn faketime_env(offset: &Path) -> Vec<(String, String)> {
+    assert!(
+        Path::new(FAKETIME).exists(),
+        "{FAKETIME} missing: scripts/setup installs Debian's faketime"
+    );
+    vec![
+        ("LD_PRELOAD".to_string(), FAKETIME.to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".to_string(),
+            offset.display().to_string(),
+        ),
+        ("FAKETIME_NO_CACHE".to_string(), "1".to_string()),
+        ("DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+    ]
+}
+
+/// Journal lines (one JSON object each), parsed.
+pub fn journal_lines(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journal line {l:?}: {e}")))
+        .collect()
+}
+
+/// Sends `sig` to process `pid` (a daemon, its agent, a wrapper).
+pub fn signal_pid(pid: i32, sig: i32) {
+    // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Stops process `pid` (SIGSTOP) and waits until every thread of it is
+/// stopped: kill(2) returns before the stop takes effect.
+pub fn stop_pid(pid: i32) {
+    signal_pid(pid, libc::SIGSTOP);
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.filter_map(Result::ok).all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            matches!(state, Some("T" | "t"))
+        })
+    };
+    eventually(
+        Duration::from_secs(10),
+        &format!("process {pid} to stop"),
+        stopped,
+    );
 }
 
 /// `VmRSS` of process `pid` in KiB, from /proc; None once it is gone.

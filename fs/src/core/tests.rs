@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
-use crate::control::{Completion, FRAGMENT_IDLE, MAX_FRAGMENT};
+use crate::control::{Completion, FRAGMENT_IDLE, MAX_FRAGMENT, MAX_PENDING, MAX_WRITERS};
 use crate::node::{Doc, MapDir};
 use crate::volatile::{Resolve, Resolved};
 
@@ -37,10 +37,18 @@ fn counted(version: u64, text: &'static str, renders: &Arc<AtomicUsize>) -> Node
 }
 
 fn lookup(core: &Core, parent: u64, name: &str) -> Result<Attr, i32> {
-    match core.lookup(parent, OsStr::new(name))? {
+    match core.lookup(parent, OsStr::new(name))?.0 {
         Found::Inode(attr) => Ok(attr),
         Found::Volatile(_) => panic!("{name} is volatile"),
     }
+}
+
+/// Readiness of a poll (and no handles to wake).
+fn ready(polled: Result<(u32, Vec<u64>), i32>) -> Result<u32, i32> {
+    polled.map(|(ready, wake)| {
+        assert!(wake.is_empty(), "woke {wake:?}");
+        ready
+    })
 }
 
 fn ino(core: &Core, parent: u64, name: &str) -> u64 {
@@ -109,7 +117,7 @@ fn publish_invalidates_exactly_the_known_names_that_changed() {
     let d = ino(&core, ROOT, "d");
     let x = ino(&core, d, "x");
     let y = ino(&core, d, "y");
-    core.forget(y, 1); // still current: tracked, but the kernel holds no dentry for it
+    core.forget(y, 1); // the kernel holds nothing of it: freed, though current
     let gone = ino(&core, ROOT, "gone");
     let g = ino(&core, ROOT, "g");
     let inner = ino(&core, g, "inner");
@@ -199,23 +207,90 @@ fn an_outdated_inode_stays_readable_until_forgotten() {
 }
 
 #[test]
-fn a_current_version_keeps_its_inode_after_forget_until_outdated() {
+fn a_forgotten_current_version_is_freed_and_looked_up_afresh() {
     let renders = Arc::new(AtomicUsize::new(0));
     let core = Core::new(tree(vec![("a", counted(1, "v1", &renders))]));
     let first = ino(&core, ROOT, "a");
-    core.forget(first, 1);
     assert_eq!(ino(&core, ROOT, "a"), first);
-    assert_eq!(renders.load(Ordering::SeqCst), 1);
-
     core.forget(first, 1);
+    assert_eq!(content(&core, first).unwrap(), b"v1", "still held once");
+    core.forget(first, 1);
+    assert_eq!(core.getattr(first), Err(libc::ENOENT));
+    assert_eq!(core.inode_count(), 1, "the root alone");
+    let second = ino(&core, ROOT, "a");
+    assert!(second > first, "never reused");
+    assert_eq!(content(&core, second).unwrap(), b"v1");
+    assert_eq!(renders.load(Ordering::SeqCst), 2, "rendered again");
+
+    core.forget(second, 1);
     let published = core.publish(tree(vec![("a", file(2, "v2"))]));
     assert_eq!(
         published,
         Published::default(),
         "nothing held: nothing to tell"
     );
-    assert_eq!(core.getattr(first), Err(libc::ENOENT));
-    assert_ne!(ino(&core, ROOT, "a"), first);
+}
+
+#[test]
+fn open_ended_directories_keep_only_the_recent_names() {
+    /// Answers every name, listing none.
+    struct Numbers;
+    impl Dir for Numbers {
+        fn get(&self, name: &str) -> Option<Node> {
+            Some(file(1, name))
+        }
+        fn entries(&self) -> Vec<(String, NodeKind)> {
+            Vec::new()
+        }
+        fn open_ended(&self) -> bool {
+            true
+        }
+    }
+    let core = Core::new(tree(vec![("n", Node::Dir(Arc::new(Numbers)))]));
+    let n = ino(&core, ROOT, "n");
+    let mut evicted = Vec::new();
+    let mut inos = HashMap::new();
+    for i in 0..10 * OPEN_ENDED_KEEP {
+        let name = i.to_string();
+        let (found, out) = core.lookup(n, OsStr::new(&name)).unwrap();
+        let Found::Inode(attr) = found else { panic!() };
+        inos.insert(name.clone(), attr.ino);
+        // The kernel forgets what it is told to (here at once), except "0",
+        // held open by a reader, and the most recent names.
+        for name in out {
+            if &*name != "0" {
+                core.forget(inos[&*name], 1);
+            }
+            evicted.push(name);
+        }
+    }
+    let tracked = core.inode_count() as usize;
+    assert!(
+        tracked <= OPEN_ENDED_KEEP + 3,
+        "{tracked} inodes for {} names",
+        10 * OPEN_ENDED_KEEP
+    );
+    assert!(evicted.iter().any(|n| &**n == "0"), "the oldest go first");
+    assert!(!evicted
+        .iter()
+        .any(|n| **n == (10 * OPEN_ENDED_KEEP - 1).to_string()));
+    // The held name is still tracked and current: a change reaches it.
+    let published = core.publish(tree(vec![("n", Node::Dir(Arc::new(MapDir::new())))]));
+    assert!(published.invals.iter().any(|i| i.child == inos["0"]));
+    // An ordinary directory keeps every name it is asked for.
+    let names: Vec<(String, Node)> = (0..2 * OPEN_ENDED_KEEP)
+        .map(|i| (i.to_string(), file(1, "x")))
+        .collect();
+    let plain = MapDir::new();
+    let plain = names
+        .into_iter()
+        .fold(plain, |d, (n, node)| d.with(n, node));
+    let core = Core::new(tree(vec![("p", Node::Dir(Arc::new(plain)))]));
+    let p = ino(&core, ROOT, "p");
+    for i in 0..2 * OPEN_ENDED_KEEP {
+        let (_, out) = core.lookup(p, OsStr::new(&i.to_string())).unwrap();
+        assert!(out.is_empty());
+    }
 }
 
 #[test]
@@ -268,30 +343,75 @@ fn poll_raises_pri_once_outdated_and_wakes_registered_handles() {
     ]));
     let a = ino(&core, ROOT, "a");
     let (pollin, pollpri) = (libc::POLLIN as u32, libc::POLLPRI as u32);
-    assert_eq!(core.poll(a, None), Ok(pollin));
-    assert_eq!(core.poll(a, Some(7)), Ok(pollin));
-    assert_eq!(core.poll(a, Some(7)), Ok(pollin));
+    assert_eq!(ready(core.poll(a, None)), Ok(pollin));
+    assert_eq!(ready(core.poll(a, Some(7))), Ok(pollin));
+    assert_eq!(ready(core.poll(a, Some(7))), Ok(pollin));
     assert_eq!(
-        core.poll(ino(&core, ROOT, "c"), None),
+        ready(core.poll(ino(&core, ROOT, "c"), None)),
         Ok(libc::POLLOUT as u32)
     );
 
     let unrelated = core.publish(tree(vec![("a", file(1, "a1")), ("b", file(2, "b2"))]));
     assert!(unrelated.polls.is_empty());
-    assert_eq!(core.poll(a, None), Ok(pollin));
+    assert_eq!(ready(core.poll(a, None)), Ok(pollin));
 
     let outdating = core.publish(tree(vec![("a", file(2, "a2"))]));
     assert_eq!(outdating.polls, vec![7], "one wakeup per handle");
-    assert_eq!(core.poll(a, Some(8)), Ok(pollin | pollpri));
+    assert_eq!(ready(core.poll(a, Some(8))), Ok(pollin | pollpri));
     let a2 = ino(&core, ROOT, "a");
-    assert_eq!(core.poll(a2, None), Ok(pollin));
+    assert_eq!(ready(core.poll(a2, None)), Ok(pollin));
 
     // Handles of an inode the kernel forgot belong to closed files: dropped.
-    assert_eq!(core.poll(a2, Some(9)), Ok(pollin));
+    assert_eq!(ready(core.poll(a2, Some(9))), Ok(pollin));
     core.forget(a2, 1);
     let later = core.publish(tree(vec![("a", file(3, "a3"))]));
     assert!(later.polls.is_empty());
     assert_eq!(core.poll(12345, None), Err(libc::ENOENT));
+}
+
+#[test]
+fn poll_handles_of_gone_pollers_are_woken_and_dropped_past_a_bound() {
+    let core = Core::new(tree(vec![("a", file(1, "a1"))]));
+    let a = ino(&core, ROOT, "a");
+    // A million pollers that each poll once and go (open, poll, close):
+    // the handles stay bounded, each is woken once.
+    let mut woken = 0;
+    for kh in 0..100_000 {
+        let (_, wake) = core.poll(a, Some(kh)).unwrap();
+        woken += wake.len();
+        assert!(core.poll_handles(a) <= POLL_FLUSH_MIN);
+    }
+    assert!(woken >= 100_000 - POLL_FLUSH_MIN, "{woken} woken");
+    // Live pollers come back when woken: they are kept, and not woken at
+    // every new handle.
+    let live: Vec<u64> = (1_000_000..1_000_200).collect();
+    let mut wakes_of_live = 0;
+    let mut next_dead = 2_000_000;
+    for round in 0..50 {
+        let mut again = Vec::new();
+        for &kh in &live {
+            let (_, wake) = core.poll(a, Some(kh)).unwrap();
+            again.extend(wake);
+        }
+        for _ in 0..10 {
+            let (_, wake) = core.poll(a, Some(next_dead)).unwrap();
+            again.extend(wake);
+            next_dead += 1;
+        }
+        // Woken live pollers poll again (the next round does).
+        let live_woken = again.iter().filter(|k| live.contains(k)).count();
+        if round > 5 {
+            wakes_of_live += live_woken;
+        }
+    }
+    assert!(core.poll_handles(a) <= POLL_FLUSH_MIN + 2 * live.len() + 10);
+    assert!(
+        wakes_of_live <= 3 * live.len(),
+        "live pollers woken {wakes_of_live} times in 44 rounds"
+    );
+    // A change wakes every registered handle.
+    let published = core.publish(tree(vec![("a", file(2, "a2"))]));
+    assert!(published.polls.len() >= live.len());
 }
 
 #[test]
@@ -332,6 +452,21 @@ fn listings_are_snapshots_of_the_current_tree() {
         .collect();
     assert_eq!(names, [".", "..", "z"]);
     assert_eq!(core.opendir(ino(&core, ROOT, "z")), Err(libc::ENOTDIR));
+
+    // Opendirs of an unchanged directory share one listing; a lookup there
+    // (a new inode number to show) or a publish makes a new one.
+    core.forget(ino(&core, ROOT, "z"), 2);
+    let (one, two) = (core.opendir(ROOT).unwrap(), core.opendir(ROOT).unwrap());
+    assert_eq!(core.readdir(one).unwrap()[2].ino, UNKNOWN_INO);
+    assert!(Arc::ptr_eq(
+        &core.readdir(one).unwrap(),
+        &core.readdir(two).unwrap()
+    ));
+    let z = ino(&core, ROOT, "z");
+    let three = core.opendir(ROOT).unwrap();
+    let listing = core.readdir(three).unwrap();
+    assert!(!Arc::ptr_eq(&core.readdir(one).unwrap(), &listing));
+    assert_eq!(listing[2].ino, z);
 }
 
 #[test]
@@ -580,7 +715,7 @@ fn completions_may_answer_later_from_another_thread() {
 /// The kernel splits a write(2) at page boundaries; a failure of a later piece makes the
 /// write(2) return what the earlier pieces accepted, and the writer retries from there.
 #[test]
-fn a_rejected_line_split_across_writes_rejects_its_retried_tail() {
+fn a_rejected_line_split_across_writes_is_tried_whole_again_when_retried() {
     let sink = Sink::new();
     let (core, c) = control_core(&sink);
     let now = Instant::now();
@@ -588,7 +723,7 @@ fn a_rejected_line_split_across_writes_rejects_its_retried_tail() {
     let (head, tail) = data.split_at(6);
     assert_eq!(write_at(&core, c, 1, (4090, head), now), Ok(6));
     assert_eq!(write_at(&core, c, 1, (4096, tail), now), Err(libc::EINVAL));
-    // write(2) returned 6; the writer retries the rest and must get the error, not a new line.
+    // write(2) returned 6; the writer retries the rest: the whole line again, not its tail.
     assert_eq!(write_at(&core, c, 1, (4096, tail), now), Err(libc::EINVAL));
     // Its next, different write is a line again.
     assert_eq!(write_at(&core, c, 1, (4096, b"next\n"), now), Ok(5));
@@ -601,6 +736,7 @@ fn a_rejected_line_split_across_writes_rejects_its_retried_tail() {
         sink.lines(),
         vec![
             vec!["ok"],
+            vec![r#"["bad",1]"#, "next"],
             vec![r#"["bad",1]"#, "next"],
             vec!["next"],
             vec![r#"ad",1]"#, "next"],
@@ -620,6 +756,156 @@ fn a_rejected_line_split_across_writes_rejects_its_retried_tail() {
     );
     assert_eq!(write_at(&core, c, 3, (4096, b"y\n"), now), Ok(2));
     assert_eq!(sink.lines().last().unwrap(), &vec!["y"]);
+}
+
+/// A sink refusing with EAGAIN until opened, as the event rate does.
+fn gated(open: &Arc<std::sync::atomic::AtomicBool>) -> Arc<Sink> {
+    let open = Arc::clone(open);
+    Sink::with(move |_, done| {
+        if open.load(Ordering::SeqCst) {
+            done.accept_all()
+        } else {
+            done.fail(0, libc::EAGAIN)
+        }
+    })
+}
+
+#[test]
+fn a_refused_write_leaves_the_pending_bytes_as_they_were() {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = gated(&open);
+    let (core, c) = control_core(&sink);
+    let now = Instant::now();
+    // The head is taken; its end is refused, retried, refused, then taken.
+    assert_eq!(write_at(&core, c, 1, (0, br#"["b",2"#), now), Ok(6));
+    for _ in 0..3 {
+        assert_eq!(write_at(&core, c, 1, (6, b"]\n"), now), Err(libc::EAGAIN));
+    }
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(write_at(&core, c, 1, (6, b"]\n"), now), Ok(2));
+    assert_eq!(sink.lines().last().unwrap(), &vec![r#"["b",2]"#]);
+
+    // Refused, then the writer moves on: the refused line's head is dropped.
+    open.store(false, Ordering::SeqCst);
+    assert_eq!(write_at(&core, c, 1, (8, br#"["c",3"#), now), Ok(6));
+    assert_eq!(write_at(&core, c, 1, (14, b"]\n"), now), Err(libc::EAGAIN));
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(write_at(&core, c, 1, (14, b"[\"d\",4]\n"), now), Ok(8));
+    assert_eq!(sink.lines().last().unwrap(), &vec![r#"["d",4]"#]);
+    assert_eq!(core.writers.len(), 0, "nothing left behind");
+}
+
+#[test]
+fn an_unknown_outcome_is_told_to_a_writer_that_got_a_short_count_before_any_retry() {
+    let sink = Sink::with(
+        |lines, done| match lines.iter().position(|l| l == b"late") {
+            Some(k) => done.unknown(k, libc::ETIMEDOUT),
+            None => done.accept_all(),
+        },
+    );
+    let (core, c) = control_core(&sink);
+    let now = Instant::now();
+    // Line 1 taken, line 2 unknown: a short count, then the errno for the retry, untried.
+    assert_eq!(write_at(&core, c, 1, (0, b"ok\nlate\n"), now), Ok(3));
+    assert_eq!(
+        write_at(&core, c, 1, (3, b"late\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    assert_eq!(sink.lines().len(), 1, "not tried again");
+    // Told once; a retry after that is the writer's choice: tried.
+    assert_eq!(
+        write_at(&core, c, 1, (3, b"late\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    assert_eq!(sink.lines().len(), 2);
+
+    // A later piece of a split write(2) (on a page boundary): the same.
+    assert_eq!(write_at(&core, c, 2, (4090, b"[\"ok\","), now), Ok(6));
+    assert_eq!(write_at(&core, c, 2, (4096, b"1]\nlate\n"), now), Ok(3));
+    assert_eq!(
+        write_at(&core, c, 2, (4099, b"late\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    let tried = sink.lines().len();
+    assert_eq!(write_at(&core, c, 3, (4090, b"la"), now), Ok(2));
+    assert_eq!(
+        write_at(&core, c, 3, (4096, b"te\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    assert_eq!(
+        write_at(&core, c, 3, (4096, b"te\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    assert_eq!(
+        sink.lines().len(),
+        tried + 1,
+        "the retry was answered untried"
+    );
+    // ... and then tried whole.
+    assert_eq!(
+        write_at(&core, c, 3, (4096, b"te\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    assert_eq!(sink.lines().len(), tried + 2);
+    assert_eq!(sink.lines().last().unwrap(), &vec!["late"]);
+
+    // A writer that saw the errno itself (not on a page boundary) retries at once.
+    assert_eq!(
+        write_at(&core, c, 4, (10, b"late\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    let tried = sink.lines().len();
+    assert_eq!(
+        write_at(&core, c, 4, (10, b"late\n"), now),
+        Err(libc::ETIMEDOUT)
+    );
+    assert_eq!(sink.lines().len(), tried + 1);
+}
+
+#[test]
+fn all_writers_together_keep_bounded_state() {
+    let sink = Sink::new();
+    let (core, c) = control_core(&sink);
+    let now = Instant::now();
+    let fragment = vec![b'x'; MAX_FRAGMENT];
+    let fit = MAX_PENDING / MAX_FRAGMENT;
+    for pid in 0..fit as u32 {
+        assert_eq!(
+            write_at(&core, c, pid, (0, &fragment), now),
+            Ok(MAX_FRAGMENT as u32)
+        );
+    }
+    // No room for another partial line: refused, or only the complete lines taken.
+    let next = fit as u32;
+    assert_eq!(
+        write_at(&core, c, next, (0, b"frag"), now),
+        Err(libc::EAGAIN)
+    );
+    assert_eq!(write_at(&core, c, next, (0, b"whole\nfrag"), now), Ok(6));
+    assert_eq!(write_at(&core, c, next, (0, b"whole\n"), now), Ok(6));
+    // A writer completing its line frees its room.
+    assert_eq!(
+        write_at(&core, c, 0, (MAX_FRAGMENT as u64, b"\n"), now),
+        Ok(1)
+    );
+    assert_eq!(write_at(&core, c, next, (0, b"frag"), now), Ok(4));
+    // Idle states go, making room.
+    let later = now + FRAGMENT_IDLE + Duration::from_secs(1);
+    assert_eq!(
+        write_at(&core, c, next + 1, (0, &fragment), later),
+        Ok(MAX_FRAGMENT as u32)
+    );
+    assert_eq!(core.writers.len(), 1);
+
+    // So do writer counts: many small fragments.
+    let (core, c) = control_core(&sink);
+    for pid in 0..MAX_WRITERS as u32 {
+        assert_eq!(write_at(&core, c, pid, (0, b"f"), now), Ok(1));
+    }
+    assert_eq!(
+        write_at(&core, c, 999_999, (0, b"f"), now),
+        Err(libc::EAGAIN)
+    );
 }
 
 #[test]
@@ -731,7 +1017,7 @@ impl Answer {
 
 /// Looks up a volatile name and asks its resolver, as the adapter does.
 fn resolve(core: &Arc<Core>, parent: u64, name: &str) -> Answer {
-    let Found::Volatile(resolution) = core.lookup(parent, OsStr::new(name)).unwrap() else {
+    let Found::Volatile(resolution) = core.lookup(parent, OsStr::new(name)).unwrap().0 else {
         panic!("{name} is not volatile");
     };
     let (entry_tx, entry) = mpsc::channel();
@@ -796,12 +1082,12 @@ fn each_lookup_of_a_volatile_name_resolves_to_a_fresh_untracked_inode() {
     let listed = core.readdir(fh).unwrap();
     let q = listed.iter().find(|e| e.name == "q").unwrap();
     assert_eq!((q.ino, q.kind), (UNKNOWN_INO, NodeKind::File));
-    assert_eq!(core.poll(two.ino, Some(3)), Ok(libc::POLLIN as u32));
+    assert_eq!(ready(core.poll(two.ino, Some(3))), Ok(libc::POLLIN as u32));
     let published = core.publish(tree(vec![("a", file(1, "a1"))]));
     assert_eq!(published.polls, Vec::<u64>::new());
     assert!(published.invals.iter().all(|i| i.name.as_ref() == "d"));
     assert_eq!(
-        core.poll(two.ino, None),
+        ready(core.poll(two.ino, None)),
         Ok(libc::POLLIN as u32),
         "an answer is never outdated"
     );
@@ -900,7 +1186,7 @@ fn a_name_that_turns_volatile_stops_being_tracked() {
     ]));
     assert_eq!(published.invals, vec![inval(ROOT, "a", a, false)]);
     assert_eq!(
-        core.poll(a, None),
+        ready(core.poll(a, None)),
         Ok((libc::POLLIN | libc::POLLPRI) as u32)
     );
     let answer = resolve(&core, ROOT, "a").entry().unwrap();
@@ -915,7 +1201,7 @@ fn a_name_that_turns_volatile_stops_being_tracked() {
     resolve(&core, s, "b").entry().unwrap();
     assert!(core.tree.lock().children(s).unwrap().is_empty());
     assert_eq!(
-        core.poll(b, None),
+        ready(core.poll(b, None)),
         Ok((libc::POLLIN | libc::POLLPRI) as u32)
     );
     assert_eq!(
