@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::rpc::peer::AgentPid;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -36,6 +37,9 @@ pub struct AgentConfig {
     pub inherit_fd: Option<i32>,
     /// How long the graceful leave may take at shutdown before SIGKILL.
     pub leave_timeout: Duration,
+    /// Set to the agent's pid while it runs: the RPC client talks only to
+    /// that process (see [`crate::rpc::peer`]).
+    pub pid: AgentPid,
 }
 
 impl AgentConfig {
@@ -224,8 +228,10 @@ pub async fn supervise(cfg: AgentConfig, shutdown: CancellationToken) {
             }
         };
         tracing::info!(pid = child.id(), node = %cfg.node, rpc = %cfg.rpc, "serf agent started");
+        cfg.pid.set(child.id());
         tokio::select! {
             status = child.wait() => {
+                cfg.pid.set(None);
                 let status = describe(status);
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
@@ -238,6 +244,7 @@ pub async fn supervise(cfg: AgentConfig, shutdown: CancellationToken) {
             }
             _ = shutdown.cancelled() => {
                 stop(&mut child, cfg.leave_timeout).await;
+                cfg.pid.set(None);
                 return;
             }
         }

@@ -34,6 +34,7 @@
 //!       privileged: no           # YAML 1.1 booleans, as PyYAML read them
 //!       handlers: /app/handlers  # run in the child [/etc/serfnode/handlers]
 //!       allow: {events: [deploy, "app-*"], queries: [where]}  # [all]
+//!       show_secrets: no         # secret-looking env values in its files [no]
 //! handlers: /handlers            # the parent's [/etc/serfnode/handlers]
 //! ```
 //!
@@ -132,6 +133,12 @@ pub struct ChildSpec {
     /// The user events it may raise and queries it may ask.
     #[serde(default)]
     pub allow: Allow,
+    /// Show this child the values of secret-looking environment variables
+    /// (`*KEY*`, `*SECRET*`, `*TOKEN*`, `*PASSWORD*`) in its `parent.json`
+    /// and `me.json` [default: redacted]. serfnode's own secrets are never
+    /// shown.
+    #[serde(default, deserialize_with = "yaml11_bool")]
+    pub show_secrets: bool,
 }
 
 /// What is wrong, whole in its message (the causes are not chained).

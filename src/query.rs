@@ -6,6 +6,10 @@
 //! which fuser cannot interrupt: every ask is bounded ([`MAX_TIMEOUT`]), and
 //! ends early once every member the view expects to answer has answered.
 //!
+//! A query travels in the origin envelope of [`crate::events`] (who asked:
+//! this node and, for a child's query file, the child), so every member's
+//! handler sees who asked, as for events.
+//!
 //! Query files: `query/NAME/ARG[;role=R][;node=N,M][;timeout=SECS]`. ARG is
 //! the payload: JSON if it parses (`null`, `{"role":"web"}`), else a string;
 //! `%XX` escapes stand for bytes a file name cannot hold (`/`) or that the
@@ -24,7 +28,7 @@ use serde_json::{json, Value};
 use serfnode_fs::Resolved;
 
 use crate::control::{AgentRaise, Origin};
-use crate::events::plain;
+use crate::events::{self, plain};
 use crate::files::QueryFiles;
 use crate::membership::Snapshot;
 use crate::names::is_event_name;
@@ -161,14 +165,23 @@ impl Ask {
             .collect()
     }
 
-    fn params(&self) -> QueryParams {
+    /// The payload as it goes on the wire: in the envelope naming `from`.
+    /// Fails for a payload nested too deep for receivers to unwrap.
+    pub fn wire_payload(&self, from: &events::From) -> Result<Vec<u8>, serde_json::Error> {
+        events::wrap(
+            from,
+            &serde_json::to_vec(&self.payload).expect("json values serialize"),
+        )
+    }
+
+    fn params(&self, payload: Vec<u8>) -> QueryParams {
         let mut filter_tags = BTreeMap::new();
         if let Some(role) = &self.role {
             filter_tags.insert(tags::ROLE.to_string(), format!("^{}$", regex_escape(role)));
         }
         QueryParams {
             name: self.name.clone(),
-            payload: serde_json::to_vec(&self.payload).expect("json values serialize"),
+            payload,
             filter_nodes: self.nodes.clone(),
             filter_tags,
             request_ack: false,
@@ -190,13 +203,18 @@ pub struct Answers {
     pub elapsed_ms: u64,
 }
 
-/// Asks the cluster and gathers answers until every expected member
-/// answered or the (bounded) timeout.
-pub async fn ask(client: &Client, snap: &Snapshot, ask: &Ask) -> Result<Answers, RpcError> {
+/// Asks the cluster (with `payload`, [`Ask::wire_payload`]) and gathers
+/// answers until every expected member answered or the (bounded) timeout.
+pub async fn ask(
+    client: &Client,
+    snap: &Snapshot,
+    ask: &Ask,
+    payload: Vec<u8>,
+) -> Result<Answers, RpcError> {
     let began = Instant::now();
     let expected = ask.expected(snap);
     let deadline = tokio::time::Instant::now() + ask.timeout.min(MAX_TIMEOUT);
-    let mut sub = client.query(ask.params()).await?;
+    let mut sub = client.query(ask.params(payload)).await?;
     let mut responses = BTreeMap::new();
     while !expected.iter().all(|n| responses.contains_key(n)) {
         match tokio::time::timeout_at(deadline, sub.recv()).await {
@@ -240,11 +258,22 @@ impl Asker for AgentRaise {
             return Err(libc::EAGAIN);
         };
         let snap = self.view().snapshot();
+        let from = events::From {
+            node: snap.local.clone().unwrap_or_default(),
+            child: origin.child.clone(),
+        };
+        let payload = match q.wire_payload(&from) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!("query {}: {origin}: payload not sent: {e}", q.name);
+                return Err(libc::EINVAL);
+            }
+        };
         // The query's own timeout bounds the wait; this covers the agent
         // not answering the request itself.
         match tokio::time::timeout(
             MAX_TIMEOUT + Duration::from_secs(1),
-            ask(&client, &snap, &q),
+            ask(&client, &snap, &q, payload),
         )
         .await
         {
@@ -454,7 +483,7 @@ mod tests {
         ask.nodes = vec!["c".into()];
         assert_eq!(ask.expected(&snap), ["c"]);
         assert_eq!(
-            ask.params().filter_tags["role"],
+            ask.params(Vec::new()).filter_tags["role"],
             "^web$",
             "only the role is asked"
         );
