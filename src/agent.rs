@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::rpc::peer::AgentPid;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -41,6 +42,9 @@ pub struct AgentConfig {
     pub leave_timeout: Duration,
     /// Where the agent's reports of dropped stream records go.
     pub drops: Option<Drops>,
+    /// Set to the agent's pid while it runs: the RPC client talks only to
+    /// that process (see [`crate::rpc::peer`]).
+    pub pid: AgentPid,
 }
 
 /// The RPC clients (their address, as the agent sees it) the agent said it
@@ -246,8 +250,10 @@ pub async fn supervise(cfg: AgentConfig, shutdown: CancellationToken) {
             }
         };
         tracing::info!(pid = child.id(), node = %cfg.node, rpc = %cfg.rpc, "serf agent started");
+        cfg.pid.set(child.id());
         tokio::select! {
             status = child.wait() => {
+                cfg.pid.set(None);
                 let status = describe(status);
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
@@ -260,6 +266,7 @@ pub async fn supervise(cfg: AgentConfig, shutdown: CancellationToken) {
             }
             _ = shutdown.cancelled() => {
                 stop(&mut child, cfg.leave_timeout).await;
+                cfg.pid.set(None);
                 return;
             }
         }

@@ -261,6 +261,11 @@ pub struct AgentArgs {
     /// other members; past the limit writes get EAGAIN instead.
     #[arg(long, default_value_t = crate::control::DEFAULT_EVENT_RATE, value_name = "N")]
     pub event_rate: u32,
+    /// Queries each child container may ask per second, in bursts of as
+    /// many (0: no limit); past it its query files answer EAGAIN. Every
+    /// query runs a handler on each member it reaches.
+    #[arg(long, default_value_t = crate::replica::DEFAULT_CHILD_QUERY_RATE, value_name = "N")]
+    pub child_query_rate: u32,
     /// Let users other than root read the files (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,
@@ -306,9 +311,14 @@ pub struct ChildArgs {
     /// Keep CAP_SYS_ADMIN for the application (privileged children).
     #[arg(long)]
     pub keep_caps: bool,
-    /// Run the application as this user (`name`, `uid`, `uid:gid`).
+    /// Run the application (and the handlers) as this user (`name`, `uid`,
+    /// `name:group`, `uid:gid`), with its groups as `docker run --user` gives them.
     #[arg(long)]
     pub user: Option<String>,
+    /// The token proving to the parent which child this is: taken out of
+    /// SERFNODE_CHILD_TOKEN at start (see `child::prepare`).
+    #[arg(skip)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub events: HandlerArgs,
     /// The application's own entrypoint and arguments.

@@ -35,6 +35,8 @@ pub struct Config {
     /// User events raised per second at most, in bursts of as many (0: no
     /// limit).
     pub event_rate: u32,
+    /// Queries per second each child may ask (0: no limit).
+    pub child_query_rate: u32,
     pub allow_other: bool,
     /// Directory shared with children: the replica socket lives there.
     pub share: Option<PathBuf>,
@@ -230,6 +232,7 @@ impl Config {
             attach: args.attach,
             poll: Duration::from_millis(args.poll_ms),
             event_rate: args.event_rate,
+            child_query_rate: args.child_query_rate,
             allow_other: args.allow_other,
             share: args.share.clone(),
             docker,

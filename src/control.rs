@@ -394,14 +394,14 @@ impl Raise for AgentRaise {
 }
 
 /// A token bucket: `rate` events a second, at most `rate` at once.
-struct Bucket {
+pub(crate) struct Bucket {
     rate: f64,
     tokens: f64,
     at: std::time::Instant,
 }
 
 impl Bucket {
-    fn new(rate: u32) -> Bucket {
+    pub(crate) fn new(rate: u32) -> Bucket {
         Bucket {
             rate: f64::from(rate),
             tokens: f64::from(rate),
@@ -409,7 +409,7 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self) -> bool {
+    pub(crate) fn take(&mut self) -> bool {
         let now = std::time::Instant::now();
         let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.rate);

@@ -75,17 +75,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 journal.clone(),
                 raise.clone(),
                 grants.clone(),
+                cfg.child_query_rate,
                 tasks.clone(),
             )))
         }
         None => None,
     };
+    let auth = cfg
+        .rpc_auth_file
+        .as_deref()
+        .map(agent::rpc_auth)
+        .transpose()?;
     // A parent's children, launched once the agent is followed.
     let children_stop = CancellationToken::new();
     let children = match (&cfg.docker, &cfg.share) {
         (Some(specs), Some(share)) => {
             share_binary(share)?;
-            let parent = docker::Parent::connect(share).await?;
+            let parent = docker::Parent::connect(share)
+                .await?
+                .with_redactor(redactor(&cfg, auth.as_deref()));
             docker::announce(&parent, &view);
             Some(tokio::spawn(docker::run_children(
                 parent,
@@ -104,11 +112,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .clone()
         .map(|path| tokio::spawn(hosts_hook(view.clone(), Hosts::new(path), tasks.clone())));
 
-    let auth = cfg
-        .rpc_auth_file
-        .as_deref()
-        .map(agent::rpc_auth)
-        .transpose()?;
     // Kept open until the daemon returns: a restarted agent reads it again.
     let agent_file = agent_config_file(&cfg, auth.as_deref())?;
     if cfg.attach {
@@ -121,7 +124,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // only when we run it).
     let (drops_tx, drops_rx) = tokio::sync::mpsc::channel(64);
     let drops_rx = (!cfg.attach).then_some(drops_rx);
-    let agent = (!cfg.attach).then(|| {
+    let agent_pid = (!cfg.attach).then(crate::rpc::peer::AgentPid::default);
+    let agent = agent_pid.clone().map(|pid| {
         let acfg = AgentConfig {
             serf: cfg.serf.clone(),
             node: cfg.node.clone(),
@@ -135,6 +139,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             inherit_fd: agent_file.as_ref().and_then(|f| f.inherit_fd()),
             leave_timeout: Duration::from_secs(3),
             drops: Some(drops_tx),
+            pid,
         };
         tokio::spawn(agent::supervise(acfg, agent_stop.clone()))
     });
@@ -144,6 +149,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         SyncConfig {
             rpc: cfg.rpc,
             auth_key: auth,
+            agent: agent_pid,
             poll: cfg.poll,
         },
         clients_tx,
@@ -208,6 +214,19 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What no inspect the files show may contain: the gossip key, the
+/// keyring's keys (as they are at start), the RPC key.
+fn redactor(cfg: &Config, auth: Option<&str>) -> crate::secrets::Redactor {
+    let mut known: Vec<String> = auth.into_iter().map(String::from).collect();
+    known.extend(cfg.encryption.key.iter().map(|k| k.0.clone()));
+    if let Some(path) = &cfg.encryption.keyring_file {
+        if let Ok(Some(keys)) = keys::read_keyring(path) {
+            known.extend(keys);
+        }
+    }
+    crate::secrets::Redactor::new(known)
 }
 
 /// Gossip encryption as configured: shown in status.json, and a warning

@@ -25,7 +25,8 @@ use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::control::{Event, Origin, Raise};
 use crate::grants::{self, Allow, Grant, Grants};
 use crate::manifest::ChildSpec;
-use crate::membership::{Containers, View};
+use crate::membership::{Containers, Shown, View};
+use crate::secrets::Redactor;
 
 /// Where children find the parent's share (the static binary and the
 /// replica socket), read-only.
@@ -54,11 +55,19 @@ pub struct Parent {
     docker: Docker,
     id: String,
     name: String,
+    /// As Docker gives it; the files show it through `redactor`.
     inspect: Value,
     share_volume: String,
+    redactor: Redactor,
 }
 
 impl Parent {
+    /// Redacts every inspect the files show with `redactor` (the parent's
+    /// environment holds SERF_ENCRYPT_KEY, and maybe other secrets).
+    pub fn with_redactor(self, redactor: Redactor) -> Parent {
+        Parent { redactor, ..self }
+    }
+
     /// Connects to the Docker socket and inspects the container we run in.
     pub async fn connect(share: &Path) -> Result<Parent, DockerError> {
         let docker = Docker::connect_with_unix_defaults()?;
@@ -89,6 +98,7 @@ impl Parent {
             name,
             inspect,
             share_volume,
+            redactor: Redactor::default(),
         })
     }
 }
@@ -117,8 +127,10 @@ struct Shared {
     parent: Parent,
     node: String,
     view: View,
-    /// child name → its inspect, as children_by_name.json shows it.
+    /// child name → its inspect (token removed; redacted when published).
     children: parking_lot::Mutex<BTreeMap<String, Value>>,
+    /// Children whose files show secret-looking values (`show_secrets`).
+    shows: Vec<String>,
     /// Each child's token (from its container) and `allow:`, for the
     /// replica socket.
     grants: Grants,
@@ -127,10 +139,28 @@ struct Shared {
 
 impl Shared {
     fn publish(&self) {
+        let r = &self.parent.redactor;
+        let children = self.children.lock().clone();
+        let shown = self
+            .shows
+            .iter()
+            .map(|child| {
+                let shown = Shown {
+                    parent: Some(r.redact(&self.parent.inspect, true)),
+                    me: children.get(child).map(|v| r.redact(v, true)),
+                };
+                (child.clone(), shown)
+            })
+            .collect();
+        let parent = r.redact(&self.parent.inspect, false);
         self.view.set_containers(Containers {
-            me: Some(self.parent.inspect.clone()),
-            parent: Some(self.parent.inspect.clone()),
-            children: self.children.lock().clone(),
+            me: Some(parent.clone()),
+            parent: Some(parent),
+            children: children
+                .iter()
+                .map(|(name, v)| (name.clone(), r.redact(v, false)))
+                .collect(),
+            shown,
         });
     }
 
@@ -208,10 +238,11 @@ impl Shared {
 
 /// Publishes the parent's container info into the view at once.
 pub fn announce(parent: &Parent, view: &View) {
+    let inspect = parent.redactor.redact(&parent.inspect, false);
     view.set_containers(Containers {
-        me: Some(parent.inspect.clone()),
-        parent: Some(parent.inspect.clone()),
-        children: BTreeMap::new(),
+        me: Some(inspect.clone()),
+        parent: Some(inspect),
+        ..Containers::default()
     });
 }
 
@@ -230,6 +261,11 @@ pub async fn run_children<R: Raise>(
         node,
         view,
         children: Default::default(),
+        shows: specs
+            .iter()
+            .filter(|s| s.show_secrets)
+            .map(|s| s.name.clone())
+            .collect(),
         grants,
         allows: specs
             .iter()

@@ -12,8 +12,11 @@
 //! event raised through a write node travels in an envelope,
 //! `{"serfnode":{"node":N,"child":C},"payload":P}`, and is unwrapped here on
 //! every member: handlers get `P` on stdin and the origin in their
-//! environment, the journal shows `"from"`. Events raised by other means
-//! (`serf event`) carry no envelope and are passed through as they are.
+//! environment, the journal shows `"from"`. Queries asked through serfnode
+//! (a `query/` file, in a parent or a child) travel in the same envelope,
+//! unwrapped before query handlers and the built-in answers see them.
+//! Events and queries raised by other means (`serf event`, `serf query`)
+//! carry no envelope and are passed through as they are.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -109,6 +112,9 @@ pub enum ClusterEvent {
         name: String,
         ltime: u64,
         payload: Value,
+        /// Who asked, when asked through serfnode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<From>,
         /// The agent's id for answering it (meaningful to this agent only).
         #[serde(skip)]
         id: u64,
@@ -141,12 +147,16 @@ impl ClusterEvent {
                 ltime,
                 name,
                 payload,
-            } => ClusterEvent::Query {
-                name,
-                ltime,
-                payload: plain(&payload),
-                id,
-            },
+            } => {
+                let (payload, from) = unwrap(&payload);
+                ClusterEvent::Query {
+                    name,
+                    ltime,
+                    payload,
+                    from,
+                    id,
+                }
+            }
         }
     }
 
@@ -355,14 +365,7 @@ pub fn job(
             env.push(("SERF_USER_EVENT".into(), name.clone()));
             env.push(("SERF_USER_LTIME".into(), ltime.to_string()));
             let mut label = format!("user event {name} (ltime {ltime})");
-            if let Some(from) = from {
-                env.push(("SERFNODE_FROM_NODE".into(), from.node.clone()));
-                label.push_str(&format!(" from {}", from.node));
-                if let Some(child) = &from.child {
-                    env.push(("SERFNODE_FROM_CHILD".into(), child.clone()));
-                    label.push_str(&format!("/{child}"));
-                }
-            }
+            origin(from.as_ref(), &mut env, &mut label);
             (json_bytes(payload), label)
         }
         ClusterEvent::Member { event, members } => {
@@ -377,12 +380,15 @@ pub fn job(
             name,
             ltime,
             payload,
+            from,
             ..
         } => {
             env.push(("SERF_EVENT".into(), "query".into()));
             env.push(("SERF_QUERY_NAME".into(), name.clone()));
             env.push(("SERF_QUERY_LTIME".into(), ltime.to_string()));
-            (json_bytes(payload), format!("query {name} (ltime {ltime})"))
+            let mut label = format!("query {name} (ltime {ltime})");
+            origin(from.as_ref(), &mut env, &mut label);
+            (json_bytes(payload), label)
         }
     };
     Job {
@@ -391,6 +397,18 @@ pub fn job(
         env,
         stdin,
         respond,
+    }
+}
+
+/// Who raised an event or asked a query, for its handler
+/// (`SERFNODE_FROM_NODE`, `SERFNODE_FROM_CHILD`) and its log label.
+fn origin(from: Option<&From>, env: &mut Vec<(String, String)>, label: &mut String) {
+    let Some(from) = from else { return };
+    env.push(("SERFNODE_FROM_NODE".into(), from.node.clone()));
+    label.push_str(&format!(" from {}", from.node));
+    if let Some(child) = &from.child {
+        env.push(("SERFNODE_FROM_CHILD".into(), child.clone()));
+        label.push_str(&format!("/{child}"));
     }
 }
 

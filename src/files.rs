@@ -482,7 +482,7 @@ mod tests {
         view.set_containers(crate::membership::Containers {
             me: Some(json!({"Name": "/p1-app"})),
             parent: Some(json!({"Name": "/p1"})),
-            children: Default::default(),
+            ..Default::default()
         });
         let t = tree(&view);
         assert_eq!(read(&*t, ME)["inspect"]["Name"], "/p1-app");

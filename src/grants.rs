@@ -7,9 +7,12 @@
 //! may raise and which queries it may ask (the manifest's `allow:`);
 //! anything else gets EACCES and is logged with the child's name.
 //!
-//! Defaults: every user event except the ones serfnode raises itself
-//! (`container`: a child must not forge its siblings' lifecycle), every
-//! query. A pattern is a name, or a prefix followed by `*`.
+//! Defaults: every user event and every query except the reserved names
+//! (`container` and the member events: their handlers on every member trust
+//! that serfnode or Serf raised them, so a child must not forge its
+//! siblings' lifecycle or a membership change, as an event or as a query).
+//! A pattern is a name, or a prefix followed by `*`; no pattern reaches a
+//! reserved name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,17 +26,25 @@ use crate::names::is_event_name;
 /// The variable that carries a child's token into its container.
 pub const TOKEN_ENV: &str = "SERFNODE_CHILD_TOKEN";
 
-/// Events only serfnode raises; no child may.
-pub const RESERVED_EVENTS: &[&str] = &["container"];
+/// Names only serfnode (`container`) or Serf (the member events) raise; no
+/// child may raise or ask them.
+pub const RESERVED: &[&str] = &[
+    "container",
+    "member-join",
+    "member-leave",
+    "member-failed",
+    "member-update",
+    "member-reap",
+];
 
 /// A child's `allow:` in the manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "events and queries lists")]
 pub struct Allow {
-    /// User events it may raise [default: all but the reserved ones].
+    /// User events it may raise [default: all but the reserved names].
     #[serde(default, deserialize_with = "patterns")]
     pub events: Option<Vec<String>>,
-    /// Queries it may ask [default: all].
+    /// Queries it may ask [default: all but the reserved names].
     #[serde(default, deserialize_with = "patterns")]
     pub queries: Option<Vec<String>>,
 }
@@ -58,11 +69,11 @@ fn valid_pattern(p: &str) -> bool {
 
 impl Allow {
     pub fn event(&self, name: &str) -> bool {
-        !RESERVED_EVENTS.contains(&name) && permits(self.events.as_deref(), name)
+        !RESERVED.contains(&name) && permits(self.events.as_deref(), name)
     }
 
     pub fn query(&self, name: &str) -> bool {
-        permits(self.queries.as_deref(), name)
+        !RESERVED.contains(&name) && permits(self.queries.as_deref(), name)
     }
 }
 
@@ -139,10 +150,18 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn defaults_allow_every_user_event_but_the_reserved_and_every_query() {
+    fn defaults_allow_every_name_but_the_reserved() {
         let a = Allow::default();
         assert!(a.event("deploy") && a.query("where"));
-        assert!(!a.event("container"));
+        for name in RESERVED {
+            assert!(!a.event(name) && !a.query(name), "{name}");
+        }
+        let all = Allow {
+            events: Some(vec!["*".into()]),
+            queries: Some(vec!["member-*".into(), "container".into()]),
+        };
+        assert!(!all.event("member-join") && !all.query("member-join"));
+        assert!(!all.query("container") && all.query("member-x"));
     }
 
     #[test]

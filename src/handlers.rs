@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::names::is_event_name;
+use crate::restrict::Restrictions;
 
 /// Where handlers live unless configured otherwise.
 pub const DEFAULT_DIR: &str = "/etc/serfnode/handlers";
@@ -75,6 +76,10 @@ pub struct HandlerConfig {
     /// Jobs waiting for a slot beyond this are dropped and logged (default
     /// 1024).
     pub queue: usize,
+    /// Applied to every handler process before it execs: in a child, the
+    /// application's restrictions (a handler never has more privilege than
+    /// the application that may have installed it); none in a parent.
+    pub restrict: Restrictions,
 }
 
 impl Default for HandlerConfig {
@@ -84,6 +89,7 @@ impl Default for HandlerConfig {
             concurrency: 8,
             timeout: Duration::from_secs(30),
             queue: 1024,
+            restrict: Restrictions::none(),
         }
     }
 }
@@ -204,6 +210,7 @@ pub struct Handlers {
 struct Shared {
     dir: PathBuf,
     timeout: Duration,
+    restrict: Restrictions,
     started: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
@@ -237,6 +244,7 @@ impl Handlers {
         let shared = Arc::new(Shared {
             dir,
             timeout: cfg.timeout,
+            restrict: cfg.restrict,
             started: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -459,6 +467,7 @@ async fn run_one(
         .stderr(Stdio::piped())
         // Its own group, so the timeout kills whatever it started too.
         .process_group(0);
+    shared.restrict.on_tokio(&mut cmd);
     let mut child = match spawn(&mut cmd).await {
         Ok(c) => c,
         Err(e) => {
@@ -855,6 +864,7 @@ mod tests {
             concurrency: 4,
             timeout: Duration::from_secs(60),
             queue: 16,
+            restrict: Restrictions::none(),
         }
     }
 
@@ -1200,6 +1210,38 @@ rm "$D/run.$$""#,
         unsafe { libc::kill(-pg, libc::SIGKILL) };
         assert!(out.success(), "{out:?}");
         assert_eq!(out.stdout, b"bye\n");
+    }
+
+    /// The restrictions reach every handler process (as root, which the
+    /// tests are: the switch to another user needs it).
+    #[tokio::test]
+    async fn handlers_run_with_the_restrictions_given() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script(d, "who", "id -u; id -G; grep NoNewPrivs /proc/self/status");
+        let h = Handlers::start(
+            HandlerConfig {
+                restrict: Restrictions {
+                    confine: true,
+                    ids: Some(crate::restrict::Ids {
+                        uid: 4242,
+                        gid: 4343,
+                        groups: vec![4343, 4444],
+                    }),
+                },
+                ..config(d)
+            },
+            CancellationToken::new(),
+        );
+        let (j, rx) = query("who", d);
+        assert_eq!(h.dispatch(j), Dispatch::Queued);
+        let out = outcome(rx).await;
+        assert!(out.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "4242\n4343 4444\nNoNewPrivs:\t1\n"
+        );
     }
 
     #[tokio::test]

@@ -905,6 +905,7 @@ mod tests {
             name: "q".into(),
             ltime: 1,
             payload: Value::Null,
+            from: None,
             id: 9,
         };
         assert_eq!(j.push(query.clone(), at(1.0)), None);

@@ -34,6 +34,8 @@ pub mod operator;
 pub mod parent;
 pub mod query;
 pub mod replica;
+pub mod restrict;
 pub mod rpc;
+pub mod secrets;
 pub mod tags;
 pub mod templates;

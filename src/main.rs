@@ -15,14 +15,21 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     one_malloc_arena();
     let mut cli = Cli::parse();
-    if let Command::Agent(args) = &mut cli.command {
-        // The key leaves the environment before any thread or child exists:
-        // handlers and the agent do not inherit it. (A parent keeps it for
-        // the daemon it runs.)
-        args.encrypt_key = std::env::var(serfnode::keys::KEY_ENV)
-            .ok()
-            .map(serfnode::keys::Secret);
-        std::env::remove_var(serfnode::keys::KEY_ENV);
+    // Secrets leave the environment (its bytes too) before any thread or
+    // child exists: handlers, the agent and the application do not inherit
+    // them. (A parent keeps the key for the daemon it runs.)
+    match &mut cli.command {
+        Command::Agent(args) => {
+            args.encrypt_key =
+                serfnode::secrets::take_env(serfnode::keys::KEY_ENV).map(serfnode::keys::Secret);
+        }
+        Command::Child(args) => {
+            if let Err(e) = serfnode::child::prepare(args) {
+                eprintln!("serfnode child: make the wrapper undumpable: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))

@@ -34,6 +34,7 @@
 //!       privileged: no           # YAML 1.1 booleans, as PyYAML read them
 //!       handlers: /app/handlers  # run in the child [/etc/serfnode/handlers]
 //!       allow: {events: [deploy, "app-*"], queries: [where]}  # [all]
+//!       show_secrets: no         # secret-looking env values in its files [no]
 //!       templates: [...]         # the child's, rendered in the child
 //! handlers: /handlers            # the parent's [/etc/serfnode/handlers]
 //! templates:                     # the node's (see crate::templates::spec)
@@ -146,6 +147,12 @@ pub struct ChildSpec {
     /// The user events it may raise and queries it may ask.
     #[serde(default)]
     pub allow: Allow,
+    /// Show this child the values of secret-looking environment variables
+    /// (`*KEY*`, `*SECRET*`, `*TOKEN*`, `*PASSWORD*`) in its `parent.json`
+    /// and `me.json` [default: redacted]. serfnode's own secrets are never
+    /// shown.
+    #[serde(default, deserialize_with = "yaml11_bool")]
+    pub show_secrets: bool,
     /// Its templates, rendered in the child.
     #[serde(default, deserialize_with = "crate::templates::child_templates")]
     pub templates: Vec<TemplateSpec>,

@@ -8,6 +8,10 @@
 //! for a lost agent connection included), and ends early once every member
 //! the view expects to answer has answered.
 //!
+//! A query travels in the origin envelope of [`crate::events`] (who asked:
+//! this node and, for a child's query file, the child), so every member's
+//! handler sees who asked, as for events.
+//!
 //! Query files: `query/NAME/ARG[;role=R][;node=N,M][;timeout=SECS]`. ARG is
 //! the payload: JSON if it parses (`null`, `{"role":"web"}`), else a string;
 //! `%XX` escapes stand for bytes a file name cannot hold (`/`) or that the
@@ -26,7 +30,7 @@ use serde_json::{json, Value};
 use serfnode_fs::Resolved;
 
 use crate::control::{AgentRaise, Origin};
-use crate::events::plain;
+use crate::events::{self, plain};
 use crate::files::QueryFiles;
 use crate::membership::Snapshot;
 use crate::names::is_event_name;
@@ -169,14 +173,23 @@ impl Ask {
             .collect()
     }
 
-    fn params(&self, within: Duration) -> QueryParams {
+    /// The payload as it goes on the wire: in the envelope naming `from`.
+    /// Fails for a payload nested too deep for receivers to unwrap.
+    pub fn wire_payload(&self, from: &events::From) -> Result<Vec<u8>, serde_json::Error> {
+        events::wrap(
+            from,
+            &serde_json::to_vec(&self.payload).expect("json values serialize"),
+        )
+    }
+
+    fn params(&self, payload: Vec<u8>, within: Duration) -> QueryParams {
         let mut filter_tags = BTreeMap::new();
         if let Some(role) = &self.role {
             filter_tags.insert(tags::ROLE.to_string(), format!("^{}$", regex_escape(role)));
         }
         QueryParams {
             name: self.name.clone(),
-            payload: serde_json::to_vec(&self.payload).expect("json values serialize"),
+            payload,
             filter_nodes: self.nodes.clone(),
             filter_tags,
             request_ack: false,
@@ -198,20 +211,21 @@ pub struct Answers {
     pub elapsed_ms: u64,
 }
 
-/// Asks the cluster and gathers answers until every expected member
-/// answered or the timeout (the ask's, capped at [`MAX_TIMEOUT`] and at
-/// `within`).
+/// Asks the cluster (with `payload`, [`Ask::wire_payload`]) and gathers
+/// answers until every expected member answered or the timeout (the ask's,
+/// capped at [`MAX_TIMEOUT`] and at `within`).
 pub async fn ask(
     client: &Client,
     snap: &Snapshot,
     ask: &Ask,
+    payload: Vec<u8>,
     within: Duration,
 ) -> Result<Answers, RpcError> {
     let began = Instant::now();
     let expected = ask.expected(snap);
     let timeout = ask.timeout.min(MAX_TIMEOUT).min(within);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut sub = client.query(ask.params(timeout)).await?;
+    let mut sub = client.query(ask.params(payload, timeout)).await?;
     let mut responses = BTreeMap::new();
     while !expected.iter().all(|n| responses.contains_key(n)) {
         match tokio::time::timeout_at(deadline, sub.recv()).await {
@@ -258,10 +272,21 @@ impl Asker for AgentRaise {
                 return Err(libc::EAGAIN);
             };
             let snap = self.view().snapshot();
+            let from = events::From {
+                node: snap.local.clone().unwrap_or_default(),
+                child: origin.child.clone(),
+            };
+            let payload = match q.wire_payload(&from) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!("query {}: {origin}: payload not sent: {e}", q.name);
+                    return Err(libc::EINVAL);
+                }
+            };
             // The query gets what is left, less the agent's slack.
             let left = limit.saturating_duration_since(tokio::time::Instant::now());
             let within = left.saturating_sub(AGENT_SLACK);
-            match ask(&client, &snap, &q, within).await {
+            match ask(&client, &snap, &q, payload, within).await {
                 Ok(answers) => {
                     tracing::debug!(query = %q.name, answers = answers.responses.len(), "query for {origin}");
                     Ok(answers)
@@ -478,7 +503,7 @@ mod tests {
         ask.nodes = vec!["c".into()];
         assert_eq!(ask.expected(&snap), ["c"]);
         assert_eq!(
-            ask.params(MAX_TIMEOUT).filter_tags["role"],
+            ask.params(Vec::new(), MAX_TIMEOUT).filter_tags["role"],
             "^web$",
             "only the role is asked"
         );

@@ -26,14 +26,14 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{sleep_or_shutdown, Backoff};
-use crate::control::{Event, Origin, Raise, DEFAULT_EVENT_LIMIT, RAISE_TIMEOUT, UNKNOWN};
+use crate::control::{Bucket, Event, Origin, Raise, DEFAULT_EVENT_LIMIT, RAISE_TIMEOUT, UNKNOWN};
 use crate::grants::{Allow, Grants};
 use crate::journal::{Entry, Journal};
 use crate::membership::{Containers, Mirror, Snapshot, View};
@@ -43,8 +43,41 @@ use crate::rpc::Member;
 /// The socket's file name in the share directory.
 pub const SOCKET: &str = "replica.sock";
 
-/// Bound on one line: a view of tens of thousands of members fits.
+/// Bound on one line from the parent: a view of tens of thousands of
+/// members fits.
 const MAX_FRAME: u64 = 256 << 20;
+
+/// Until a connection has proved which child it is, it gets this little:
+/// its hello must fit in [`MAX_HELLO`] bytes and arrive within
+/// [`HELLO_DEADLINE`], and at most [`MAX_PENDING`] connections wait for
+/// theirs (a newer one pushes out the oldest, so a real child, which sends
+/// its hello at once, gets through a flood of silent ones).
+pub const MAX_HELLO: usize = 4096;
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(2);
+pub const MAX_PENDING: usize = 64;
+
+/// Bound on a frame from a child after its hello. One write(2) reaches the
+/// write node in WRITEs of at most 1 MiB (the kernel's largest), plus a
+/// 64 KiB partial line; each event becomes at most about 3.5 times its line
+/// on the wire (escaping, field names).
+pub const MAX_CHILD_FRAME: usize = 4 << 20;
+
+/// Connections served as one child: a newer one (a reconnect) closes the
+/// oldest beyond this.
+pub const MAX_PER_CHILD: usize = 2;
+
+/// Connections served in all; only reachable without grants (a bare
+/// `--share`, where any name is taken).
+pub const MAX_SERVED: usize = 256;
+
+/// Requests of one connection answered at once; beyond, its next frame is
+/// not read until one is done.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Queries each child may ask per second, in bursts of as many, unless
+/// `--child-query-rate` says otherwise: every query runs a handler on every
+/// member it reaches.
+pub const DEFAULT_CHILD_QUERY_RATE: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -59,7 +92,7 @@ pub enum ReplicaError {
     Frame(String),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToParent {
     Hello {
@@ -101,7 +134,7 @@ pub enum ToChild {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireEvent {
     pub name: String,
     /// Compact JSON, as the write node parsed it.
@@ -131,7 +164,9 @@ pub struct WireMember {
 impl WireView {
     /// What child `child` is told of `snap`: the parent's container info and
     /// the child's own (which the parent's Docker side records per child).
+    /// A child with `show_secrets` gets the versions made for it.
     pub fn of(snap: &Snapshot, child: &str) -> WireView {
+        let shown = snap.containers.shown.get(child);
         WireView {
             local: snap.local.clone(),
             agent_error: (!snap.agent.connected).then(|| {
@@ -145,8 +180,11 @@ impl WireView {
                 .values()
                 .map(|e| WireMember::from(&*e.member))
                 .collect(),
-            parent: snap.containers.me.clone(),
-            me: snap.containers.children.get(child).cloned(),
+            parent: shown.map_or_else(|| snap.containers.me.clone(), |s| s.parent.clone()),
+            me: shown.map_or_else(
+                || snap.containers.children.get(child).cloned(),
+                |s| s.me.clone(),
+            ),
         }
     }
 
@@ -158,7 +196,7 @@ impl WireView {
             containers: Containers {
                 me: self.me,
                 parent: self.parent,
-                children: Default::default(),
+                ..Containers::default()
             },
         }
     }
@@ -196,19 +234,61 @@ async fn read_frame<T: DeserializeOwned>(
     r: &mut BufReader<OwnedReadHalf>,
     buf: &mut Vec<u8>,
 ) -> Result<Option<T>, ReplicaError> {
+    read_frame_within(r, buf, MAX_FRAME as usize).await
+}
+
+/// The next line, at most `limit` bytes with its newline, as a `T`; `None`
+/// at a clean end. Never holds more than `limit` bytes of it.
+async fn read_frame_within<T: DeserializeOwned, R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<Option<T>, ReplicaError> {
     buf.clear();
-    let n = (&mut *r).take(MAX_FRAME).read_until(b'\n', buf).await?;
+    let n = (&mut *r).take(limit as u64).read_until(b'\n', buf).await?;
     if n == 0 {
         return Ok(None);
     }
     if buf.last() != Some(&b'\n') {
-        return Err(ReplicaError::Frame(format!(
-            "line over {MAX_FRAME} bytes or cut short"
-        )));
+        return Err(ReplicaError::Frame(if n >= limit {
+            format!("line over {limit} bytes")
+        } else {
+            "line cut short".to_owned()
+        }));
     }
     serde_json::from_slice(buf)
         .map(Some)
         .map_err(|e| ReplicaError::Frame(e.to_string()))
+}
+
+/// A connection's hello, as the parent reads it: the first line, within
+/// [`MAX_HELLO`].
+async fn read_hello<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(String, Option<String>), ReplicaError> {
+    match read_frame_within::<ToParent, _>(r, buf, MAX_HELLO).await? {
+        Some(ToParent::Hello { child, token }) => Ok((child, token)),
+        Some(_) => Err(ReplicaError::Frame("expected hello".into())),
+        None => Err(ReplicaError::Frame("closed before its hello".into())),
+    }
+}
+
+/// A child's next request after its hello, within [`MAX_CHILD_FRAME`];
+/// `None` at a clean end. A second hello is an error.
+async fn read_request<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Option<ToParent>, ReplicaError> {
+    let msg = read_frame_within::<ToParent, _>(r, buf, MAX_CHILD_FRAME).await;
+    // A big frame's buffer is not kept for the connection's lifetime.
+    if buf.capacity() > 64 << 10 {
+        *buf = Vec::new();
+    }
+    match msg? {
+        Some(ToParent::Hello { .. }) => Err(ReplicaError::Frame("second hello".into())),
+        other => Ok(other),
+    }
 }
 
 async fn write_frame(w: &mut OwnedWriteHalf, msg: &impl Serialize) -> std::io::Result<()> {
@@ -232,77 +312,273 @@ pub fn bind(path: &Path) -> Result<UnixListener, ReplicaError> {
 }
 
 /// The parent's side: serves every child that connects until `stop`.
+/// `query_rate`: queries each child may ask per second (0: no limit).
 pub async fn serve<R: Raise + Asker>(
     listener: UnixListener,
     view: View,
     journal: Journal,
     raise: Arc<R>,
     grants: Option<Grants>,
+    query_rate: u32,
     stop: CancellationToken,
 ) {
+    let server = Arc::new(Server {
+        view,
+        journal,
+        raise,
+        grants,
+        slots: Arc::new(Slots::default()),
+        paces: Paces::new(query_rate),
+        refusals: Refusals::default(),
+    });
+    // Out of descriptors (EMFILE), accept fails at once for as long as the
+    // backlog holds connections: retrying without a pause spins a core.
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut failing = false;
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::warn!("replica: accept: {e}");
+                    if !failing {
+                        tracing::warn!("replica: accept: {e}; retrying with backoff");
+                        failing = true;
+                    }
+                    if sleep_or_shutdown(backoff.next_delay(), &stop).await {
+                        return;
+                    }
                     continue;
                 }
             },
             _ = stop.cancelled() => return,
         };
-        let (view, journal, raise, grants, stop) = (
-            view.clone(),
-            journal.clone(),
-            raise.clone(),
-            grants.clone(),
-            stop.clone(),
-        );
+        if failing {
+            tracing::info!("replica: accepting connections again");
+            failing = false;
+            backoff.reset();
+        }
+        let slot = server.slots.admit();
+        let (server, stop) = (server.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_child(stream, view, journal, raise, grants, stop).await {
-                tracing::warn!("replica: {e}");
+            let closed = slot.closed.clone();
+            tokio::select! {
+                r = serve_child(stream, &server, slot, &stop) => if let Err(e) = r {
+                    tracing::warn!("replica: {e}");
+                },
+                // Pushed out by newer connections, or replaced by this
+                // child's reconnect.
+                _ = closed.cancelled() => {}
             }
         });
     }
 }
 
-async fn serve_child<R: Raise + Asker>(
-    stream: UnixStream,
+/// What every connection of the parent's socket shares.
+struct Server<R> {
     view: View,
     journal: Journal,
     raise: Arc<R>,
     grants: Option<Grants>,
-    stop: CancellationToken,
+    slots: Arc<Slots>,
+    paces: Paces,
+    refusals: Refusals,
+}
+
+/// Who holds a connection: waiting for its hello, or served as a child.
+#[derive(Default)]
+struct Slots(parking_lot::Mutex<SlotTable>);
+
+#[derive(Default)]
+struct SlotTable {
+    next: u64,
+    pending: std::collections::VecDeque<(u64, CancellationToken)>,
+    served: HashMap<String, std::collections::VecDeque<(u64, CancellationToken)>>,
+    served_total: usize,
+}
+
+/// One connection's place in [`Slots`]; closing `closed` ends its task.
+/// Leaves the table when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+    child: Option<String>,
+    closed: CancellationToken,
+}
+
+impl Slots {
+    /// A new connection, waiting for its hello; the oldest waiting one is
+    /// closed if there are too many.
+    fn admit(self: &Arc<Self>) -> Slot {
+        let closed = CancellationToken::new();
+        let mut t = self.0.lock();
+        t.next += 1;
+        let id = t.next;
+        t.pending.push_back((id, closed.clone()));
+        if t.pending.len() > MAX_PENDING {
+            if let Some((_, oldest)) = t.pending.pop_front() {
+                oldest.cancel();
+            }
+        }
+        Slot {
+            slots: self.clone(),
+            id,
+            child: None,
+            closed,
+        }
+    }
+}
+
+impl Slot {
+    /// The connection proved it is `child`: served as that child, closing
+    /// its oldest connection beyond [`MAX_PER_CHILD`]. False when the
+    /// parent serves [`MAX_SERVED`] connections already.
+    fn serve_as(&mut self, child: &str) -> bool {
+        let mut t = self.slots.0.lock();
+        if t.served_total >= MAX_SERVED {
+            return false;
+        }
+        t.pending.retain(|(id, _)| *id != self.id);
+        t.served_total += 1;
+        let list = t.served.entry(child.to_owned()).or_default();
+        list.push_back((self.id, self.closed.clone()));
+        if list.len() > MAX_PER_CHILD {
+            if let Some((_, oldest)) = list.pop_front() {
+                oldest.cancel();
+            }
+        }
+        self.child = Some(child.to_owned());
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.slots.0.lock();
+        let id = self.id;
+        match &self.child {
+            None => t.pending.retain(|(i, _)| *i != id),
+            Some(child) => {
+                t.served_total -= 1;
+                if let Some(list) = t.served.get_mut(child) {
+                    list.retain(|(i, _)| *i != id);
+                    if list.is_empty() {
+                        t.served.remove(child);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connections refused before their hello was accepted, logged at most
+/// every [`Refusals::EVERY`] (a flood of them must not flood the log).
+#[derive(Default)]
+struct Refusals(parking_lot::Mutex<(u64, Option<std::time::Instant>)>);
+
+impl Refusals {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&self, why: &str) {
+        let mut r = self.0.lock();
+        r.0 += 1;
+        let due = r.1.is_none_or(|at| at.elapsed() >= Self::EVERY);
+        if due {
+            tracing::warn!(
+                "replica: refused {} connection(s) since the last report; the latest: {why}",
+                r.0
+            );
+            *r = (0, Some(std::time::Instant::now()));
+        } else {
+            tracing::debug!("replica: refused a connection: {why}");
+        }
+    }
+}
+
+/// Each child's query rate: one token bucket per child name, kept across
+/// its reconnects.
+struct Paces {
+    rate: u32,
+    buckets: parking_lot::Mutex<HashMap<String, (Bucket, bool)>>,
+}
+
+impl Paces {
+    fn new(rate: u32) -> Paces {
+        Paces {
+            rate,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Whether `child` may ask one more query now.
+    fn take(&self, child: &str) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let mut buckets = self.buckets.lock();
+        let (bucket, refusing) = buckets
+            .entry(child.to_owned())
+            .or_insert_with(|| (Bucket::new(self.rate), false));
+        let ok = bucket.take();
+        if !ok && !*refusing {
+            tracing::info!(
+                "replica: child {child} asks more than {} queries a second: EAGAIN until it slows down",
+                self.rate
+            );
+        }
+        *refusing = !ok;
+        ok
+    }
+}
+
+async fn serve_child<R: Raise + Asker>(
+    stream: UnixStream,
+    server: &Server<R>,
+    mut slot: Slot,
+    stop: &CancellationToken,
 ) -> Result<(), ReplicaError> {
     let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
+    // Nothing beyond a hello's worth is read before the hello is checked.
+    let mut r = BufReader::with_capacity(MAX_HELLO, r);
     let mut buf = Vec::new();
-    let (child, token) = match read_frame::<ToParent>(&mut r, &mut buf).await? {
-        Some(ToParent::Hello { child, token }) => (child, token),
-        Some(other) => {
-            return Err(ReplicaError::Frame(format!(
-                "expected hello, got {other:?}"
-            )))
+    let hello = tokio::time::timeout(HELLO_DEADLINE, read_hello(&mut r, &mut buf)).await;
+    let (child, token) = match hello {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            server.refusals.note(&e.to_string());
+            return Ok(());
         }
-        None => return Ok(()),
+        Err(_) => {
+            server
+                .refusals
+                .note(&format!("no hello within {HELLO_DEADLINE:?}"));
+            return Ok(());
+        }
     };
     // Without grants (a bare --share) every child may do everything.
-    let allow = match &grants {
+    let allow = match &server.grants {
         None => Allow::default(),
         Some(g) => match g.check(&child, token.as_deref()) {
             Some(allow) => allow,
             None => {
-                tracing::warn!("replica: refused a connection claiming to be child {child}: wrong or missing token");
+                server.refusals.note(&format!(
+                    "a connection claiming to be child {child}: wrong or missing token"
+                ));
                 return Ok(());
             }
         },
     };
+    if !slot.serve_as(&child) {
+        server.refusals.note(&format!(
+            "child {child}: {MAX_SERVED} connections served already"
+        ));
+        return Ok(());
+    }
     let allow = Arc::new(allow);
     tracing::info!(child = %child, "replica: child connected");
 
     let (outcomes, mut outcomes_rx) = mpsc::channel::<ToChild>(64);
-    let mut snaps = view.subscribe();
-    let mut entries = journal.subscribe();
+    let mut snaps = server.view.subscribe();
+    let mut entries = server.journal.subscribe();
     let name = child.clone();
     let writer = async move {
         let snap = snaps.borrow_and_update().clone();
@@ -336,9 +612,15 @@ async fn serve_child<R: Raise + Asker>(
             }
         }
     };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let reader = async {
-        while let Some(msg) = read_frame::<ToParent>(&mut r, &mut buf).await? {
-            let (raise, outcomes) = (raise.clone(), outcomes.clone());
+        while let Some(msg) = read_request(&mut r, &mut buf).await? {
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let (raise, outcomes) = (server.raise.clone(), outcomes.clone());
             match msg {
                 ToParent::Events { id, pid, events } => {
                     let origin = Origin {
@@ -347,6 +629,7 @@ async fn serve_child<R: Raise + Asker>(
                     };
                     let allow = allow.clone();
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let (raised, errno) =
                             raise_from_child(&*raise, &origin, &allow, events).await;
                         let _ = outcomes.send(ToChild::Outcome { id, raised, errno }).await;
@@ -357,25 +640,36 @@ async fn serve_child<R: Raise + Asker>(
                         pid,
                         child: Some(child.clone()),
                     };
-                    let allowed = allow.query(&ask.name);
+                    // Paced first: refusals count too, so a child asking
+                    // what it may not ask cannot flood the log either.
+                    let verdict = if !server.paces.take(&child) {
+                        Err(libc::EAGAIN)
+                    } else if !allow.query(&ask.name) {
+                        tracing::warn!("replica: {origin}: may not ask query {:?}", ask.name);
+                        Err(libc::EACCES)
+                    } else {
+                        Ok(())
+                    };
                     tokio::spawn(async move {
-                        let result = if allowed {
-                            raise.ask(&origin, ask).await
-                        } else {
-                            tracing::warn!("replica: {origin}: may not ask query {:?}", ask.name);
-                            Err(libc::EACCES)
+                        let _permit = permit;
+                        let result = match verdict {
+                            Ok(()) => raise.ask(&origin, ask).await,
+                            Err(errno) => Err(errno),
                         };
                         let _ = outcomes.send(ToChild::Answers { id, result }).await;
                     });
                 }
-                ToParent::Hello { .. } => return Err(ReplicaError::Frame("second hello".into())),
+                ToParent::Hello { .. } => unreachable!("read_request refuses a second hello"),
             }
         }
         Ok::<_, ReplicaError>(())
     };
     let res = tokio::select! {
         r = writer => r.map_err(ReplicaError::Link),
-        r = reader => r,
+        r = reader => r.map_err(|e| match e {
+            ReplicaError::Frame(why) => ReplicaError::Frame(format!("child {child}: {why}")),
+            e => e,
+        }),
         _ = stop.cancelled() => Ok(()),
     };
     tracing::info!(child = %child, "replica: child disconnected");
@@ -711,6 +1005,75 @@ async fn link(
     res
 }
 
+#[doc(hidden)]
+pub mod fuzz {
+    //! Hooks for the property tests in `tests/fuzz.rs`: the parent's
+    //! reading of a connection exactly as [`serve`](super::serve) runs it,
+    //! on bytes instead of a socket. Not an API.
+
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, BufReader, ReadBuf};
+
+    use super::{read_hello, read_request, ToParent, MAX_HELLO};
+
+    /// Yields its pieces one read at a time, as a socket may.
+    struct Pieces(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(front) = self.0.front_mut() {
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front[..n]);
+                front.drain(..n);
+                if front.is_empty() {
+                    self.0.pop_front();
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What the parent makes of a connection that sends `pieces`: its
+    /// hello (as [`ToParent::Hello`]), then each request, up to the first
+    /// refusal (an `Err` naming why, after which the parent hangs up) or
+    /// the end. No time passes here: the hello's deadline is not fuzzed.
+    pub fn server_reads(pieces: &[&[u8]]) -> Vec<Result<ToParent, String>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let source = Pieces(pieces.iter().map(|p| p.to_vec()).collect());
+            let mut r = BufReader::with_capacity(MAX_HELLO, source);
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            match read_hello(&mut r, &mut buf).await {
+                Ok((child, token)) => got.push(Ok(ToParent::Hello { child, token })),
+                Err(e) => {
+                    got.push(Err(e.to_string()));
+                    return got;
+                }
+            }
+            loop {
+                match read_request(&mut r, &mut buf).await {
+                    Ok(Some(msg)) => got.push(Ok(msg)),
+                    Ok(None) => return got,
+                    Err(e) => {
+                        got.push(Err(e.to_string()));
+                        return got;
+                    }
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,6 +1096,7 @@ mod tests {
             me: Some(serde_json::json!({"Id": "parent"})),
             parent: None,
             children: [("web".to_string(), serde_json::json!({"Id": "child"}))].into(),
+            ..Containers::default()
         });
         let wire = serde_json::to_string(&ToChild::View(Box::new(WireView::of(
             &view.snapshot(),
@@ -844,6 +1208,7 @@ mod tests {
             Journal::new(8),
             recorder.clone(),
             Some(grants),
+            0,
             stop.clone(),
         ));
         let hello = |token: Option<&str>| ToParent::Hello {
@@ -916,6 +1281,184 @@ mod tests {
             [(Some("web".to_string()), "deploy".to_string())],
             "only the allowed event got through"
         );
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    /// A parent serving `web` (token `secret`, default allow) with `rate`
+    /// queries a second per child.
+    fn parent(
+        rate: u32,
+    ) -> (
+        tempfile::TempDir,
+        PathBuf,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET);
+        let grants = Grants::default();
+        grants.set(
+            "web",
+            crate::grants::Grant {
+                token: "secret".into(),
+                allow: Allow::default(),
+            },
+        );
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            bind(&path).unwrap(),
+            View::new(),
+            Journal::new(8),
+            Arc::new(Recorder::default()),
+            Some(grants),
+            rate,
+            stop.clone(),
+        ));
+        (dir, path, stop, server)
+    }
+
+    /// A connection that said hello as `web` and got its first view.
+    async fn child(path: &Path) -> (BufReader<OwnedReadHalf>, OwnedWriteHalf) {
+        let (r, mut w) = UnixStream::connect(path).await.unwrap().into_split();
+        let mut r = BufReader::new(r);
+        let hello = ToParent::Hello {
+            child: "web".into(),
+            token: Some("secret".into()),
+        };
+        frame(&mut w, &hello).await;
+        assert!(
+            until(&mut r, |m| matches!(m, ToChild::View(_)).then_some(()))
+                .await
+                .is_some(),
+            "not served"
+        );
+        (r, w)
+    }
+
+    /// Whether the parent hung up on `r` within `within`.
+    async fn hung_up(r: &mut (impl AsyncReadExt + Unpin), within: Duration) -> bool {
+        let mut sink = vec![0u8; 1 << 16];
+        tokio::time::timeout(within, async {
+            loop {
+                match r.read(&mut sink).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    #[tokio::test]
+    async fn nothing_is_buffered_before_a_hello_and_silent_connections_make_way() {
+        let (_dir, path, stop, server) = parent(0);
+        // A hello over MAX_HELLO: refused after reading at most that much.
+        let (mut r, mut w) = UnixStream::connect(&path).await.unwrap().into_split();
+        let big = format!(
+            "{{\"type\":\"hello\",\"child\":\"{}\"}}\n",
+            "x".repeat(MAX_HELLO)
+        );
+        let _ = w.write_all(big.as_bytes()).await;
+        assert!(hung_up(&mut r, Duration::from_secs(1)).await, "big hello");
+        // No newline ever: refused at MAX_HELLO bytes, not read on.
+        let (mut r, mut w) = UnixStream::connect(&path).await.unwrap().into_split();
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 1 << 16];
+            let mut sent = 0usize;
+            while w.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        assert!(
+            hung_up(&mut r, Duration::from_secs(1)).await,
+            "endless line"
+        );
+        let sent = writer.await.unwrap();
+        assert!(sent < 8 << 20, "{sent} bytes taken before the hang-up");
+        // Silent: hung up at the deadline.
+        let (mut r, _w) = UnixStream::connect(&path).await.unwrap().into_split();
+        assert!(!hung_up(&mut r, HELLO_DEADLINE / 2).await, "too early");
+        assert!(hung_up(&mut r, HELLO_DEADLINE).await, "at the deadline");
+        // More silent ones than may wait: the oldest make way, and a child
+        // saying hello is served meanwhile.
+        let mut silent = Vec::new();
+        for _ in 0..MAX_PENDING + 8 {
+            silent.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let _served = child(&path).await;
+        let mut closed = 0;
+        for s in &mut silent[..8] {
+            closed += usize::from(hung_up(s, Duration::from_millis(500)).await);
+        }
+        assert_eq!(closed, 8, "the 8 oldest of {} pushed out", silent.len());
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn frames_are_bounded_and_a_reconnect_replaces_the_oldest_link() {
+        let (_dir, path, stop, server) = parent(0);
+        let (mut r, mut w) = child(&path).await;
+        let line = vec![b'x'; MAX_CHILD_FRAME + 1];
+        let _ = w.write_all(&line).await;
+        assert!(
+            hung_up(&mut r, Duration::from_secs(2)).await,
+            "a frame over the bound"
+        );
+        let mut links = Vec::new();
+        for _ in 0..MAX_PER_CHILD + 1 {
+            links.push(child(&path).await);
+        }
+        assert!(
+            hung_up(&mut links[0].0, Duration::from_secs(1)).await,
+            "the oldest link of the child closed"
+        );
+        for (r, _) in &mut links[1..] {
+            assert!(!hung_up(r, Duration::from_millis(200)).await);
+        }
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn queries_are_paced_per_child_and_reserved_names_refused() {
+        let (_dir, path, stop, server) = parent(3);
+        let (mut r, mut w) = child(&path).await;
+        let mut results = Vec::new();
+        for (id, name) in [(1, "member-join"), (2, "where"), (3, "where"), (4, "where")] {
+            let ask = Ask::from_file(name, "web").unwrap();
+            frame(&mut w, &ToParent::Query { id, pid: 1, ask }).await;
+            let got = until(&mut r, |m| match m {
+                ToChild::Answers { id: got, result } if got == id => Some(result.map(|_| ())),
+                _ => None,
+            })
+            .await;
+            results.push(got);
+        }
+        assert_eq!(
+            results,
+            [
+                Some(Err(libc::EACCES)),
+                Some(Ok(())),
+                Some(Ok(())),
+                Some(Err(libc::EAGAIN))
+            ],
+            "a burst of 3, the refused one included"
+        );
+        // A reconnect does not refill the bucket.
+        drop((r, w));
+        let (mut r, mut w) = child(&path).await;
+        let ask = Ask::from_file("where", "web").unwrap();
+        frame(&mut w, &ToParent::Query { id: 5, pid: 1, ask }).await;
+        let got = until(&mut r, |m| match m {
+            ToChild::Answers { id: 5, result } => Some(result.map(|_| ())),
+            _ => None,
+        })
+        .await;
+        assert_eq!(got, Some(Err(libc::EAGAIN)));
         stop.cancel();
         server.await.unwrap();
     }

@@ -40,6 +40,7 @@ use support::docker::{
     busybox_image, debian_image, docker, docker_ok, exec_json, exec_sh, inspect, try_exec_json,
     wait_for, wait_status, Cluster, Monitor, Parent, UserEvent, LABEL_CHILD, LABEL_PARENT,
 };
+use support::{Checks, Clock};
 
 /// For anything that starts containers or waits for gossip; generous for a
 /// 2-core machine running 8 containers.
@@ -59,17 +60,6 @@ fn manifest(role: &str, children: &[ChildDef]) -> String {
         );
     }
     yml
-}
-
-struct Clock(Instant);
-
-impl Clock {
-    fn phase(&self, what: &str) {
-        eprintln!(
-            "[{:6.1}s] containers test: {what}",
-            self.0.elapsed().as_secs_f64()
-        );
-    }
 }
 
 /// `Ok` when `info` (Node info) describes parent `p` with role `role`.
@@ -124,39 +114,6 @@ fn argv(inspect: &Value) -> Vec<String> {
     let mut v = part("Entrypoint");
     v.extend(part("Cmd"));
     v
-}
-
-/// Contract checks that later steps do not depend on: each mismatch is
-/// printed at once and the test fails at its end, so one run reports them
-/// all along with the outcome of every later step.
-#[derive(Default)]
-struct Checks(std::cell::RefCell<Vec<String>>);
-
-impl Checks {
-    fn check(&self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok {
-            let what = what();
-            eprintln!("CHECK FAILED: {what}");
-            self.0.borrow_mut().push(what);
-        }
-    }
-
-    fn eq(&self, left: &Value, right: impl Into<Value>, what: impl FnOnce() -> String) {
-        let right = right.into();
-        self.check(*left == right, || {
-            format!("{}: got {left}, want {right}", what())
-        });
-    }
-
-    fn assert_none_failed(&self) {
-        let failed = self.0.borrow();
-        assert!(
-            failed.is_empty(),
-            "{} contract checks failed:\n  {}",
-            failed.len(),
-            failed.join("\n  ")
-        );
-    }
 }
 
 /// Checks what Docker says about child `child` of `p`, started with
@@ -246,7 +203,7 @@ fn container_events<'a>(events: &'a [UserEvent], p: &Parent, child: &str) -> Vec
 
 #[test]
 fn three_parents_serve_their_children_through_events_crashes_restarts_partitions_and_stops() {
-    let clock = Clock(Instant::now());
+    let clock = Clock::new("containers test");
     let checks = Checks::default();
     let mut cluster = Cluster::new();
     clock.phase(&format!(

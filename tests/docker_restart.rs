@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::docker::{debian_image, parent_image, wait_for, LABEL_CHILD, LABEL_PARENT};
+use support::Clock;
 
 /// For anything that starts containers or a daemon; generous for a loaded
 /// 2-core machine.
@@ -468,17 +469,6 @@ fn mounts_under(dir: &Path) -> Vec<String> {
     found
 }
 
-struct Clock(Instant);
-
-impl Clock {
-    fn phase(&self, what: &str) {
-        eprintln!(
-            "[{:6.1}s] docker restart test: {what}",
-            self.0.elapsed().as_secs_f64()
-        );
-    }
-}
-
 /// The reader child: reads both files in a loop. A failed `cat`, or a
 /// document without this node once one had it (the mount is fed by the
 /// parent after the child starts), is a failure line in /out/failures; the
@@ -709,7 +699,7 @@ fn start_parent(d: &mut Dockerd, name: &str) -> Setup {
 
 #[test]
 fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
-    let clock = Clock(Instant::now());
+    let clock = Clock::new("docker restart test");
     let mut d = Dockerd::new();
     d.make_bridge();
     d.start();

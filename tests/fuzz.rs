@@ -5,8 +5,9 @@
 //! Targets: the msgpack RPC framing and reply/record decoding
 //! (`serfnode::rpc::fuzz`), the write node's event lines
 //! (`control::parse_line`), the user-event envelope (`events::unwrap`),
-//! query file names (`query::Ask::from_file`) and the port-map tag
-//! (`tags::decode_ports`).
+//! query file names (`query::Ask::from_file`), the port-map tag
+//! (`tags::decode_ports`) and the frames a child sends its parent over the
+//! replica socket (`serfnode::replica::fuzz`).
 //!
 //! Each test first replays every file of its corpus, `fuzz/corpus/<target>/`,
 //! then runs proptest strategies seeded from that corpus (bit flips,
@@ -33,6 +34,7 @@ use serfnode::control::{parse_line, LineError, DEFAULT_EVENT_LIMIT};
 use serfnode::events::{self, From as Origin};
 use serfnode::names::is_event_name;
 use serfnode::query::{Ask, AskError, DEFAULT_TIMEOUT, MAX_TIMEOUT, PORTS, WHERE};
+use serfnode::replica::{ToParent, WireEvent, MAX_CHILD_FRAME, MAX_HELLO};
 use serfnode::rpc::fuzz::{decode_body, frame, Frame};
 use serfnode::rpc::{KeyResponse, Member, MemberStatus, QueryRecord, StreamRecord};
 use serfnode::tags::{decode_ports, encode_ports, PortMap};
@@ -1402,5 +1404,179 @@ fn port_maps() {
             prop_assert_eq!(decode_ports(&encode_ports(&m)), m.clone());
             check_ports(encode_ports(&m).as_bytes())
         },
+    );
+}
+
+// ---- replica frames ---------------------------------------------------------------
+
+const FRAME_DICT: &[&[u8]] = &[
+    b"\n",
+    b"\r\n",
+    b"{\"type\":\"hello\",\"child\":\"web\"}\n",
+    b"{\"type\":\"events\",",
+    b"{\"type\":\"query\",",
+    b"{\"type\":\"view\",",
+    b"\"id\":",
+    b"\"pid\":",
+    b"\"events\":[",
+    b"\"ask\":{",
+    b"\"token\":",
+    b"\"payload\":",
+    b"\"name\":",
+    b"\"timeout\":{\"secs\":1,\"nanos\":0}",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b",",
+    b":",
+    b"\"",
+    b"\\",
+    b"\\u0000",
+    b"\\ud800",
+    b"\xff",
+    b"18446744073709551616",
+    b"-1",
+    b"null",
+];
+
+/// What the parent reads from a connection sending `input` (cut at
+/// `cuts`): the same whatever the cuts; a hello first, then requests, an
+/// error only last and nothing after it; no line over its bound taken; and
+/// what is taken reads back the same once written again.
+fn check_frames(input: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
+    let whole = bounded!(input, serfnode::replica::fuzz::server_reads(&[input]));
+    let mut pieces = Vec::new();
+    let (mut at, mut i) = (0, 0);
+    while at < input.len() && !cuts.is_empty() {
+        let n = cuts[i % cuts.len()].clamp(1, input.len() - at);
+        pieces.push(&input[at..at + n]);
+        at += n;
+        i += 1;
+    }
+    if at < input.len() {
+        pieces.push(&input[at..]);
+    }
+    let cut = serfnode::replica::fuzz::server_reads(&pieces);
+    prop_assert_eq!(&whole, &cut, "read whole vs in {} pieces", pieces.len());
+    prop_assert!(!whole.is_empty());
+    let lines: Vec<&[u8]> = input.split_inclusive(|&b| b == b'\n').collect();
+    for (i, got) in whole.iter().enumerate() {
+        match got {
+            Ok(msg) => {
+                let line = lines[i];
+                let bound = if i == 0 { MAX_HELLO } else { MAX_CHILD_FRAME };
+                prop_assert!(
+                    line.len() <= bound,
+                    "line {i} of {} bytes taken",
+                    line.len()
+                );
+                prop_assert_eq!(
+                    i == 0,
+                    matches!(msg, ToParent::Hello { .. }),
+                    "hello only first: {:?}",
+                    msg
+                );
+            }
+            Err(_) => prop_assert_eq!(i, whole.len() - 1, "an error is the last thing read"),
+        }
+    }
+    let taken: Vec<&ToParent> = whole.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let again: Vec<u8> = taken.iter().flat_map(|m| frame_line(m)).collect();
+    let reread = serfnode::replica::fuzz::server_reads(&[&again]);
+    let reread: Vec<&ToParent> = reread.iter().filter_map(|r| r.as_ref().ok()).collect();
+    prop_assert_eq!(taken, reread);
+    Ok(())
+}
+
+fn frame_line(msg: &ToParent) -> Vec<u8> {
+    let mut line = serde_json::to_vec(msg).unwrap();
+    line.push(b'\n');
+    line
+}
+
+fn arb_request() -> impl Strategy<Value = ToParent> {
+    let event = (event_name(), arb_json()).prop_map(|(name, payload)| WireEvent {
+        name,
+        payload: payload.to_string(),
+    });
+    let ask = (
+        event_name(),
+        arb_json(),
+        proptest::option::of(".{0,8}"),
+        vec(".{0,8}", 0..3),
+        1..5000u64,
+    )
+        .prop_map(|(name, payload, role, nodes, ms)| Ask {
+            name,
+            payload,
+            role,
+            nodes,
+            timeout: Duration::from_millis(ms),
+        });
+    prop_oneof![
+        (any::<u64>(), any::<u32>(), vec(event, 0..6))
+            .prop_map(|(id, pid, events)| ToParent::Events { id, pid, events }),
+        (any::<u64>(), any::<u32>(), ask).prop_map(|(id, pid, ask)| ToParent::Query {
+            id,
+            pid,
+            ask
+        }),
+    ]
+}
+
+#[test]
+fn replica_frames() {
+    let seeds = replay("replica_frames", |b| check_frames(b, &[]));
+    let cuts = vec(1..600usize, 0..8);
+    run(
+        regressions!("replica_frames"),
+        "mutated frames, in pieces",
+        (mutated(seeds, FRAME_DICT), cuts.clone()),
+        |(b, cuts)| check_frames(&b, &cuts),
+    );
+    let hello = (".{0,24}", proptest::option::of("[0-9a-f]{32}"))
+        .prop_map(|(child, token)| ToParent::Hello { child, token });
+    run(
+        regressions!("replica_frames"),
+        "well-formed frames read back exactly",
+        (hello, vec(arb_request(), 0..6), cuts),
+        |(hello, requests, cuts)| {
+            let input: Vec<u8> = std::iter::once(&hello)
+                .chain(&requests)
+                .flat_map(frame_line)
+                .collect();
+            check_frames(&input, &cuts)?;
+            let got = serfnode::replica::fuzz::server_reads(&[&input]);
+            let want: Vec<Result<ToParent, String>> =
+                std::iter::once(hello).chain(requests).map(Ok).collect();
+            prop_assert_eq!(got, want);
+            Ok(())
+        },
+    );
+    // The bounds, exactly: a hello of MAX_HELLO bytes is taken, one byte
+    // more is not; a request of MAX_CHILD_FRAME bytes is taken, one more
+    // is not.
+    let hello_of = |len: usize| {
+        let head = r#"{"type":"hello","child":"x"}"#;
+        format!("{head}{}\n", " ".repeat(len - head.len() - 1)).into_bytes()
+    };
+    let reads = |b: &[u8]| serfnode::replica::fuzz::server_reads(&[b]);
+    assert!(reads(&hello_of(MAX_HELLO))[0].is_ok());
+    assert!(reads(&hello_of(MAX_HELLO + 1))[0].is_err());
+    let request_of = |len: usize| {
+        let head = r#"{"type":"events","id":1,"pid":1,"events":[]}"#;
+        format!("{head}{}\n", " ".repeat(len - head.len() - 1)).into_bytes()
+    };
+    let mut at_bound = hello_of(40);
+    at_bound.extend(request_of(MAX_CHILD_FRAME));
+    assert!(reads(&at_bound).iter().all(Result::is_ok));
+    let mut over = hello_of(40);
+    over.extend(request_of(MAX_CHILD_FRAME + 1));
+    let got = reads(&over);
+    assert!(
+        got[1].as_ref().is_err_and(|e| e.contains("over")),
+        "{:?}",
+        got[1]
     );
 }

@@ -232,7 +232,7 @@ fn errors_in_a_file_name_it() {
     assert_eq!(
         err,
         format!(
-            "{}: children[0].web: unknown field `volume`, expected one of `image`, `command`, `entrypoint`, `environment`, `volumes`, `volumes_from`, `working_dir`, `user`, `privileged`, `links`, `expose`, `ports`, `handlers`, `allow`, `templates` at line 4 column 7",
+            "{}: children[0].web: unknown field `volume`, expected one of `image`, `command`, `entrypoint`, `environment`, `volumes`, `volumes_from`, `working_dir`, `user`, `privileged`, `links`, `expose`, `ports`, `handlers`, `allow`, `show_secrets`, `templates` at line 4 column 7",
             path.display()
         )
     );

@@ -6,4 +6,4 @@ mod sync;
 mod view;
 
 pub use sync::{next_client, run as sync, SyncConfig};
-pub use view::{AgentState, Containers, Entry, Mirror, Snapshot, View};
+pub use view::{AgentState, Containers, Entry, Mirror, Shown, Snapshot, View};

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::View;
 use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::rpc::peer::AgentPid;
 use crate::rpc::{Client, RpcError};
 
 const MEMBER_EVENTS: &str = "member-join,member-leave,member-failed,member-update,member-reap";
@@ -36,6 +37,9 @@ pub const START_GRACE: Duration = Duration::from_secs(10);
 pub struct SyncConfig {
     pub rpc: SocketAddr,
     pub auth_key: Option<String>,
+    /// The agent this daemon runs, the only peer it talks to (`None` with
+    /// `--attach`: whatever listens at `rpc` is trusted).
+    pub agent: Option<AgentPid>,
     /// Period of the `members` re-read that catches what the stream delays
     /// (at least four times what one re-read takes).
     pub poll: Duration,
@@ -66,7 +70,9 @@ pub async fn run(
     let started = tokio::time::Instant::now();
     let mut reached = false;
     while !shutdown.is_cancelled() {
-        let err = match Client::connect(cfg.rpc, cfg.auth_key.as_deref()).await {
+        let connected =
+            Client::connect_checked(cfg.rpc, cfg.auth_key.as_deref(), cfg.agent.as_ref()).await;
+        let err = match connected {
             Ok(client) => {
                 backoff.reset();
                 failures = 0;
@@ -80,12 +86,14 @@ pub async fn run(
             }
             Err(e) => e,
         };
-        if !reached && started.elapsed() < START_GRACE {
+        // A stranger on the agent's port is news every time, even at start.
+        let untrusted = matches!(err, RpcError::Untrusted(_));
+        if !reached && started.elapsed() < START_GRACE && !untrusted {
             tracing::debug!("agent not reachable yet: {err}");
         } else {
             view.set_disconnected(&err.to_string());
             // The first failure of an outage is news; the retries are not.
-            if failures == 0 {
+            if failures == 0 || untrusted {
                 tracing::warn!("agent unreachable, serving the last view as stale: {err}");
             } else {
                 tracing::debug!("still unreachable: {err}");

@@ -38,12 +38,24 @@ impl AgentState {
     }
 }
 
-/// What Docker says about this node's containers (`None` outside Docker).
+/// What Docker says about this node's containers (`None` outside Docker),
+/// redacted for the files (see [`crate::secrets`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Containers {
     pub me: Option<serde_json::Value>,
     pub parent: Option<serde_json::Value>,
     pub children: BTreeMap<String, serde_json::Value>,
+    /// For each child allowed to see secret-looking environment values
+    /// (`show_secrets: true`): what its `parent.json` and `me.json` show.
+    pub shown: BTreeMap<String, Shown>,
+}
+
+/// A child's view of the parent's and its own inspect, secret-looking
+/// values shown (serfnode's own secrets are in no inspect).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shown {
+    pub parent: Option<serde_json::Value>,
+    pub me: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, warn};
 
 use super::codec::{self, Header};
+use super::peer::{self, AgentPid};
 use super::proto::{self, Coordinate, KeyResponse, Member, QueryParams, QueryRecord, StreamRecord};
 use super::{Result, RpcError};
 
@@ -60,6 +61,8 @@ struct Shared {
     local: Option<SocketAddr>,
     /// Kept to authenticate the side connections of slow commands.
     auth_key: Option<String>,
+    /// The supervised agent every connection (side ones too) must reach.
+    agent: Mutex<Option<AgentPid>>,
     next_seq: AtomicU64,
     routes: Mutex<Routes>,
     outbox: mpsc::UnboundedSender<Vec<u8>>,
@@ -194,12 +197,26 @@ impl Client {
     /// Connects to the agent's RPC address, performs the handshake and, with
     /// `auth_key`, authenticates. Each step is bounded by [`DEFAULT_TIMEOUT`].
     pub async fn connect(addr: SocketAddr, auth_key: Option<&str>) -> Result<Client> {
-        Self::connect_within(addr, auth_key, DEFAULT_TIMEOUT).await
+        Self::connect_within(addr, auth_key, None, DEFAULT_TIMEOUT).await
+    }
+
+    /// [`Client::connect`] to the agent process `agent` names: right after
+    /// the handshake (whose reply proves the peer accepted the connection)
+    /// and before the key is sent, the connection's server end must be a
+    /// socket of that process (see [`super::peer`]); else
+    /// [`RpcError::Untrusted`] and nothing is sent.
+    pub async fn connect_checked(
+        addr: SocketAddr,
+        auth_key: Option<&str>,
+        agent: Option<&AgentPid>,
+    ) -> Result<Client> {
+        Self::connect_within(addr, auth_key, agent, DEFAULT_TIMEOUT).await
     }
 
     async fn connect_within(
         addr: SocketAddr,
         auth_key: Option<&str>,
+        agent: Option<&AgentPid>,
         timeout: Duration,
     ) -> Result<Client> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -210,13 +227,22 @@ impl Client {
         stream
             .set_nodelay(true)
             .map_err(|source| RpcError::Io { addr, source })?;
-        let local = stream.local_addr().ok();
+        let ends = (stream.local_addr(), stream.peer_addr());
+        let local = ends.0.as_ref().ok().copied();
         let (read, write) = stream.into_split();
         let client = Client::spawn(addr, local, auth_key.map(str::to_owned), read, write)
-            .with_timeout(timeout);
+            .with_timeout(timeout)
+            .checked_against(agent);
         client
             .call("handshake", Some(&proto::Handshake { version: 1 }), false)
             .await?;
+        if let Some(agent) = agent {
+            let (local, peer) = match ends {
+                (Ok(l), Ok(p)) => (l, p),
+                (Err(source), _) | (_, Err(source)) => return Err(RpcError::Io { addr, source }),
+            };
+            peer::check(agent, local, peer)?;
+        }
         if let Some(key) = auth_key {
             client
                 .call("auth", Some(&proto::Auth { auth_key: key }), false)
@@ -256,6 +282,7 @@ impl Client {
             addr,
             local,
             auth_key,
+            agent: Mutex::new(None),
             next_seq: AtomicU64::new(0),
             routes: Mutex::new(Routes {
                 waiting: HashMap::new(),
@@ -272,6 +299,14 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             slow_timeout: DEFAULT_SLOW_TIMEOUT,
         }
+    }
+
+    /// Remembers `agent` for the side connections (set before any is made).
+    fn checked_against(self, agent: Option<&AgentPid>) -> Client {
+        if let Some(agent) = agent {
+            *self.shared().agent.lock() = Some(agent.clone());
+        }
+        self
     }
 
     /// This handle with another bound on fast commands (stream and query acks included).
@@ -363,8 +398,14 @@ impl Client {
     /// would stall everything queued behind it here.
     async fn side_connection(&self) -> Result<Client> {
         let shared = self.shared();
-        let side =
-            Client::connect_within(shared.addr, shared.auth_key.as_deref(), self.timeout).await?;
+        let agent = shared.agent.lock().clone();
+        let side = Client::connect_within(
+            shared.addr,
+            shared.auth_key.as_deref(),
+            agent.as_ref(),
+            self.timeout,
+        )
+        .await?;
         Ok(side.with_timeout(self.slow_timeout))
     }
 

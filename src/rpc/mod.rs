@@ -14,6 +14,7 @@ mod client;
 mod codec;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod peer;
 mod proto;
 
 use std::net::SocketAddr;
@@ -47,6 +48,10 @@ pub enum RpcError {
     Decode(String),
     #[error("rpc {command}: no reply in time")]
     Timeout { command: &'static str },
+    /// The peer is not the agent this daemon runs: nothing was sent to it
+    /// but the handshake.
+    #[error("rpc: refused to authenticate or follow: {0}")]
+    Untrusted(#[from] peer::PeerError),
 }
 
 pub type Result<T, E = RpcError> = std::result::Result<T, E>;

@@ -90,6 +90,37 @@ pub fn exec_sh(container: &str, script: &str) -> Result<String, String> {
     }
 }
 
+/// A child's command that runs, as the application itself (under the
+/// wrapper, with the application's privileges, user and environment), each
+/// script [`app_sh`] drops into `/tmp/app`: `docker exec` would run it with
+/// the container's privileges instead, which the wrapper keeps from the
+/// application.
+pub const APP_SHELL: &str = r#"mkdir -p /tmp/app; while :; do for f in /tmp/app/*.run; do [ -e "$f" ] || continue; sh "$f" > "${f%.run}.out" 2>&1; echo $? > "${f%.run}.rc.tmp"; mv "${f%.run}.rc.tmp" "${f%.run}.rc"; rm -f "$f"; done; sleep 0.05; done"#;
+
+/// Runs `script` in `container` as its application (whose command must be
+/// [`APP_SHELL`]): Ok(output) on exit 0, else Err(status and output).
+/// Panics when no answer comes within `timeout`.
+pub fn app_sh(container: &str, script: &str, timeout: Duration) -> Result<String, String> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = format!("/tmp/app/{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let drop_in = format!(
+        "mkdir -p /tmp/app && cat > {n}.tmp <<'SERFNODE_TEST_EOF'\n{script}\nSERFNODE_TEST_EOF\nmv {n}.tmp {n}.run"
+    );
+    exec_sh(container, &drop_in).unwrap_or_else(|e| panic!("{e}"));
+    let rc = wait_for(
+        timeout,
+        &format!("the application of {container} to run {script:?}"),
+        || exec_sh(container, &format!("cat {n}.rc")),
+    );
+    let out = exec_sh(container, &format!("cat {n}.out; rm -f {n}.out {n}.rc")).unwrap_or_default();
+    match rc.trim() {
+        "0" => Ok(out),
+        rc => Err(format!(
+            "exit {rc} in the application of {container}: {out}"
+        )),
+    }
+}
+
 /// The JSON document at `path` inside `container` (`docker exec cat`), or
 /// why not.
 pub fn try_exec_json(container: &str, path: &str) -> Result<Value, String> {
@@ -244,6 +275,8 @@ pub struct Cluster {
     /// when their id never came back.
     names: Vec<String>,
     volumes: Vec<String>,
+    /// Images built for this run ([`Cluster::build_image`]), removed on drop.
+    images: Vec<String>,
     dir: tempfile::TempDir,
     network_created: bool,
 }
@@ -263,6 +296,7 @@ impl Cluster {
             parents: Vec::new(),
             names: Vec::new(),
             volumes: Vec::new(),
+            images: Vec::new(),
             dir: tempfile::Builder::new()
                 .prefix("serfnode-ctest-")
                 .tempdir()
@@ -321,6 +355,19 @@ impl Cluster {
         peer: Option<&Parent>,
         yml: &str,
     ) -> Parent {
+        self.start_parent_with(tag, role, peer, yml, &[])
+    }
+
+    /// [`Cluster::start_parent`] with more `docker run` arguments (`-e`,
+    /// `--ulimit`, ...) before the image.
+    pub fn start_parent_with(
+        &mut self,
+        tag: &str,
+        role: &str,
+        peer: Option<&Parent>,
+        yml: &str,
+        extra: &[String],
+    ) -> Parent {
         let name = self.name(tag);
         let dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -362,6 +409,7 @@ impl Cluster {
         if let Some(peer) = &peer_env {
             args.extend(["-e", peer.as_str()]);
         }
+        args.extend(extra.iter().map(String::as_str));
         args.extend([image.as_str(), "parent"]);
         let id = docker_ok(&args);
         let volumes = docker_ok(&[
@@ -389,6 +437,21 @@ impl Cluster {
         let parent = Parent { name, id, ip };
         self.parents.push(parent.clone());
         parent
+    }
+
+    /// Builds image `<prefix>-<tag>` from `dockerfile` with `files` in its
+    /// context (no registry: FROM one of the local images); removed on drop.
+    pub fn build_image(&mut self, tag: &str, dockerfile: &str, files: &[(&str, &str)]) -> String {
+        let image = self.name(tag);
+        let context = self.dir.path().join(format!("image-{tag}"));
+        std::fs::create_dir_all(&context).unwrap();
+        std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
+        for (name, text) in files {
+            std::fs::write(context.join(name), text).unwrap();
+        }
+        self.images.push(image.clone());
+        docker_ok(&["build", "-q", "-t", &image, &context.display().to_string()]);
+        image
     }
 
     /// Ids of every container this cluster created that still exists:
@@ -474,6 +537,9 @@ impl Cluster {
         }
         for v in &self.volumes {
             let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        for image in &self.images {
+            let _ = docker(&["image", "rm", "-f", image]);
         }
         if self.network_created {
             for _ in 0..10 {
