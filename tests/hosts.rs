@@ -29,10 +29,16 @@ fn block(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The file's lines outside the block, without serfnode's padding lines
+/// (a block that shrank leaves one).
 fn outside(text: &str) -> String {
     let begin = text.find("# BEGIN serfnode").unwrap();
     let end = text.find("# END serfnode\n").unwrap() + "# END serfnode\n".len();
-    format!("{}{}", &text[..begin], text[end..].trim_end_matches('\n'))
+    let kept = format!("{}{}", &text[..begin], &text[end..]);
+    String::from_utf8(without_padding(kept.as_bytes()))
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_owned()
 }
 
 #[test]
