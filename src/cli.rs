@@ -168,7 +168,7 @@ pub struct HandlerArgs {
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub handler_timeout: f64,
     /// Events kept in the journal (`events`, `events_since/SEQ`).
-    #[arg(long, default_value_t = crate::journal::DEFAULT_CAPACITY, value_name = "N")]
+    #[arg(long, default_value_t = crate::surface::journal::DEFAULT_CAPACITY, value_name = "N")]
     pub journal_size: usize,
 }
 
@@ -248,7 +248,7 @@ pub struct AgentArgs {
     /// The value of SERF_ENCRYPT_KEY, taken out of the environment at start
     /// (never a flag: a flag's value shows in process listings).
     #[arg(skip)]
-    pub encrypt_key: Option<crate::keys::Secret>,
+    pub encrypt_key: Option<crate::cluster::keys::Secret>,
     /// Use the agent already running at --rpc-addr instead of starting one.
     #[arg(long)]
     pub attach: bool,
@@ -259,12 +259,12 @@ pub struct AgentArgs {
     /// (0: no limit). Serf drops an event that arrives more than 512 events
     /// behind the newest it has seen, so an unpaced burst loses events on
     /// other members; past the limit writes get EAGAIN instead.
-    #[arg(long, default_value_t = crate::control::DEFAULT_EVENT_RATE, value_name = "N")]
+    #[arg(long, default_value_t = crate::surface::write_node::DEFAULT_EVENT_RATE, value_name = "N")]
     pub event_rate: u32,
     /// Queries each child container may ask per second, in bursts of as
     /// many (0: no limit); past it its query files answer EAGAIN. Every
     /// query runs a handler on each member it reaches.
-    #[arg(long, default_value_t = crate::replica::DEFAULT_CHILD_QUERY_RATE, value_name = "N")]
+    #[arg(long, default_value_t = crate::containers::replica::DEFAULT_CHILD_QUERY_RATE, value_name = "N")]
     pub child_query_rate: u32,
     /// Let users other than root read the files (FUSE allow_other).
     #[arg(long)]

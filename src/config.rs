@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cli::AgentArgs;
-use crate::keys::{Encryption, KeyError};
-use crate::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
-use crate::tags::OwnTags;
+use crate::cluster::keys::{Encryption, KeyError};
+use crate::cluster::tags::OwnTags;
+use crate::containers::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
 
 pub const DEFAULT_SERF_PORT: u16 = 7946;
 pub const DEFAULT_RPC_PORT: u16 = 7373;
@@ -191,7 +191,7 @@ impl Config {
             role: args
                 .role
                 .clone()
-                .unwrap_or_else(|| crate::tags::NO_ROLE.to_owned()),
+                .unwrap_or_else(|| crate::cluster::tags::NO_ROLE.to_owned()),
             advertise_ip: advertise.ip(),
             serf_port: advertise.port(),
             rpc_port: rpc.port(),
@@ -308,13 +308,13 @@ mod tests {
         let crate::cli::Command::Agent(mut args) = cli.command else {
             panic!("parsed as agent")
         };
-        args.encrypt_key = key.map(|k| crate::keys::Secret(k.to_owned()));
+        args.encrypt_key = key.map(|k| crate::cluster::keys::Secret(k.to_owned()));
         Config::resolve(&args)
     }
 
     #[test]
     fn the_gossip_key_comes_from_a_file_or_the_environment() {
-        use crate::keys::Secret;
+        use crate::cluster::keys::Secret;
         let dir = tempfile::tempdir().unwrap();
         let key = "AAAAAAAAAAAAAAAAAAAAAA==";
         let file = dir.path().join("key");

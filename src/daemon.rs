@@ -14,22 +14,22 @@ use serfnode_fs::{Mount, MountOptions, Publisher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentConfig};
 use crate::backoff::{sleep_or_shutdown, Backoff};
+use crate::cluster::agent::{self, AgentConfig};
+use crate::cluster::keys;
+use crate::cluster::membership::{self, SyncConfig, View};
+use crate::cluster::rpc::Client;
 use crate::config::{Config, EventsConfig};
-use crate::control::{AgentRaise, WriteNode};
-use crate::docker;
-use crate::events;
-use crate::files::{self, Nodes, Tree};
-use crate::grants::Grants;
-use crate::handlers::{HandlerConfig, Handlers};
-use crate::hosts::Hosts;
-use crate::journal::Journal;
-use crate::keys;
-use crate::membership::{self, SyncConfig, View};
-use crate::query::Querier;
-use crate::replica;
-use crate::rpc::Client;
+use crate::containers::docker;
+use crate::containers::grants::Grants;
+use crate::containers::replica;
+use crate::surface::events;
+use crate::surface::files::{self, Nodes, Tree};
+use crate::surface::handlers::{HandlerConfig, Handlers};
+use crate::surface::hosts::Hosts;
+use crate::surface::journal::Journal;
+use crate::surface::query::Querier;
+use crate::surface::write_node::{AgentRaise, WriteNode};
 
 /// Runs until `shutdown` is cancelled, then stops in order.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -124,7 +124,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // only when we run it).
     let (drops_tx, drops_rx) = tokio::sync::mpsc::channel(64);
     let drops_rx = (!cfg.attach).then_some(drops_rx);
-    let agent_pid = (!cfg.attach).then(crate::rpc::peer::AgentPid::default);
+    let agent_pid = (!cfg.attach).then(crate::cluster::rpc::peer::AgentPid::default);
     let agent = agent_pid.clone().map(|pid| {
         let acfg = AgentConfig {
             serf: cfg.serf.clone(),
@@ -218,7 +218,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
 /// What no inspect the files show may contain: the gossip key, the
 /// keyring's keys (as they are at start), the RPC key.
-fn redactor(cfg: &Config, auth: Option<&str>) -> crate::secrets::Redactor {
+fn redactor(cfg: &Config, auth: Option<&str>) -> crate::containers::secrets::Redactor {
     let mut known: Vec<String> = auth.into_iter().map(String::from).collect();
     known.extend(cfg.encryption.key.iter().map(|k| k.0.clone()));
     if let Some(path) = &cfg.encryption.keyring_file {
@@ -226,7 +226,7 @@ fn redactor(cfg: &Config, auth: Option<&str>) -> crate::secrets::Redactor {
             known.extend(keys);
         }
     }
-    crate::secrets::Redactor::new(known)
+    crate::containers::secrets::Redactor::new(known)
 }
 
 /// Gossip encryption as configured: shown in status.json, and a warning

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::files;
-use crate::query::{self, Ask};
+use crate::surface::files;
+use crate::surface::query::{self, Ask};
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
@@ -255,7 +255,7 @@ pub fn render(
     mut stdin: impl Read,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    use crate::templates::{Context, Documents, Origin, Source, TemplateSet};
+    use crate::surface::templates::{Context, Documents, Origin, Source, TemplateSet};
     let (text, origin) = if source == Path::new("-") {
         let mut text = String::new();
         stdin
