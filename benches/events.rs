@@ -40,7 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use serfnode::cluster::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
-use serfnode::surface::{events, files};
+use serfnode::{event as events, surface::files};
 use tokio::runtime::Runtime;
 
 use common::daemon::Daemon;

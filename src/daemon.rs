@@ -23,8 +23,8 @@ use crate::config::{Config, EventsConfig};
 use crate::containers::docker;
 use crate::containers::grants::Grants;
 use crate::containers::replica;
-use crate::surface::events;
 use crate::surface::files::{self, Nodes, Tree};
+use crate::surface::follower;
 use crate::surface::handlers::{HandlerConfig, Handlers};
 use crate::surface::hosts::Hosts;
 use crate::surface::journal::Journal;
@@ -155,7 +155,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         clients_tx,
         tasks.clone(),
     ));
-    let events = tokio::spawn(events::follow(
+    let events = tokio::spawn(follower::follow(
         clients_rx.clone(),
         followed_tx,
         view.clone(),

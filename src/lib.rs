@@ -21,6 +21,7 @@
 //! See README.md for the file contract.
 
 pub mod backoff;
+pub mod event;
 pub mod names;
 
 pub mod cluster;

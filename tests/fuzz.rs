@@ -34,8 +34,8 @@ use serfnode::cluster::rpc::fuzz::{decode_body, frame, Frame};
 use serfnode::cluster::rpc::{KeyResponse, Member, MemberStatus, QueryRecord, StreamRecord};
 use serfnode::cluster::tags::{decode_ports, encode_ports, PortMap};
 use serfnode::containers::replica::{ToParent, WireEvent, MAX_CHILD_FRAME, MAX_HELLO};
+use serfnode::event::{self as events, Raiser as Origin};
 use serfnode::names::is_event_name;
-use serfnode::surface::events::{self, From as Origin};
 use serfnode::surface::query::{Ask, AskError, DEFAULT_TIMEOUT, MAX_TIMEOUT, PORTS, WHERE};
 use serfnode::surface::write_node::{parse_line, LineError, DEFAULT_EVENT_LIMIT};
 

@@ -361,7 +361,7 @@ impl Counter {
                     let StreamRecord::User { name, payload, .. } = rec else {
                         continue;
                     };
-                    let (payload, from) = serfnode::surface::events::unwrap(&payload);
+                    let (payload, from) = serfnode::event::unwrap(&payload);
                     let id = (payload["w"].as_u64(), payload["n"].as_u64());
                     let mut c = c.lock().unwrap();
                     match (name.as_str(), from, id) {

@@ -35,7 +35,7 @@ impl Observer {
                 while let Some(rec) = sub.recv().await {
                     if let StreamRecord::User { name, payload, .. } = rec {
                         // The payload travels in the envelope naming its origin.
-                        let (payload, from) = serfnode::surface::events::unwrap(&payload);
+                        let (payload, from) = serfnode::event::unwrap(&payload);
                         let from = from.expect("events from a write node carry their origin");
                         assert_eq!((from.node.as_str(), from.child), ("writer", None));
                         let _ = tx.send((name, payload.to_string()));

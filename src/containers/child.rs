@@ -149,7 +149,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
         requests_rx,
         stop.clone(),
     ));
-    let dispatch = tokio::spawn(crate::surface::events::dispatch_journal(
+    let dispatch = tokio::spawn(crate::surface::router::dispatch_journal(
         side.journal.clone(),
         view.clone(),
         handlers.clone(),

@@ -26,7 +26,8 @@ use crate::cluster::membership::{Containers, Shown, View};
 use crate::containers::grants::{self, Allow, Grant, Grants};
 use crate::containers::manifest::ChildSpec;
 use crate::containers::secrets::Redactor;
-use crate::surface::write_node::{Event, Origin, Raise};
+use crate::event::Origin;
+use crate::surface::write_node::{Event, Raise};
 
 /// Where children find the parent's share (the static binary and the
 /// replica socket), read-only.

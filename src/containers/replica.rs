@@ -36,10 +36,11 @@ use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::cluster::membership::{Containers, Mirror, Snapshot, View};
 use crate::cluster::rpc::Member;
 use crate::containers::grants::{Allow, Grants};
+use crate::event::Origin;
 use crate::surface::journal::{Entry, Journal};
 use crate::surface::query::{Answers, Ask, Asker, MAX_WAIT};
 use crate::surface::write_node::{
-    Bucket, Event, Origin, Raise, DEFAULT_EVENT_LIMIT, RAISE_TIMEOUT, UNKNOWN,
+    Bucket, Event, Raise, DEFAULT_EVENT_LIMIT, RAISE_TIMEOUT, UNKNOWN,
 };
 
 /// The socket's file name in the share directory.

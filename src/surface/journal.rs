@@ -74,7 +74,7 @@ use serfnode_fs::{Dir, Doc, Node, NodeKind, Parts};
 use tokio::sync::watch as tokio_watch;
 use tracing::info;
 
-use crate::surface::events::ClusterEvent;
+use crate::event::ClusterEvent;
 
 /// The whole ring, as a file in the root.
 pub const EVENTS: &str = "events";
@@ -716,7 +716,7 @@ fn wait_for_change(file: &File, path: &Path) -> Result<(), WatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::surface::events::From;
+    use crate::event::Raiser;
     use serde_json::{json, Value};
 
     fn user(name: &str, payload: Value) -> ClusterEvent {
@@ -930,7 +930,7 @@ mod tests {
                 name: "deploy".into(),
                 ltime: 42,
                 payload: json!({"v": 2}),
-                from: Some(From {
+                from: Some(Raiser {
                     node: "n1".into(),
                     child: Some("web".into()),
                 }),

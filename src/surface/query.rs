@@ -8,7 +8,7 @@
 //! for a lost agent connection included), and ends early once every member
 //! the view expects to answer has answered.
 //!
-//! A query travels in the origin envelope of [`crate::surface::events`] (who asked:
+//! A query travels in the origin envelope of [`crate::event`] (who asked:
 //! this node and, for a child's query file, the child), so every member's
 //! handler sees who asked, as for events.
 //!
@@ -32,10 +32,10 @@ use serfnode_fs::Resolved;
 use crate::cluster::membership::Snapshot;
 use crate::cluster::rpc::{Client, QueryParams, QueryRecord, RpcError};
 use crate::cluster::tags::{self, NodeInfo};
+use crate::event::{self, plain, Origin};
 use crate::names::is_event_name;
-use crate::surface::events::{self, plain};
 use crate::surface::files::QueryFiles;
-use crate::surface::write_node::{AgentRaise, Origin};
+use crate::surface::write_node::AgentRaise;
 
 /// The cap on asked timeouts.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(5);
@@ -175,8 +175,8 @@ impl Ask {
 
     /// The payload as it goes on the wire: in the envelope naming `from`.
     /// Fails for a payload nested too deep for receivers to unwrap.
-    pub fn wire_payload(&self, from: &events::From) -> Result<Vec<u8>, serde_json::Error> {
-        events::wrap(
+    pub fn wire_payload(&self, from: &event::Raiser) -> Result<Vec<u8>, serde_json::Error> {
+        event::wrap(
             from,
             &serde_json::to_vec(&self.payload).expect("json values serialize"),
         )
@@ -272,7 +272,7 @@ impl Asker for AgentRaise {
                 return Err(libc::EAGAIN);
             };
             let snap = self.view().snapshot();
-            let from = events::From {
+            let from = event::Raiser {
                 node: snap.local.clone().unwrap_or_default(),
                 child: origin.child.clone(),
             };

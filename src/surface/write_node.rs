@@ -15,7 +15,7 @@
 //! so that a child, which waits longer, hears its parent's verdict.
 //!
 //! On the wire each payload travels in the envelope that says which node and
-//! child raised it (see [`crate::surface::events`]). Serf counts the gossip framing
+//! child raised it (see [`crate::event`]). Serf counts the gossip framing
 //! too, so name + enveloped payload must fit in 472 bytes: the envelope
 //! takes 35 bytes plus the node's name (plus 11 and the child's name).
 //!
@@ -41,8 +41,8 @@ use tokio::sync::watch;
 
 use crate::cluster::membership::View;
 use crate::cluster::rpc::{Client, RpcError};
+use crate::event::{self, Origin, Raiser};
 use crate::names::is_event_name;
-use crate::surface::events::{self, From};
 
 /// User events raised per second by default, in bursts of as many: half of
 /// Serf's event buffer (512 Lamport times), so that what is in flight at
@@ -162,23 +162,6 @@ impl<R: Raise> Raise for Arc<R> {
         events: Vec<Event>,
     ) -> impl Future<Output = Result<(), (usize, i32)>> + Send {
         (**self).raise(origin, events)
-    }
-}
-
-/// Who wrote the lines, for logs: the writing thread and, for events that
-/// came through a child's mount, the child's name.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    pub pid: u32,
-    pub child: Option<String>,
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.child {
-            Some(c) => write!(f, "child {c} pid {}", self.pid),
-            None => write!(f, "pid {}", self.pid),
-        }
     }
 }
 
@@ -322,12 +305,12 @@ impl Raise for AgentRaise {
             );
             return Err((0, libc::EAGAIN));
         };
-        let from = From {
+        let from = Raiser {
             node: self.view.snapshot().local.clone().unwrap_or_default(),
             child: origin.child.clone(),
         };
         for (sent, event) in events.iter().enumerate() {
-            let wire = match events::wrap(&from, &event.payload) {
+            let wire = match event::wrap(&from, &event.payload) {
                 Ok(wire) => wire,
                 Err(e) => {
                     tracing::warn!("write node: {origin}: event {:?}: {e}", event.name);

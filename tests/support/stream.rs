@@ -34,7 +34,7 @@ impl Observer {
                 let _keep = client;
                 while let Some(rec) = sub.recv().await {
                     if let StreamRecord::User { name, payload, .. } = rec {
-                        let (payload, from) = serfnode::surface::events::unwrap(&payload);
+                        let (payload, from) = serfnode::event::unwrap(&payload);
                         let _ = tx.send((name, payload, from.map(|f| f.node)));
                     }
                 }
