@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::operator::keys::KeysArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "serfnode",
@@ -98,52 +100,6 @@ pub enum Command {
     /// The cluster's gossip encryption keys, through the local agent: list
     /// them, or rotate them on every member (install NEW, use NEW, remove OLD).
     Keys(KeysArgs),
-}
-
-/// `serfnode keys`: which agent to ask.
-#[derive(Debug, Clone, Args)]
-pub struct KeysArgs {
-    #[command(subcommand)]
-    pub action: KeysAction,
-    /// The local agent's RPC address [default: 127.0.0.1:7373, port from RPC_PORT].
-    #[arg(long, global = true, value_name = "IP:PORT")]
-    pub rpc_addr: Option<SocketAddr>,
-    /// RPC port (the original's RPC_PORT).
-    #[arg(long, env = "RPC_PORT", global = true, hide = true)]
-    pub rpc_port: Option<u16>,
-    /// File holding the agent's RPC auth key [default: /var/lib/serfnode/rpc-auth if it exists].
-    #[arg(
-        long,
-        env = "SERFNODE_RPC_AUTH_FILE",
-        global = true,
-        value_name = "PATH"
-    )]
-    pub rpc_auth_file: Option<PathBuf>,
-}
-
-/// A KEY is base64 (16, 24 or 32 bytes), or `-` to read it from stdin: a
-/// KEY given as a value is visible in process listings (`ps`).
-#[derive(Debug, Clone, Subcommand)]
-pub enum KeysAction {
-    /// Every key in the members' keyrings, with how many members have it.
-    List,
-    /// Add KEY to every member's keyring (rotation step 1).
-    Install {
-        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
-        key: String,
-    },
-    /// Make KEY every member's primary key, the one gossip is encrypted
-    /// with (rotation step 2).
-    Use {
-        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
-        key: String,
-    },
-    /// Remove KEY from every member's keyring; not the primary one
-    /// (rotation step 3).
-    Remove {
-        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
-        key: String,
-    },
 }
 
 /// Where the operator commands find the local daemon's files.

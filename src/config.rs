@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cli::AgentArgs;
+use crate::cluster::agent::{DEFAULT_RPC_AUTH_FILE, DEFAULT_RPC_PORT};
 use crate::cluster::keys::{Encryption, KeyError};
 use crate::cluster::tags::OwnTags;
 use crate::containers::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
 
 pub const DEFAULT_SERF_PORT: u16 = 7946;
-pub const DEFAULT_RPC_PORT: u16 = 7373;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -88,10 +88,6 @@ impl EventsConfig {
         })
     }
 }
-
-/// Where a parent keeps its agent's RPC key: not in the share, so children
-/// (who share the parent's loopback) cannot use the RPC port.
-pub const DEFAULT_RPC_AUTH_FILE: &str = "/var/lib/serfnode/rpc-auth";
 
 /// Where a parent's agent keeps its snapshot (inside the parent container,
 /// so it survives a daemon restart).

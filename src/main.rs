@@ -122,13 +122,13 @@ fn operate(command: Command) -> anyhow::Result<i32> {
             &mut out,
         ),
         Command::Watch { from, at } => {
-            serfnode::surface::journal::watch(&at.mount, from, &mut out, || false)
+            serfnode::operator::watch::watch(&at.mount, from, &mut out, || false)
                 .map_err(Into::into)
         }
         Command::Render { source, at } => {
             operator::render(&at.mount, &source, std::io::stdin().lock(), &mut out)
         }
-        Command::Keys(args) => serfnode::cluster::keys::run(
+        Command::Keys(args) => serfnode::operator::keys::run(
             &args,
             std::io::stdin().lock(),
             &mut out,

@@ -1,6 +1,7 @@
-//! The operator commands (`serfnode members|event|query|status|watch|render`):
-//! each talks to the local daemon through its files, so they work the same
-//! in a parent, on a host and inside a child, with the child's limits.
+//! The operator commands (`serfnode members|event|query|status|render`, and
+//! [`keys`] and [`watch`]): each talks to the local daemon through its files
+//! (`keys`: to the local agent), so they work the same in a parent, on a host
+//! and inside a child, with the child's limits.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+
+pub mod keys;
+pub mod watch;
 
 use crate::surface::files;
 use crate::surface::query::{self, Ask};

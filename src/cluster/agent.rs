@@ -20,6 +20,12 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::cluster::rpc::peer::AgentPid;
 
+pub const DEFAULT_RPC_PORT: u16 = 7373;
+
+/// Where a parent keeps its agent's RPC key: not in the share, so children
+/// (who share the parent's loopback) cannot use the RPC port.
+pub const DEFAULT_RPC_AUTH_FILE: &str = "/var/lib/serfnode/rpc-auth";
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// The `serf` executable.
