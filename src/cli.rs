@@ -215,7 +215,7 @@ pub struct AgentArgs {
     /// (0: no limit). Serf drops an event that arrives more than 512 events
     /// behind the newest it has seen, so an unpaced burst loses events on
     /// other members; past the limit writes get EAGAIN instead.
-    #[arg(long, default_value_t = crate::surface::write_node::DEFAULT_EVENT_RATE, value_name = "N")]
+    #[arg(long, default_value_t = crate::surface::upstream::DEFAULT_EVENT_RATE, value_name = "N")]
     pub event_rate: u32,
     /// Queries each child container may ask per second, in bursts of as
     /// many (0: no limit); past it its query files answer EAGAIN. Every

@@ -23,13 +23,14 @@ use crate::config::{Config, EventsConfig};
 use crate::containers::docker;
 use crate::containers::grants::Grants;
 use crate::containers::replica;
+use crate::surface::files::Querier;
 use crate::surface::files::{self, Nodes, Tree};
 use crate::surface::follower;
 use crate::surface::handlers::{HandlerConfig, Handlers};
 use crate::surface::hosts::Hosts;
 use crate::surface::journal::Journal;
-use crate::surface::query::Querier;
-use crate::surface::write_node::{AgentRaise, WriteNode};
+use crate::surface::upstream::AgentUpstream;
+use crate::surface::write_node::WriteNode;
 
 /// Runs until `shutdown` is cancelled, then stops in order.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -38,7 +39,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
     // The connection whose event stream is followed: writes wait for it.
     let (followed_tx, followed_rx) = watch::channel::<Option<Client>>(None);
-    let raise = Arc::new(AgentRaise::new(followed_rx, view.clone(), cfg.event_rate));
+    let raise = Arc::new(AgentUpstream::new(
+        followed_rx,
+        view.clone(),
+        cfg.event_rate,
+    ));
     let runtime = tokio::runtime::Handle::current();
     let sink = WriteNode::new(raise.clone(), runtime.clone());
     let nodes = Nodes {

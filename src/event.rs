@@ -1,5 +1,6 @@
 //! The event vocabulary every stage shares: a cluster event as serfnode
-//! hands it on ([`ClusterEvent`]), who raised it ([`Raiser`]), the envelope
+//! hands it on ([`ClusterEvent`]), a user event to raise ([`Event`], and the
+//! rules it meets), who raised it ([`Raiser`]), the envelope
 //! that carries the raiser on the wire ([`wrap`], [`unwrap`]) and who wrote
 //! the lines a write node took ([`Origin`]). Nouns only: decoding the
 //! agent's stream is the follower's job (`surface::follower`), routing the
@@ -17,6 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::names::is_event_name;
 
 /// Who raised a user event: the node whose write node took it and, if it was
 /// written in a child container, that child's name.
@@ -129,6 +132,60 @@ impl std::fmt::Display for Origin {
             Some(c) => write!(f, "child {c} pid {}", self.pid),
             None => write!(f, "pid {}", self.pid),
         }
+    }
+}
+
+/// A user event to raise: its name and its JSON payload (compact text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub name: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LineError {
+    #[error("line is not json: {0}")]
+    NotJson(String),
+    #[error("line must be [\"event_name\", payload]")]
+    Shape,
+    #[error("event name {0:?} is not 1-128 bytes of [A-Za-z0-9._:@+-] not starting with '.'")]
+    Name(String),
+    #[error("event {name:?} is {size} bytes with its payload, over the limit of {limit}")]
+    TooBig {
+        name: String,
+        size: usize,
+        limit: usize,
+    },
+}
+
+impl LineError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            LineError::TooBig { .. } => libc::EMSGSIZE,
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+impl Event {
+    /// The rules every event meets, wherever it was parsed: a valid name, a
+    /// JSON payload, and name + payload within `limit`.
+    pub fn check(&self, limit: usize) -> Result<(), LineError> {
+        if !is_event_name(&self.name) {
+            return Err(LineError::Name(self.name.clone()));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&self.payload) {
+            return Err(LineError::NotJson(e.to_string()));
+        }
+        let size = self.name.len() + self.payload.len();
+        if size > limit {
+            return Err(LineError::TooBig {
+                name: self.name.clone(),
+                size,
+                limit,
+            });
+        }
+        Ok(())
     }
 }
 

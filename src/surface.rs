@@ -15,4 +15,5 @@ pub mod query;
 pub mod restrict;
 pub mod router;
 pub mod templates;
+pub mod upstream;
 pub mod write_node;

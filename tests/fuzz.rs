@@ -37,7 +37,9 @@ use serfnode::containers::replica::{ToParent, WireEvent, MAX_CHILD_FRAME, MAX_HE
 use serfnode::event::{self as events, Raiser as Origin};
 use serfnode::names::is_event_name;
 use serfnode::surface::query::{Ask, AskError, DEFAULT_TIMEOUT, MAX_TIMEOUT, PORTS, WHERE};
-use serfnode::surface::write_node::{parse_line, LineError, DEFAULT_EVENT_LIMIT};
+use serfnode::{
+    event::LineError, surface::upstream::DEFAULT_EVENT_LIMIT, surface::write_node::parse_line,
+};
 
 // ---- allocation accounting ---------------------------------------------------
 

@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::View;
 use crate::containers::grants::TOKEN_ENV;
-use crate::containers::replica::{self, ChildSide, ParentRaise};
+use crate::containers::replica::{self, ChildSide, ParentLink};
+use crate::surface::files::Querier;
 use crate::surface::files::{Nodes, Tree};
 use crate::surface::handlers::Handlers;
 use crate::surface::journal::Journal;
-use crate::surface::query::Querier;
 use crate::surface::restrict::Restrictions;
 use crate::surface::write_node::WriteNode;
 
@@ -97,7 +97,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let view = View::new();
     let stop = CancellationToken::new();
     let (requests_tx, requests_rx) = mpsc::channel(64);
-    let parent = Arc::new(ParentRaise::new(requests_tx));
+    let parent = Arc::new(ParentLink::new(requests_tx));
     let runtime = tokio::runtime::Handle::current();
     let node = WriteNode::new(parent.clone(), runtime.clone());
     let nodes = Nodes {

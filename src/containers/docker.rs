@@ -26,8 +26,9 @@ use crate::cluster::membership::{Containers, Shown, View};
 use crate::containers::grants::{self, Allow, Grant, Grants};
 use crate::containers::manifest::ChildSpec;
 use crate::containers::secrets::Redactor;
+use crate::event::Event;
 use crate::event::Origin;
-use crate::surface::write_node::{Event, Raise};
+use crate::surface::upstream::Upstream;
 
 /// Where children find the parent's share (the static binary and the
 /// replica socket), read-only.
@@ -214,7 +215,13 @@ impl Shared {
         self.publish();
     }
 
-    async fn event<R: Raise>(&self, raise: &R, child: &str, state: &str, exit_code: Option<i64>) {
+    async fn event<U: Upstream>(
+        &self,
+        upstream: &U,
+        child: &str,
+        state: &str,
+        exit_code: Option<i64>,
+    ) {
         let payload = json!({
             "node": self.node,
             "child": child,
@@ -231,7 +238,7 @@ impl Shared {
             child: Some(child.to_owned()),
         };
         tracing::info!(child, state, ?exit_code, "child container");
-        if let Err((_, errno)) = raise.raise(&origin, vec![event]).await {
+        if let Err((_, errno)) = upstream.raise(&origin, vec![event]).await {
             tracing::warn!(child, "container event not raised (errno {errno})");
         }
     }
@@ -248,12 +255,12 @@ pub fn announce(parent: &Parent, view: &View) {
 }
 
 /// Runs the children until `stop`, then stops and removes them (bounded).
-pub async fn run_children<R: Raise>(
+pub async fn run_children<U: Upstream>(
     parent: Parent,
     specs: Vec<ChildSpec>,
     node: String,
     view: View,
-    raise: Arc<R>,
+    upstream: Arc<U>,
     grants: Grants,
     stop: CancellationToken,
 ) {
@@ -306,15 +313,15 @@ pub async fn run_children<R: Raise>(
         // Started in list order: the next child waits until this one runs.
         if !running {
             match start(&shared.parent, &name).await {
-                Ok(()) => shared.event(&*raise, &name, "started", None).await,
+                Ok(()) => shared.event(&*upstream, &name, "started", None).await,
                 Err(e) => tracing::error!("{e}"),
             }
         }
         shared.refresh(&name).await;
-        let (shared, raise, stop) = (shared.clone(), raise.clone(), stop.clone());
+        let (shared, upstream, stop) = (shared.clone(), upstream.clone(), stop.clone());
         let (spec, all) = (spec.clone(), specs.clone());
         tasks.push(tokio::spawn(async move {
-            keep_running(&shared, &*raise, &spec, &all, &stop).await
+            keep_running(&shared, &*upstream, &spec, &all, &stop).await
         }));
     }
     stop.cancelled().await;
@@ -386,9 +393,9 @@ async fn stop_and_remove(shared: &Shared, child: &str, grace: Duration) {
 
 /// Waits for the child to exit, reports it, and starts it again with
 /// backoff, until `stop`.
-async fn keep_running<R: Raise>(
+async fn keep_running<U: Upstream>(
     shared: &Shared,
-    raise: &R,
+    upstream: &U,
     spec: &ChildSpec,
     all: &[ChildSpec],
     stop: &CancellationToken,
@@ -434,7 +441,7 @@ async fn keep_running<R: Raise>(
             },
             _ = stop.cancelled() => return,
         };
-        shared.event(raise, child, "exited", code).await;
+        shared.event(upstream, child, "exited", code).await;
         shared.refresh(child).await;
         let started = std::time::Instant::now();
         if sleep_or_shutdown(backoff.next_delay(), stop).await {
@@ -442,7 +449,7 @@ async fn keep_running<R: Raise>(
         }
         match start_or_recreate(&shared.parent, spec, all).await {
             Ok(()) => {
-                shared.event(raise, child, "started", None).await;
+                shared.event(upstream, child, "started", None).await;
                 shared.refresh(child).await;
             }
             Err(e) => tracing::warn!("{e}"),

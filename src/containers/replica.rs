@@ -36,12 +36,11 @@ use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::cluster::membership::{Containers, Mirror, Snapshot, View};
 use crate::cluster::rpc::Member;
 use crate::containers::grants::{Allow, Grants};
+use crate::event::Event;
 use crate::event::Origin;
 use crate::surface::journal::{Entry, Journal};
-use crate::surface::query::{Answers, Ask, Asker, MAX_WAIT};
-use crate::surface::write_node::{
-    Bucket, Event, Raise, DEFAULT_EVENT_LIMIT, RAISE_TIMEOUT, UNKNOWN,
-};
+use crate::surface::query::{Answers, Ask, MAX_WAIT};
+use crate::surface::upstream::{Bucket, Upstream, DEFAULT_EVENT_LIMIT, RAISE_TIMEOUT, UNKNOWN};
 
 /// The socket's file name in the share directory.
 pub const SOCKET: &str = "replica.sock";
@@ -316,11 +315,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ReplicaError> {
 
 /// The parent's side: serves every child that connects until `stop`.
 /// `query_rate`: queries each child may ask per second (0: no limit).
-pub async fn serve<R: Raise + Asker>(
+pub async fn serve<U: Upstream>(
     listener: UnixListener,
     view: View,
     journal: Journal,
-    raise: Arc<R>,
+    upstream: Arc<U>,
     grants: Option<Grants>,
     query_rate: u32,
     stop: CancellationToken,
@@ -328,7 +327,7 @@ pub async fn serve<R: Raise + Asker>(
     let server = Arc::new(Server {
         view,
         journal,
-        raise,
+        upstream,
         grants,
         slots: Arc::new(Slots::default()),
         paces: Paces::new(query_rate),
@@ -377,10 +376,10 @@ pub async fn serve<R: Raise + Asker>(
 }
 
 /// What every connection of the parent's socket shares.
-struct Server<R> {
+struct Server<U> {
     view: View,
     journal: Journal,
-    raise: Arc<R>,
+    upstream: Arc<U>,
     grants: Option<Grants>,
     slots: Arc<Slots>,
     paces: Paces,
@@ -533,9 +532,9 @@ impl Paces {
     }
 }
 
-async fn serve_child<R: Raise + Asker>(
+async fn serve_child<U: Upstream>(
     stream: UnixStream,
-    server: &Server<R>,
+    server: &Server<U>,
     mut slot: Slot,
     stop: &CancellationToken,
 ) -> Result<(), ReplicaError> {
@@ -623,7 +622,7 @@ async fn serve_child<R: Raise + Asker>(
                 .acquire_owned()
                 .await
                 .expect("never closed");
-            let (raise, outcomes) = (server.raise.clone(), outcomes.clone());
+            let (raise, outcomes) = (server.upstream.clone(), outcomes.clone());
             match msg {
                 ToParent::Events { id, pid, events } => {
                     let origin = Origin {
@@ -681,8 +680,8 @@ async fn serve_child<R: Raise + Asker>(
 
 /// Children are not trusted: every event is checked again here before it
 /// reaches the agent.
-async fn raise_from_child<R: Raise>(
-    raise: &R,
+async fn raise_from_child<U: Upstream>(
+    upstream: &U,
     origin: &Origin,
     allow: &Allow,
     events: Vec<WireEvent>,
@@ -708,7 +707,7 @@ async fn raise_from_child<R: Raise>(
     }
     let n = valid.len();
     if n > 0 {
-        if let Err((k, errno)) = raise.raise(origin, valid).await {
+        if let Err((k, errno)) = upstream.raise(origin, valid).await {
             return (k, Some(errno));
         }
     }
@@ -801,17 +800,17 @@ impl Handoff {
 }
 
 /// The child's side of the write node: events go to the parent's daemon.
-pub struct ParentRaise {
+pub struct ParentLink {
     requests: mpsc::Sender<Request>,
 }
 
-impl ParentRaise {
-    pub fn new(requests: mpsc::Sender<Request>) -> ParentRaise {
-        ParentRaise { requests }
+impl ParentLink {
+    pub fn new(requests: mpsc::Sender<Request>) -> ParentLink {
+        ParentLink { requests }
     }
 }
 
-impl Raise for ParentRaise {
+impl Upstream for ParentLink {
     /// Within [`CHILD_RAISE_WAIT`]. Without a verdict: EAGAIN if the request
     /// never left this process, [`UNKNOWN`] once it was sent.
     async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
@@ -850,9 +849,7 @@ impl Raise for ParentRaise {
             }
         }
     }
-}
 
-impl Asker for ParentRaise {
     async fn ask(&self, origin: &Origin, ask: Ask) -> Result<Answers, i32> {
         let name = ask.name.clone();
         let (tx, rx) = oneshot::channel();
@@ -1144,7 +1141,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder(parking_lot::Mutex<Vec<(Option<String>, String)>>);
 
-    impl Raise for Recorder {
+    impl Upstream for Recorder {
         async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
             let mut seen = self.0.lock();
             for e in events {
@@ -1152,9 +1149,7 @@ mod tests {
             }
             Ok(())
         }
-    }
 
-    impl Asker for Recorder {
         async fn ask(&self, origin: &Origin, ask: Ask) -> Result<Answers, i32> {
             self.0
                 .lock()

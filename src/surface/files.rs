@@ -27,8 +27,11 @@ use serfnode_fs::{ControlSink, Dir, Doc, Node, NodeKind, Resolve, Resolved};
 use crate::cluster::membership::Snapshot;
 use crate::cluster::rpc::Member;
 use crate::cluster::tags::{self, NodeInfo};
+use crate::event::Origin;
 use crate::names::is_event_name;
 use crate::surface::journal::{JournalSnap, EVENTS, EVENTS_SINCE};
+use crate::surface::query::Ask;
+use crate::surface::upstream::Upstream;
 
 pub const BY_ID: &str = "serfnodes_by_id.json";
 pub const BY_ROLE: &str = "serfnodes_by_role.json";
@@ -305,6 +308,42 @@ pub fn member_doc(m: &Member) -> Value {
     obj.insert("port".into(), json!(m.port));
     obj.insert("tags".into(), json!(m.tags));
     v
+}
+
+/// Serves `query/` files: each read parses its name and segment and asks
+/// through `upstream` on the runtime, answering the lookup when done.
+pub struct Querier<U> {
+    upstream: U,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<U: Upstream + Clone> Querier<U> {
+    pub fn new(upstream: U, runtime: tokio::runtime::Handle) -> Querier<U> {
+        Querier { upstream, runtime }
+    }
+}
+
+impl<U: Upstream + Clone> QueryFiles for Querier<U> {
+    fn resolve(&self, name: &str, segment: &str, done: Resolved) {
+        let q = match Ask::from_file(name, segment) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::info!("query file {name}/{segment}: {e}");
+                return done.fail(libc::ENOENT);
+            }
+        };
+        let upstream = self.upstream.clone();
+        self.runtime.spawn(async move {
+            match upstream.ask(&Origin::default(), q).await {
+                Ok(answers) => {
+                    let mut bytes = serde_json::to_vec(&answers).expect("answers serialize");
+                    bytes.push(b'\n');
+                    done.file(bytes);
+                }
+                Err(errno) => done.fail(errno),
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -21,21 +21,16 @@
 //! given; an empty R is none), and with neither every member answers.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use serfnode_fs::Resolved;
 
 use crate::cluster::membership::Snapshot;
 use crate::cluster::rpc::{Client, QueryParams, QueryRecord, RpcError};
 use crate::cluster::tags::{self, NodeInfo};
-use crate::event::{self, plain, Origin};
+use crate::event::{self, plain};
 use crate::names::is_event_name;
-use crate::surface::files::QueryFiles;
-use crate::surface::write_node::AgentRaise;
 
 /// The cap on asked timeouts.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,8 +38,6 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(5);
 /// timeout plus a second for the agent to take and end it, with any wait
 /// for a lost agent connection taken out of the query's time.
 pub const MAX_WAIT: Duration = Duration::from_secs(6);
-/// Of [`MAX_WAIT`], what is left for the agent beyond the query's timeout.
-const AGENT_SLACK: Duration = Duration::from_secs(1);
 /// The wait when the reader names none: long enough for handlers to answer
 /// on a loopback or LAN cluster, short enough for a `cat`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -248,109 +241,6 @@ pub async fn ask(
         missing,
         elapsed_ms: began.elapsed().as_millis() as u64,
     })
-}
-
-/// Where a query file's question goes: the agent (in a parent) or the
-/// parent's daemon (in a child). `Err` is the errno the reader gets.
-pub trait Asker: Send + Sync + 'static {
-    fn ask(&self, origin: &Origin, ask: Ask) -> impl Future<Output = Result<Answers, i32>> + Send;
-}
-
-impl<A: Asker> Asker for Arc<A> {
-    fn ask(&self, origin: &Origin, ask: Ask) -> impl Future<Output = Result<Answers, i32>> + Send {
-        (**self).ask(origin, ask)
-    }
-}
-
-impl Asker for AgentRaise {
-    /// Within [`MAX_WAIT`] in all, a lost connection's wait included.
-    async fn ask(&self, origin: &Origin, q: Ask) -> Result<Answers, i32> {
-        let limit = tokio::time::Instant::now() + MAX_WAIT;
-        let asked = async {
-            let Some(client) = self.client().await else {
-                tracing::warn!("query {}: {origin}: agent unreachable", q.name);
-                return Err(libc::EAGAIN);
-            };
-            let snap = self.view().snapshot();
-            let from = event::Raiser {
-                node: snap.local.clone().unwrap_or_default(),
-                child: origin.child.clone(),
-            };
-            let payload = match q.wire_payload(&from) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::info!("query {}: {origin}: payload not sent: {e}", q.name);
-                    return Err(libc::EINVAL);
-                }
-            };
-            // The query gets what is left, less the agent's slack.
-            let left = limit.saturating_duration_since(tokio::time::Instant::now());
-            let within = left.saturating_sub(AGENT_SLACK);
-            match ask(&client, &snap, &q, payload, within).await {
-                Ok(answers) => {
-                    tracing::debug!(query = %q.name, answers = answers.responses.len(), "query for {origin}");
-                    Ok(answers)
-                }
-                Err(e) => {
-                    tracing::warn!("query {}: {origin}: {e}", q.name);
-                    Err(match e {
-                        // Serf's 1 KB query limit, as the write node maps it.
-                        RpcError::Agent { message, .. } if message.contains("exceeds") => {
-                            libc::EMSGSIZE
-                        }
-                        RpcError::Agent { .. } => libc::EIO,
-                        _ => libc::EAGAIN,
-                    })
-                }
-            }
-        };
-        match tokio::time::timeout_at(limit, asked).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(
-                    "query {}: {origin}: the agent did not answer within {MAX_WAIT:?}",
-                    q.name
-                );
-                Err(libc::EAGAIN)
-            }
-        }
-    }
-}
-
-/// Serves `query/` files: each read parses its name and segment and asks
-/// through `asker` on the runtime, answering the lookup when done.
-pub struct Querier<A> {
-    asker: A,
-    runtime: tokio::runtime::Handle,
-}
-
-impl<A: Asker + Clone> Querier<A> {
-    pub fn new(asker: A, runtime: tokio::runtime::Handle) -> Querier<A> {
-        Querier { asker, runtime }
-    }
-}
-
-impl<A: Asker + Clone> QueryFiles for Querier<A> {
-    fn resolve(&self, name: &str, segment: &str, done: Resolved) {
-        let q = match Ask::from_file(name, segment) {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::info!("query file {name}/{segment}: {e}");
-                return done.fail(libc::ENOENT);
-            }
-        };
-        let asker = self.asker.clone();
-        self.runtime.spawn(async move {
-            match asker.ask(&Origin::default(), q).await {
-                Ok(answers) => {
-                    let mut bytes = serde_json::to_vec(&answers).expect("answers serialize");
-                    bytes.push(b'\n');
-                    done.file(bytes);
-                }
-                Err(errno) => done.fail(errno),
-            }
-        });
-    }
 }
 
 /// Whether `name` is a query serfnode answers itself.
