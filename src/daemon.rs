@@ -1,16 +1,16 @@
-//! The daemon: wires the agent, the membership sync, the file system, the
-//! hosts hook, the write node, the event pipeline (journal, handlers,
-//! queries) and the children together, and owns the shutdown order: stop
+//! The daemon (`serfnode agent`): a parent's configuration of the
+//! [`Surface`], whose upstream is the local agent. It wires the agent, the
+//! membership sync, the follower of the agent's stream, the hosts hook, the
+//! replica link and the children to it, and owns the shutdown order: stop
 //! accepting writes → stop the children (all at once, bounded by the
 //! parent's `docker stop` grace) → leave the cluster (bounded: 3 s) → stop
-//! the tasks and kill running handlers → clear the hosts block → unmount
-//! (a file still open does not fail the stop) → return.
+//! the tasks → kill running handlers → clear the hosts block → unmount (a
+//! file still open does not fail the stop) → return.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use serfnode_fs::{Mount, MountOptions, Publisher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -19,18 +19,17 @@ use crate::cluster::agent::{self, AgentConfig};
 use crate::cluster::keys;
 use crate::cluster::membership::{self, SyncConfig, View};
 use crate::cluster::rpc::Client;
-use crate::config::{Config, EventsConfig};
+use crate::config::Config;
 use crate::containers::docker;
 use crate::containers::grants::Grants;
 use crate::containers::replica;
-use crate::surface::files::Querier;
-use crate::surface::files::{self, Nodes, Tree};
+use crate::surface::files;
 use crate::surface::follower;
-use crate::surface::handlers::{HandlerConfig, Handlers};
 use crate::surface::hosts::Hosts;
 use crate::surface::journal::Journal;
+use crate::surface::restrict::Restrictions;
 use crate::surface::upstream::AgentUpstream;
-use crate::surface::write_node::WriteNode;
+use crate::surface::{Surface, SurfaceConfig};
 
 /// Runs until `shutdown` is cancelled, then stops in order.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -39,33 +38,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
     // The connection whose event stream is followed: writes wait for it.
     let (followed_tx, followed_rx) = watch::channel::<Option<Client>>(None);
-    let raise = Arc::new(AgentUpstream::new(
+    let upstream = Arc::new(AgentUpstream::new(
         followed_rx,
         view.clone(),
         cfg.event_rate,
     ));
-    let runtime = tokio::runtime::Handle::current();
-    let sink = WriteNode::new(raise.clone(), runtime.clone());
-    let nodes = Nodes {
-        sink: Arc::new(sink.clone()),
-        queries: Arc::new(Querier::new(raise.clone(), runtime)),
-    };
     let tasks = CancellationToken::new();
     // Known before the first status.json is served.
     announce_encryption(&cfg);
-
-    // Mount first: a mount point we cannot serve fails the start before the
-    // node joins anything.
-    let root = Tree::new(view.snapshot(), journal.snapshot(), nodes.clone());
-    let mount = mount(&cfg, root).await?;
-    let publisher = tokio::spawn(publish(
+    let surface = Surface::start(
         view.clone(),
         journal.clone(),
-        mount.publisher(),
-        nodes,
-    ));
-    let handlers_stop = CancellationToken::new();
-    let handlers = Handlers::start(handler_config(&cfg.events), handlers_stop.clone());
+        upstream.clone(),
+        &SurfaceConfig {
+            mount: cfg.mount.clone(),
+            allow_other: cfg.allow_other,
+            events: cfg.events.clone(),
+            restrict: Restrictions::none(),
+        },
+    )
+    .await?;
+    let handlers = surface.handlers.clone();
     // Children's mounts follow this view over the share's socket; a
     // parent's children prove who they are with the token it gave them.
     let grants = cfg.docker.is_some().then(Grants::default);
@@ -78,7 +71,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 listener,
                 view.clone(),
                 journal.clone(),
-                raise.clone(),
+                upstream.clone(),
                 grants.clone(),
                 cfg.child_query_rate,
                 tasks.clone(),
@@ -105,7 +98,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 specs.clone(),
                 cfg.node.clone(),
                 view.clone(),
-                raise.clone(),
+                upstream.clone(),
                 grants.clone().unwrap_or_default(),
                 children_stop.clone(),
             )))
@@ -176,7 +169,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    sink.close();
+    surface.close();
     if let Some(children) = children {
         children_stop.cancel();
         let _ = children.await;
@@ -192,31 +185,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     {
         let _ = t.await;
     }
-    handlers_stop.cancel();
-    handlers.stopped().await;
-    if let Some(h) = hosts {
-        if let Ok(mut hosts) = h.await {
-            if let Err(e) = tokio::task::spawn_blocking(move || hosts.clear()).await? {
-                tracing::warn!("{e}");
+    surface
+        .finish(async {
+            if let Some(h) = hosts {
+                if let Ok(mut hosts) = h.await {
+                    if let Err(e) = tokio::task::spawn_blocking(move || hosts.clear()).await? {
+                        tracing::warn!("{e}");
+                    }
+                }
             }
-        }
-    }
-    publisher.abort();
-    match tokio::task::spawn_blocking(move || mount.unmount()).await? {
-        Ok(()) => {}
-        // Detached already (gone from the file system); a file someone still
-        // has open is served until this process exits. No reason to fail
-        // the stop.
-        Err(serfnode_fs::FsError::Unmount { path, error })
-            if error.kind() == std::io::ErrorKind::TimedOut =>
-        {
-            tracing::warn!(
-                "unmount {}: files still open; detached (their reads fail once serfnode exits)",
-                path.display()
-            );
-        }
-        Err(e) => return Err(e.into()),
-    }
+            Ok(())
+        })
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -293,15 +273,6 @@ async fn probe_encryption(mut clients: watch::Receiver<Option<Client>>, stop: Ca
     }
 }
 
-pub(crate) fn handler_config(cfg: &EventsConfig) -> HandlerConfig {
-    HandlerConfig {
-        dir: cfg.handlers.clone(),
-        concurrency: cfg.concurrency,
-        timeout: cfg.timeout,
-        ..HandlerConfig::default()
-    }
-}
-
 /// Puts this (static) binary in the share, where children run it from.
 fn share_binary(share: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -312,52 +283,6 @@ fn share_binary(share: &std::path::Path) -> anyhow::Result<()> {
         .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
         .and_then(|()| std::fs::rename(&tmp, &dest))
         .with_context(|| format!("copy {} to {}", exe.display(), dest.display()))
-}
-
-async fn mount(cfg: &Config, root: Arc<Tree>) -> anyhow::Result<Mount> {
-    let path = cfg.mount.clone();
-    let opts = MountOptions {
-        allow_other: cfg.allow_other,
-        ..MountOptions::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        // A crashed run's dead mount answers ENOTCONN, which would make
-        // creating the mount point fail with EEXIST: detach it first.
-        serfnode_fs::detach_stale(&path)?;
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("create mount point {}", path.display()))?;
-        serfnode_fs::mount(&path, root, &opts).map_err(anyhow::Error::from)
-    })
-    .await?
-}
-
-/// Publishes each new snapshot of the view or the journal to the mount.
-/// Publishing invalidates kernel caches (blocking writes to /dev/fuse), so
-/// it runs on a blocking thread; the watch channels hand over only the
-/// latest snapshots, so a burst of changes costs one publish.
-pub(crate) async fn publish(view: View, journal: Journal, publisher: Publisher, nodes: Nodes) {
-    let mut rx = view.subscribe();
-    let mut entries = journal.subscribe();
-    // Whatever changed between the mount and this subscription is published.
-    rx.mark_changed();
-    loop {
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            r = entries.changed() => if r.is_err() { return },
-        }
-        let tree = Tree::new(
-            rx.borrow_and_update().clone(),
-            entries.borrow_and_update().clone(),
-            nodes.clone(),
-        );
-        let p = publisher.clone();
-        if tokio::task::spawn_blocking(move || p.publish(tree))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
 }
 
 /// Rewrites the hosts block whenever the view changes; returns the hook for

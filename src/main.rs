@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use serfnode::cli::{Cli, Command};
 use serfnode::config::Config;
-use serfnode::containers::child::ChildConfig;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -24,12 +23,13 @@ fn main() -> ExitCode {
                 serfnode::containers::secrets::take_env(serfnode::cluster::keys::KEY_ENV)
                     .map(serfnode::cluster::keys::Secret);
         }
-        Command::Child(args) => {
-            if let Err(e) = serfnode::containers::child::prepare(args) {
+        Command::Child(args) => match serfnode::containers::child::prepare() {
+            Ok(token) => args.token = token,
+            Err(e) => {
                 eprintln!("serfnode child: make the wrapper undumpable: {e}");
                 return ExitCode::FAILURE;
             }
-        }
+        },
         _ => {}
     }
     tracing_subscriber::fmt()
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
                 serfnode::containers::supervisor::run(std::env::args_os().collect()).await
             }
             Command::Child(args) => {
-                serfnode::containers::child::run(ChildConfig::resolve(args)?).await
+                serfnode::containers::child::run(serfnode::config::child_config(args)?).await
             }
             // The operator commands block on file reads: off the runtime.
             op => tokio::task::spawn_blocking(move || operate(op)).await?,

@@ -7,6 +7,11 @@
 //! forwarded, zombies reaped, the application's exit status returned. Every
 //! handler it runs gets the same restrictions.
 //!
+//! Its files are a child's configuration of the [`Surface`]: the upstream is
+//! the parent, over the replica link ([`ParentLink`]), the view and the
+//! journal mirror the parent's, and its handlers run for the journal's new
+//! entries ([`crate::surface::router::dispatch_journal`]).
+//!
 //! The wrapper is the one process of the child that keeps CAP_SYS_ADMIN, so
 //! the application must not reach into it: it is not dumpable (no
 //! `/proc/1/environ`, `/proc/1/mem` or ptrace for a process without
@@ -19,19 +24,15 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::Context;
-use serfnode_fs::MountOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::View;
-use crate::containers::grants::TOKEN_ENV;
 use crate::containers::replica::{self, ChildSide, ParentLink};
-use crate::surface::files::Querier;
-use crate::surface::files::{Nodes, Tree};
-use crate::surface::handlers::Handlers;
 use crate::surface::journal::Journal;
 use crate::surface::restrict::Restrictions;
-use crate::surface::write_node::WriteNode;
+use crate::surface::restrict::TOKEN_ENV;
+use crate::surface::{EventsConfig, Surface, SurfaceConfig};
 
 #[derive(Debug, Clone)]
 pub struct ChildConfig {
@@ -44,47 +45,21 @@ pub struct ChildConfig {
     /// stays root with CAP_SYS_ADMIN to serve the mount.
     pub restrict: Restrictions,
     /// The child's own handlers (run in the child for the parent's events).
-    pub events: crate::config::EventsConfig,
+    pub events: EventsConfig,
     /// Proves to the parent which child this is (never given to the
     /// application).
     pub token: Option<String>,
     pub command: Vec<OsString>,
 }
 
-impl ChildConfig {
-    pub fn resolve(args: crate::cli::ChildArgs) -> anyhow::Result<ChildConfig> {
-        let name = match args.name {
-            Some(n) => n,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .context("read the hostname for the child's name")?
-                .trim()
-                .to_owned(),
-        };
-        // Resolved before fork, from the image's own files.
-        let restrict =
-            Restrictions::for_child(args.user.as_deref(), args.keep_caps, Path::new("/"))?;
-        Ok(ChildConfig {
-            name,
-            socket: args.socket,
-            mount: args.mount,
-            me_link: (args.me_link != "none").then(|| PathBuf::from(args.me_link)),
-            restrict,
-            events: crate::config::EventsConfig::resolve(&args.events, None)?,
-            token: args.token,
-            command: args.command,
-        })
-    }
-}
-
 /// Readies the wrapper before any thread exists: not dumpable (see the
-/// module doc), and the token taken out of the environment into `args`.
-pub fn prepare(args: &mut crate::cli::ChildArgs) -> std::io::Result<()> {
+/// module doc), and the token taken out of the environment; returns it.
+pub fn prepare() -> std::io::Result<Option<String>> {
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    args.token = crate::containers::secrets::take_env(TOKEN_ENV);
-    Ok(())
+    Ok(crate::containers::secrets::take_env(TOKEN_ENV))
 }
 
 /// Runs the application under the mount; returns its exit code (128 + the
@@ -97,50 +72,24 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let view = View::new();
     let stop = CancellationToken::new();
     let (requests_tx, requests_rx) = mpsc::channel(64);
-    let parent = Arc::new(ParentLink::new(requests_tx));
-    let runtime = tokio::runtime::Handle::current();
-    let node = WriteNode::new(parent.clone(), runtime.clone());
-    let nodes = Nodes {
-        sink: Arc::new(node.clone()),
-        queries: Arc::new(Querier::new(parent, runtime)),
-    };
     let side = ChildSide {
         journal: Journal::new(cfg.events.journal_size),
         start: Default::default(),
         token: cfg.token.clone(),
     };
-    let handlers_stop = CancellationToken::new();
-    let handlers = Handlers::start(
-        crate::surface::handlers::HandlerConfig {
-            restrict: cfg.restrict.clone(),
-            ..crate::daemon::handler_config(&cfg.events)
-        },
-        handlers_stop.clone(),
-    );
-
-    let path = cfg.mount.clone();
-    let root = Tree::new(view.snapshot(), side.journal.snapshot(), nodes.clone());
-    let mount = tokio::task::spawn_blocking(move || {
-        serfnode_fs::detach_stale(&path)?;
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("create mount point {}", path.display()))?;
-        serfnode_fs::mount(
-            &path,
-            root,
-            &MountOptions {
-                allow_other: true,
-                ..MountOptions::default()
-            },
-        )
-        .map_err(anyhow::Error::from)
-    })
-    .await??;
-    let publisher = tokio::spawn(crate::daemon::publish(
+    let surface = Surface::start(
         view.clone(),
         side.journal.clone(),
-        mount.publisher(),
-        nodes,
-    ));
+        Arc::new(ParentLink::new(requests_tx)),
+        &SurfaceConfig {
+            mount: cfg.mount.clone(),
+            allow_other: true,
+            events: cfg.events.clone(),
+            restrict: cfg.restrict.clone(),
+        },
+    )
+    .await?;
+    let handlers = surface.handlers.clone();
     let link = tokio::spawn(replica::follow(
         cfg.socket.clone(),
         cfg.name.clone(),
@@ -171,16 +120,13 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let status = crate::containers::init::wait_forwarding(pid).await?.code;
     tracing::info!(status, "application exited");
 
-    node.close();
+    surface.close();
     stop.cancel();
     let _ = link.await;
     let _ = dispatch.await;
-    handlers_stop.cancel();
-    handlers.stopped().await;
-    publisher.abort();
     let path = cfg.mount.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || mount.unmount()).await? {
-        tracing::warn!("unmount {}: {e}", path.display());
+    if let Err(e) = surface.finish(async { Ok(()) }).await {
+        tracing::warn!("unmount {}: {e:#}", path.display());
     }
     Ok(status)
 }

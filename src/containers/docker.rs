@@ -28,6 +28,7 @@ use crate::containers::manifest::ChildSpec;
 use crate::containers::secrets::Redactor;
 use crate::event::Event;
 use crate::event::Origin;
+use crate::surface::restrict::TOKEN_ENV;
 use crate::surface::upstream::Upstream;
 
 /// Where children find the parent's share (the static binary and the
@@ -191,7 +192,7 @@ impl Shared {
                         }
                         None => tracing::warn!(
                             "child container {name} has no {} and cannot reach the parent",
-                            grants::TOKEN_ENV
+                            TOKEN_ENV
                         ),
                     }
                     grants::scrub(&mut v);
@@ -616,7 +617,7 @@ async fn create(parent: &Parent, spec: &ChildSpec, all: &[ChildSpec]) -> Result<
             spec.environment
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
-                .chain([format!("{}={token}", grants::TOKEN_ENV)])
+                .chain([format!("{}={token}", TOKEN_ENV)])
                 .collect(),
         ),
         working_dir: spec.working_dir.clone(),

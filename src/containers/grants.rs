@@ -22,9 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::names::is_event_name;
-
-/// The variable that carries a child's token into its container.
-pub const TOKEN_ENV: &str = "SERFNODE_CHILD_TOKEN";
+use crate::surface::restrict::TOKEN_ENV;
 
 /// Names only serfnode (`container`) or Serf (the member events) raise; no
 /// child may raise or ask them.

@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use crate::cluster::keys::KEY_ENV;
-use crate::containers::grants::TOKEN_ENV;
+use crate::surface::restrict::TOKEN_ENV;
 
 /// What a redacted value reads as.
 pub const REDACTED: &str = "<redacted>";

@@ -460,7 +460,7 @@ async fn run_one(
     let mut cmd = Command::new(&path);
     // A child wrapper's token proves its identity to the parent; handlers
     // have no use for it.
-    cmd.env_remove(crate::containers::grants::TOKEN_ENV)
+    cmd.env_remove(crate::surface::restrict::TOKEN_ENV)
         .envs(env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

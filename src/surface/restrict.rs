@@ -15,12 +15,19 @@
 //!   /etc/passwd and /etc/group before fork.
 //!
 //! A value of [`Restrictions`] can be applied to any command
-//! ([`Restrictions::on_std`], [`Restrictions::on_tokio`]).
+//! ([`Restrictions::on_std`], [`Restrictions::on_tokio`]). No process
+//! serfnode starts, in a parent or a child, gets a child's token
+//! ([`TOKEN_ENV`]).
 
 mod seccomp;
 
 use std::io;
 use std::path::Path;
+
+/// The variable that carries a child's token into its container: it proves
+/// to the parent which child the wrapper is, and is removed from the
+/// environment of every process serfnode starts (handlers, the application).
+pub const TOKEN_ENV: &str = "SERFNODE_CHILD_TOKEN";
 
 /// CAP_SYS_ADMIN, from linux/capability.h.
 const CAP_SYS_ADMIN: u32 = 21;
