@@ -78,6 +78,27 @@ pub fn check_key(text: &str, origin: &str) -> Result<String, KeyError> {
     Ok(key.to_owned())
 }
 
+/// Standard base64 with padding, as Go's `base64.StdEncoding` writes it: a
+/// key as Serf takes it, from its bytes (for tests and tools that make keys).
+pub fn encode_base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
 /// Standard base64 with padding, as Go's `base64.StdEncoding` reads it.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     let b = text.as_bytes();
@@ -300,30 +321,15 @@ pub async fn agent_encrypted(client: &Client) -> Option<bool> {
 mod tests {
     use super::*;
 
-    fn encode(bytes: &[u8]) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for c in bytes.chunks(3) {
-            let n = c
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn base64_round_trips_every_length() {
         for len in 0..40 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            assert_eq!(decode_base64(&encode(&bytes)).unwrap(), bytes, "{len}");
+            assert_eq!(
+                decode_base64(&encode_base64(&bytes)).unwrap(),
+                bytes,
+                "{len}"
+            );
         }
         assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
         assert!(decode_base64("aGVsbG8").is_err());
@@ -335,10 +341,10 @@ mod tests {
     #[test]
     fn keys_are_16_24_or_32_bytes_and_errors_name_their_origin() {
         for len in [16, 24, 32] {
-            let key = encode(&vec![7u8; len]);
+            let key = encode_base64(&vec![7u8; len]);
             assert_eq!(check_key(&format!(" {key}\n"), "x").unwrap(), key);
         }
-        let err = check_key(&encode(&[1u8; 20]), "SERF_ENCRYPT_KEY").unwrap_err();
+        let err = check_key(&encode_base64(&[1u8; 20]), "SERF_ENCRYPT_KEY").unwrap_err();
         assert_eq!(
             err.to_string(),
             "SERF_ENCRYPT_KEY: the key is 20 bytes; it must be 16, 24 or 32 (make one with: head -c32 /dev/urandom | base64)"
@@ -358,7 +364,7 @@ mod tests {
     #[test]
     fn resolving_checks_the_key_file_and_the_keyring() {
         let dir = tempfile::tempdir().unwrap();
-        let key = encode(&[9u8; 32]);
+        let key = encode_base64(&[9u8; 32]);
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, format!("{key}\n")).unwrap();
         let e = Encryption::resolve(Some(&key_file), None, None).unwrap();

@@ -215,6 +215,41 @@ mod tests {
     }
 
     /// Reads frames until one that `pick` accepts; None if the link closed.
+    /// Asks `where` for the role `web` as query `id`: whether it was answered.
+    async fn ask_where(
+        r: &mut BufReader<OwnedReadHalf>,
+        w: &mut OwnedWriteHalf,
+        want: u64,
+    ) -> Option<Result<(), i32>> {
+        let ask = Ask::from_file("where", "web").unwrap();
+        frame(
+            w,
+            &ToParent::Query {
+                id: want,
+                pid: 1,
+                ask,
+            },
+        )
+        .await;
+        until(r, |m| match m {
+            ToChild::Answers { id, result } if id == want => Some(result.map(|_| ())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The outcome the parent sends for the child's `events` request `id`.
+    async fn outcome_of(
+        r: &mut BufReader<OwnedReadHalf>,
+        want: u64,
+    ) -> Option<(usize, Option<i32>)> {
+        until(r, |m| match m {
+            ToChild::Outcome { id, raised, errno } if id == want => Some((raised, errno)),
+            _ => None,
+        })
+        .await
+    }
+
     async fn until<T>(
         r: &mut BufReader<OwnedReadHalf>,
         mut pick: impl FnMut(ToChild) -> Option<T>,
@@ -232,17 +267,10 @@ mod tests {
     async fn children_are_known_by_their_token_and_held_to_their_allow_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SOCKET);
-        let grants = Grants::default();
-        grants.set(
-            "web",
-            crate::containers::grants::Grant {
-                token: "secret".into(),
-                allow: Allow {
-                    events: Some(vec!["deploy".into()]),
-                    queries: Some(vec![]),
-                },
-            },
-        );
+        let grants = web_grants(Allow {
+            events: Some(vec!["deploy".into()]),
+            queries: Some(vec![]),
+        });
         let recorder = Arc::new(Recorder::default());
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(
@@ -286,50 +314,46 @@ mod tests {
                 .collect(),
         };
         frame(&mut w, &events(1, &["deploy", "other", "deploy"])).await;
-        let outcome = until(&mut r, |m| match m {
-            ToChild::Outcome {
-                id: 1,
-                raised,
-                errno,
-            } => Some((raised, errno)),
-            _ => None,
-        })
-        .await;
+        let outcome = outcome_of(&mut r, 1).await;
         assert_eq!(outcome, Some((1, Some(libc::EACCES))));
         frame(&mut w, &events(2, &["container"])).await;
-        let outcome = until(&mut r, |m| match m {
-            ToChild::Outcome {
-                id: 2,
-                raised,
-                errno,
-            } => Some((raised, errno)),
-            _ => None,
-        })
-        .await;
+        let outcome = outcome_of(&mut r, 2).await;
         assert_eq!(
             outcome,
             Some((0, Some(libc::EACCES))),
             "a child forging container events"
         );
-        let ask = Ask::from_file("where", "web").unwrap();
-        frame(&mut w, &ToParent::Query { id: 3, pid: 1, ask }).await;
-        let answer = until(&mut r, |m| match m {
-            ToChild::Answers { id: 3, result } => Some(result.map(|_| ())),
-            _ => None,
-        })
-        .await;
+        let answer = ask_where(&mut r, &mut w, 3).await;
         assert_eq!(answer, Some(Err(libc::EACCES)));
         assert_eq!(
             *recorder.0.lock(),
             [(Some("web".to_string()), "deploy".to_string())],
             "only the allowed event got through"
         );
-        stop.cancel();
-        server.await.unwrap();
+        shut(stop, server).await;
     }
 
     /// A parent serving `web` (token `secret`, default allow) with `rate`
     /// queries a second per child.
+    /// Grants for one child, `web`, with the token `secret`.
+    fn web_grants(allow: Allow) -> Grants {
+        let grants = Grants::default();
+        grants.set(
+            "web",
+            crate::containers::grants::Grant {
+                token: "secret".into(),
+                allow,
+            },
+        );
+        grants
+    }
+
+    /// Stops a parent's server and waits for it.
+    async fn shut(stop: CancellationToken, server: tokio::task::JoinHandle<()>) {
+        stop.cancel();
+        server.await.unwrap();
+    }
+
     fn parent(
         rate: u32,
     ) -> (
@@ -340,14 +364,7 @@ mod tests {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SOCKET);
-        let grants = Grants::default();
-        grants.set(
-            "web",
-            crate::containers::grants::Grant {
-                token: "secret".into(),
-                allow: Allow::default(),
-            },
-        );
+        let grants = web_grants(Allow::default());
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(
             bind(&path).unwrap(),
@@ -437,8 +454,7 @@ mod tests {
             closed += usize::from(hung_up(s, Duration::from_millis(500)).await);
         }
         assert_eq!(closed, 8, "the 8 oldest of {} pushed out", silent.len());
-        stop.cancel();
-        server.await.unwrap();
+        shut(stop, server).await;
     }
 
     #[tokio::test]
@@ -462,8 +478,7 @@ mod tests {
         for (r, _) in &mut links[1..] {
             assert!(!hung_up(r, Duration::from_millis(200)).await);
         }
-        stop.cancel();
-        server.await.unwrap();
+        shut(stop, server).await;
     }
 
     #[tokio::test]
@@ -494,15 +509,8 @@ mod tests {
         // A reconnect does not refill the bucket.
         drop((r, w));
         let (mut r, mut w) = child(&path).await;
-        let ask = Ask::from_file("where", "web").unwrap();
-        frame(&mut w, &ToParent::Query { id: 5, pid: 1, ask }).await;
-        let got = until(&mut r, |m| match m {
-            ToChild::Answers { id: 5, result } => Some(result.map(|_| ())),
-            _ => None,
-        })
-        .await;
+        let got = ask_where(&mut r, &mut w, 5).await;
         assert_eq!(got, Some(Err(libc::EAGAIN)));
-        stop.cancel();
-        server.await.unwrap();
+        shut(stop, server).await;
     }
 }

@@ -130,22 +130,13 @@ fn wait_for_change(file: &File, path: &Path) -> Result<(), WatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::ClusterEvent;
+    use crate::surface::journal::tests::user;
     use crate::surface::journal::{Journal, JournalSnap, DEFAULT_CAPACITY};
     use parking_lot::Mutex;
     use serde_json::{json, Value};
     use serfnode_fs::{Dir, Node, NodeKind};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
-
-    fn user(name: &str, payload: Value) -> ClusterEvent {
-        ClusterEvent::User {
-            name: name.into(),
-            ltime: 7,
-            payload,
-            from: None,
-        }
-    }
 
     fn seqs(bytes: &[u8]) -> Vec<u64> {
         std::str::from_utf8(bytes)

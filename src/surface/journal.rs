@@ -598,13 +598,14 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::Raiser;
     use serde_json::{json, Value};
     use std::time::Duration;
 
-    fn user(name: &str, payload: Value) -> ClusterEvent {
+    /// A user event as the journal takes it (for tests of its readers too).
+    pub(crate) fn user(name: &str, payload: Value) -> ClusterEvent {
         ClusterEvent::User {
             name: name.into(),
             ltime: 7,
