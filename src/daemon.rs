@@ -23,7 +23,6 @@ use crate::config::Config;
 use crate::containers::docker;
 use crate::containers::grants::Grants;
 use crate::containers::replica;
-use crate::surface::files;
 use crate::surface::follower;
 use crate::surface::hosts::Hosts;
 use crate::surface::journal::Journal;
@@ -45,7 +44,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     ));
     let tasks = CancellationToken::new();
     // Known before the first status.json is served.
-    announce_encryption(&cfg);
+    announce_encryption(&cfg, &view);
     let surface = Surface::start(
         view.clone(),
         journal.clone(),
@@ -113,7 +112,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // Kept open until the daemon returns: a restarted agent reads it again.
     let agent_file = agent_config_file(&cfg, auth.as_deref())?;
     if cfg.attach {
-        tokio::spawn(probe_encryption(clients_rx.clone(), tasks.clone()));
+        tokio::spawn(probe_encryption(
+            clients_rx.clone(),
+            view.clone(),
+            tasks.clone(),
+        ));
     }
     // The agent outlives every other task: it is stopped last but one, so
     // the leave is gossiped while the files still say what happens.
@@ -216,14 +219,14 @@ fn redactor(cfg: &Config, auth: Option<&str>) -> crate::containers::secrets::Red
 
 /// Gossip encryption as configured: shown in status.json, and a warning
 /// when there is none. With `--attach` the agent is asked once followed.
-fn announce_encryption(cfg: &Config) {
+fn announce_encryption(cfg: &Config, view: &View) {
     if cfg.attach {
         if cfg.encryption.enabled() {
             tracing::warn!("--attach: the encryption settings are ignored; the agent has its own");
         }
         return;
     }
-    files::set_encrypted(Some(cfg.encryption.enabled()));
+    view.set_encrypted(Some(cfg.encryption.enabled()));
     if !cfg.encryption.enabled() {
         keys::warn_unencrypted(false);
     }
@@ -253,12 +256,16 @@ fn agent_config_file(
 }
 
 /// With `--attach`: whether the agent encrypts its gossip, from its stats,
-/// once it is followed. (status.json shows it from its next change on.)
-async fn probe_encryption(mut clients: watch::Receiver<Option<Client>>, stop: CancellationToken) {
+/// once it is followed.
+async fn probe_encryption(
+    mut clients: watch::Receiver<Option<Client>>,
+    view: View,
+    stop: CancellationToken,
+) {
     while let Some(client) = membership::next_client(&mut clients, &stop).await {
         match keys::agent_encrypted(&client).await {
             Some(encrypted) => {
-                files::set_encrypted(Some(encrypted));
+                view.set_encrypted(Some(encrypted));
                 if !encrypted {
                     keys::warn_unencrypted(true);
                 }

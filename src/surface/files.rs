@@ -16,7 +16,6 @@
 //! | `query/<name>/<arg>` | a query's answers, asked per read (see [`crate::surface::query`]) |
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -247,28 +246,6 @@ fn unix(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Whether gossip is encrypted: unknown (0), no (1), yes (2). Set once by
-/// the daemon (from its config, or from the agent with `--attach`).
-static ENCRYPTED: AtomicU8 = AtomicU8::new(0);
-
-/// Sets status.json's `encrypted` (`None`: unknown, shown as null).
-pub fn set_encrypted(encrypted: Option<bool>) {
-    let code = match encrypted {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    ENCRYPTED.store(code, Ordering::Relaxed);
-}
-
-fn encrypted() -> Option<bool> {
-    match ENCRYPTED.load(Ordering::Relaxed) {
-        1 => Some(false),
-        2 => Some(true),
-        _ => None,
-    }
-}
-
 pub(crate) fn status(s: &Snapshot) -> Value {
     let mut counts: BTreeMap<&str, usize> = ["alive", "leaving", "left", "failed"]
         .into_iter()
@@ -291,7 +268,7 @@ pub(crate) fn status(s: &Snapshot) -> Value {
         "members": counts,
         "total": s.members.len(),
         // Gossip encryption; null when unknown (a child's mount).
-        "encrypted": encrypted(),
+        "encrypted": s.encrypted,
         // A parent's children and their Docker state (running, exited, ...).
         "children": s.containers.children.iter().map(|(name, inspect)| {
             (name.clone(), inspect["State"]["Status"].clone())
@@ -452,13 +429,12 @@ mod tests {
     #[test]
     fn status_shows_whether_gossip_is_encrypted() {
         let view = View::new();
-        // The only test that sets it: unknown until the daemon says.
+        // Unknown until the daemon says.
         assert_eq!(read(&*tree(&view), STATUS)["encrypted"], Value::Null);
-        set_encrypted(Some(false));
+        view.set_encrypted(Some(false));
         assert_eq!(read(&*tree(&view), STATUS)["encrypted"], false);
-        set_encrypted(Some(true));
+        view.set_encrypted(Some(true));
         assert_eq!(read(&*tree(&view), STATUS)["encrypted"], true);
-        set_encrypted(None);
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Snapshot {
     pub local: Option<String>,
     pub agent: AgentState,
     pub containers: Arc<Containers>,
+    /// Whether gossip is encrypted: from the daemon's config, or asked of
+    /// an attached agent; `None` until known (and in a child's mirror).
+    pub encrypted: Option<bool>,
 }
 
 impl Snapshot {
@@ -148,6 +151,15 @@ impl View {
     /// outage) and records why.
     pub fn set_disconnected(&self, error: &str) {
         self.update(|snap| snap.apply_agent(Some(error)));
+    }
+
+    /// Records whether gossip is encrypted (status.json's `encrypted`).
+    pub fn set_encrypted(&self, encrypted: Option<bool>) {
+        self.update(|snap| {
+            let changed = snap.encrypted != encrypted;
+            snap.encrypted = encrypted;
+            changed
+        });
     }
 
     pub fn set_containers(&self, containers: Containers) {
