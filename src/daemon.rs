@@ -88,7 +88,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let children = match (&cfg.docker, &cfg.share) {
         (Some(specs), Some(share)) => {
             share_binary(share)?;
-            let parent = docker::Parent::connect(share)
+            let parent = docker::ParentContainer::connect(share)
                 .await?
                 .with_redactor(redactor(&cfg, auth.as_deref()));
             docker::announce(&parent, &view);

@@ -128,12 +128,14 @@ fn operate(command: Command) -> anyhow::Result<i32> {
         Command::Render { source, at } => {
             operator::render(&at.mount, &source, std::io::stdin().lock(), &mut out)
         }
-        Command::Keys(args) => serfnode::operator::keys::run(
-            &args,
-            std::io::stdin().lock(),
-            &mut out,
-            &mut std::io::stderr(),
-        ),
+        Command::Keys(args) => {
+            tokio::runtime::Handle::current().block_on(serfnode::operator::keys::run(
+                &args,
+                std::io::stdin().lock(),
+                &mut out,
+                &mut std::io::stderr(),
+            ))
+        }
         Command::Agent(_) | Command::Parent(_) | Command::Child(_) => {
             unreachable!("daemons are run by main")
         }

@@ -54,7 +54,7 @@ pub enum DockerError {
 }
 
 /// The parent container as Docker sees it.
-pub struct Parent {
+pub struct ParentContainer {
     docker: Docker,
     id: String,
     name: String,
@@ -64,15 +64,15 @@ pub struct Parent {
     redactor: Redactor,
 }
 
-impl Parent {
+impl ParentContainer {
     /// Redacts every inspect the files show with `redactor` (the parent's
     /// environment holds SERF_ENCRYPT_KEY, and maybe other secrets).
-    pub fn with_redactor(self, redactor: Redactor) -> Parent {
-        Parent { redactor, ..self }
+    pub fn with_redactor(self, redactor: Redactor) -> ParentContainer {
+        ParentContainer { redactor, ..self }
     }
 
     /// Connects to the Docker socket and inspects the container we run in.
-    pub async fn connect(share: &Path) -> Result<Parent, DockerError> {
+    pub async fn connect(share: &Path) -> Result<ParentContainer, DockerError> {
         let docker = Docker::connect_with_unix_defaults()?;
         let id = own_container_id().ok_or(DockerError::NoSelf)?;
         let inspect = docker
@@ -95,7 +95,7 @@ impl Parent {
             .trim_start_matches('/')
             .to_owned();
         let inspect = serde_json::to_value(&inspect).expect("inspect serializes");
-        Ok(Parent {
+        Ok(ParentContainer {
             docker,
             id,
             name,
@@ -127,7 +127,7 @@ pub fn container_name(parent: &str, child: &str) -> String {
 }
 
 struct Shared {
-    parent: Parent,
+    parent: ParentContainer,
     node: String,
     view: View,
     /// child name → its inspect (token removed; redacted when published).
@@ -246,7 +246,7 @@ impl Shared {
 }
 
 /// Publishes the parent's container info into the view at once.
-pub fn announce(parent: &Parent, view: &View) {
+pub fn announce(parent: &ParentContainer, view: &View) {
     let inspect = parent.redactor.redact(&parent.inspect, false);
     view.set_containers(Containers {
         me: Some(inspect.clone()),
@@ -257,7 +257,7 @@ pub fn announce(parent: &Parent, view: &View) {
 
 /// Runs the children until `stop`, then stops and removes them (bounded).
 pub async fn run_children<U: Upstream>(
-    parent: Parent,
+    parent: ParentContainer,
     specs: Vec<ChildSpec>,
     node: String,
     view: View,
@@ -483,7 +483,7 @@ async fn docker_answers(docker: &Docker, stop: &CancellationToken) -> bool {
 /// name → whether it is running. Those not in `specs` any more are removed.
 /// `None` at `stop`.
 async fn adopt(
-    parent: &Parent,
+    parent: &ParentContainer,
     specs: &[ChildSpec],
     stop: &CancellationToken,
 ) -> Option<HashMap<String, bool>> {
@@ -534,7 +534,11 @@ fn apparmor_enabled() -> bool {
         .is_ok_and(|s| s.trim() == "Y")
 }
 
-async fn create(parent: &Parent, spec: &ChildSpec, all: &[ChildSpec]) -> Result<(), DockerError> {
+async fn create(
+    parent: &ParentContainer,
+    spec: &ChildSpec,
+    all: &[ChildSpec],
+) -> Result<(), DockerError> {
     let fail = |why: String| DockerError::Child {
         child: spec.name.clone(),
         why,
@@ -653,7 +657,7 @@ async fn create(parent: &Parent, spec: &ChildSpec, all: &[ChildSpec]) -> Result<
     Ok(())
 }
 
-async fn start(parent: &Parent, child: &str) -> Result<(), DockerError> {
+async fn start(parent: &ParentContainer, child: &str) -> Result<(), DockerError> {
     let name = container_name(&parent.name, child);
     parent
         .docker
@@ -680,7 +684,7 @@ async fn start(parent: &Parent, child: &str) -> Result<(), DockerError> {
 /// removed behind serfnode's back (`docker rm -f`): the manifest says the
 /// child exists, so it is brought back rather than retried forever.
 async fn start_or_recreate(
-    parent: &Parent,
+    parent: &ParentContainer,
     spec: &ChildSpec,
     all: &[ChildSpec],
 ) -> Result<(), DockerError> {

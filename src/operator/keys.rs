@@ -1,18 +1,18 @@
 //! `serfnode keys`: lists and rotates the gossip keys of the whole cluster
-//! through the local agent's RPC. What a valid key is, is
+//! through the local agent's RPC, on the one RPC client
+//! ([`Client::keyring_report`]). What a valid key is, is
 //! [`crate::cluster::keys`]'s.
 
-use std::io::{BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use crate::cluster::agent;
 use crate::cluster::keys::{check_key, Secret};
-use crate::cluster::rpc::KeyResponse;
+use crate::cluster::rpc::Client;
 
 /// `serfnode keys`: which agent to ask.
 #[derive(Debug, Clone, Args)]
@@ -68,7 +68,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `serfnode keys ...`: the per-node errors go to `err`; any failure is an
 /// `Err` (and a non-zero exit).
-pub fn run(
+pub async fn run(
     args: &KeysArgs,
     stdin: impl Read,
     out: &mut impl Write,
@@ -85,8 +85,19 @@ pub fn run(
         KeysAction::Use { key } => ("use-key", Some(key_arg(key, stdin)?)),
         KeysAction::Remove { key } => ("remove-key", Some(key_arg(key, stdin)?)),
     };
-    let mut rpc = Rpc::connect(addr, auth.as_ref().map(|s| s.0.as_str()))?;
-    let (error, resp) = rpc.keyring(command, key.as_ref().map(|k| k.0.as_str()))?;
+    let rpc = Client::connect_within(
+        addr,
+        auth.as_ref().map(|s| s.0.as_str()),
+        None,
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("rpc {addr}: {e} (is the agent running?)"))?
+    .with_slow_timeout(KEYRING_TIMEOUT);
+    let (error, resp) = rpc
+        .keyring_report(command, key.as_ref().map(|k| k.0.as_str()))
+        .await
+        .map_err(|e| anyhow::anyhow!("rpc {addr}: {e}"))?;
     let resp = resp.unwrap_or_default();
     let total = resp.num_nodes;
     match &args.action {
@@ -143,124 +154,5 @@ fn rpc_auth_key(file: Option<&Path>) -> anyhow::Result<Option<Secret>> {
         Ok(_) => anyhow::bail!("rpc auth key file {} is empty", path.display()),
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => anyhow::bail!("rpc auth key file {}: {e}", path.display()),
-    }
-}
-
-/// One blocking RPC session for a keyring command. The agent answers a
-/// keyring command with an error header *and* the per-node report, which
-/// [`Client`] drops with the error; here both are kept.
-struct Rpc {
-    addr: SocketAddr,
-    read: BufReader<TcpStream>,
-    write: TcpStream,
-    seq: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Header<'a> {
-    command: &'a str,
-    seq: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Handshake {
-    version: i32,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Auth<'a> {
-    auth_key: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Key<'a> {
-    key: &'a str,
-}
-
-impl Rpc {
-    fn connect(addr: SocketAddr, auth: Option<&str>) -> anyhow::Result<Rpc> {
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .map_err(|e| anyhow::anyhow!("rpc {addr}: {e} (is the agent running?)"))?;
-        stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-        let mut rpc = Rpc {
-            addr,
-            read: BufReader::new(stream.try_clone()?),
-            write: stream,
-            seq: 0,
-        };
-        rpc.send("handshake", Some(&Handshake { version: 1 }))?;
-        rpc.expect_ok("handshake")?;
-        if let Some(key) = auth {
-            rpc.send("auth", Some(&Auth { auth_key: key }))?;
-            rpc.expect_ok("auth")?;
-        }
-        Ok(rpc)
-    }
-
-    fn send<B: Serialize>(&mut self, command: &str, body: Option<&B>) -> anyhow::Result<()> {
-        let mut bytes = rmp_serde::to_vec_named(&Header {
-            command,
-            seq: self.seq,
-        })?;
-        if let Some(body) = body {
-            rmp_serde::encode::write_named(&mut bytes, body)?;
-        }
-        self.seq += 1;
-        self.write.write_all(&bytes)?;
-        Ok(())
-    }
-
-    fn value(&mut self, what: &str) -> anyhow::Result<rmpv::Value> {
-        rmpv::decode::read_value(&mut self.read)
-            .map_err(|e| anyhow::anyhow!("rpc {}: read the {what}: {e}", self.addr))
-    }
-
-    /// The reply header's error ("" on success).
-    fn header(&mut self, command: &str) -> anyhow::Result<String> {
-        let v = self.value(&format!("{command} reply"))?;
-        let error = v
-            .as_map()
-            .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("Error")))
-            .and_then(|(_, v)| v.as_str())
-            .ok_or_else(|| anyhow::anyhow!("rpc {}: {command}: not a reply header", self.addr))?;
-        Ok(error.to_owned())
-    }
-
-    fn expect_ok(&mut self, command: &str) -> anyhow::Result<()> {
-        match self.header(command)? {
-            e if e.is_empty() => Ok(()),
-            e => anyhow::bail!("rpc {}: {command}: {e}", self.addr),
-        }
-    }
-
-    /// The agent's error ("" on success) and its report, when it sent one.
-    fn keyring(
-        &mut self,
-        command: &str,
-        key: Option<&str>,
-    ) -> anyhow::Result<(String, Option<KeyResponse>)> {
-        self.write.set_read_timeout(Some(KEYRING_TIMEOUT))?;
-        match key {
-            Some(key) => self.send(command, Some(&Key { key }))?,
-            None => self.send::<()>(command, None)?,
-        }
-        let error = self.header(command)?;
-        // Refusals before the command ran come without a report.
-        if error == "Authentication required"
-            || error.starts_with("Unsupported command")
-            || error == "Handshake required"
-        {
-            return Ok((error, None));
-        }
-        let body = self.value(&format!("{command} report"))?;
-        let mut bytes = Vec::new();
-        rmpv::encode::write_value(&mut bytes, &body)?;
-        let resp: KeyResponse = rmp_serde::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("rpc {}: {command} report: {e}", self.addr))?;
-        Ok((error, Some(resp)))
     }
 }

@@ -87,6 +87,12 @@ enum Waiter {
         body: bool,
         tx: oneshot::Sender<Result<Vec<u8>>>,
     },
+    /// A keyring command: one header and, unless the agent refused it before
+    /// running it, the per-node report, which comes with an error too.
+    Report {
+        command: &'static str,
+        tx: oneshot::Sender<Result<(String, Option<Vec<u8>>)>>,
+    },
     /// `stream` or `query`: an ack header, then records for `sink`.
     Ack {
         command: &'static str,
@@ -213,7 +219,7 @@ impl Client {
         Self::connect_within(addr, auth_key, agent, DEFAULT_TIMEOUT).await
     }
 
-    async fn connect_within(
+    pub(crate) async fn connect_within(
         addr: SocketAddr,
         auth_key: Option<&str>,
         agent: Option<&AgentPid>,
@@ -580,6 +586,33 @@ impl Client {
         self.keyring("list-keys", NO_BODY).await
     }
 
+    /// A keyring command (`list-keys`, `install-key`, `use-key`,
+    /// `remove-key`) as `serfnode keys` runs it: the agent's error (empty
+    /// when none) and its per-node report, which the agent sends with most
+    /// errors too ([`Client::list_keys`] and the others drop it with the
+    /// error). Bounded by the slow timeout.
+    pub async fn keyring_report(
+        &self,
+        command: &'static str,
+        key: Option<&str>,
+    ) -> Result<(String, Option<KeyResponse>)> {
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter::Report { command, tx };
+        match key {
+            Some(key) => self
+                .shared()
+                .send(command, Some(&proto::Key { key }), waiter)?,
+            None => self.shared().send(command, NO_BODY, waiter)?,
+        };
+        let (error, body) = match tokio::time::timeout(self.slow_timeout, rx).await {
+            Err(_) => return Err(RpcError::Timeout { command }),
+            Ok(Err(_)) => return Err(self.shared().closed_error()),
+            Ok(Ok(reply)) => reply?,
+        };
+        let report = body.map(|b| decode(command, &b)).transpose()?;
+        Ok((error, report))
+    }
+
     /// The keyring commands run an internal query across the cluster and
     /// wait for it: on their own connection, like `join`.
     async fn keyring<B: Serialize>(
@@ -756,6 +789,11 @@ enum Body {
         command: &'static str,
         tx: oneshot::Sender<Result<Vec<u8>>>,
     },
+    Report {
+        command: &'static str,
+        error: String,
+        tx: oneshot::Sender<Result<(String, Option<Vec<u8>>)>>,
+    },
     Record {
         seq: u64,
         sink: Sink,
@@ -779,10 +817,16 @@ impl Reader<'_> {
         match (self.pending_body.take(), header) {
             (Some(body), None) => self.on_body(body, frame),
             (pending, Some(header)) => {
-                if let Some(Body::Reply { command, tx }) = pending {
-                    let _ = tx.send(Err(RpcError::Decode(format!(
-                        "{command}: reply without its body"
-                    ))));
+                let without =
+                    |command| RpcError::Decode(format!("{command}: reply without its body"));
+                match pending {
+                    Some(Body::Reply { command, tx }) => {
+                        let _ = tx.send(Err(without(command)));
+                    }
+                    Some(Body::Report { command, tx, .. }) => {
+                        let _ = tx.send(Err(without(command)));
+                    }
+                    _ => {}
                 }
                 self.on_header(header);
             }
@@ -794,6 +838,9 @@ impl Reader<'_> {
         match body {
             Body::Reply { tx, .. } => {
                 let _ = tx.send(Ok(frame.to_vec()));
+            }
+            Body::Report { error, tx, .. } => {
+                let _ = tx.send(Ok((error, Some(frame.to_vec()))));
             }
             Body::Record { seq, sink } => {
                 sink.push(seq, frame.to_vec());
@@ -834,6 +881,18 @@ impl Reader<'_> {
                     self.pending_body = Some(Body::Reply { command, tx });
                 } else {
                     let _ = tx.send(Ok(Vec::new()));
+                }
+            }
+            Waiter::Report { command, tx } => {
+                drop(routes);
+                // Refusals before the command ran come without a report.
+                if error == "Authentication required"
+                    || error.starts_with("Unsupported command")
+                    || error == "Handshake required"
+                {
+                    let _ = tx.send(Ok((error, None)));
+                } else {
+                    self.pending_body = Some(Body::Report { command, error, tx });
                 }
             }
             Waiter::Ack { command, tx, sink } => {
@@ -1013,6 +1072,33 @@ mod tests {
         agent.reply(seq, "", Some(RECORD_QUERY)).await;
         // The reader stays in step.
         let (members, ()) = tokio::join!(client.members(), agent.members());
+        assert_eq!(members.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_keyring_report_comes_with_its_error_and_a_refusal_without_one() {
+        let (client, mut agent) = pair();
+        let serve = async {
+            let (cmd, seq, _) = agent.request().await;
+            assert_eq!(cmd, "list-keys");
+            let body = include_bytes!("testdata/keys_unencrypted.bin");
+            agent
+                .reply(seq, "4/4 nodes reported failure", Some(body))
+                .await;
+            let (cmd, seq, _) = agent.request().await;
+            assert_eq!(cmd, "use-key");
+            agent.reply(seq, "Authentication required", None).await;
+            agent.members().await;
+        };
+        let asks = async {
+            let listed = client.keyring_report("list-keys", None).await.unwrap();
+            let used = client.keyring_report("use-key", Some("k")).await.unwrap();
+            (listed, used, client.members().await)
+        };
+        let (((error, report), used, members), ()) = tokio::join!(asks, serve);
+        assert_eq!(error, "4/4 nodes reported failure");
+        assert_eq!(report.unwrap().num_err, 4);
+        assert_eq!(used, ("Authentication required".to_string(), None));
         assert_eq!(members.unwrap().len(), 4);
     }
 
