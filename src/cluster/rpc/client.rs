@@ -974,6 +974,16 @@ mod tests {
     }
 
     impl FakeAgent {
+        /// Answers a `list-keys` as an agent without encryption does: an
+        /// error header, and the per-node report all the same.
+        async fn list_keys_failed_with_report(&mut self) {
+            let (cmd, seq, _) = self.request().await;
+            assert_eq!(cmd, "list-keys");
+            let body = include_bytes!("testdata/keys_unencrypted.bin");
+            self.reply(seq, "4/4 nodes reported failure", Some(body))
+                .await;
+        }
+
         async fn frame(&mut self) -> Value {
             loop {
                 let mut rest = &self.buf[..];
@@ -1079,12 +1089,7 @@ mod tests {
     async fn a_keyring_report_comes_with_its_error_and_a_refusal_without_one() {
         let (client, mut agent) = pair();
         let serve = async {
-            let (cmd, seq, _) = agent.request().await;
-            assert_eq!(cmd, "list-keys");
-            let body = include_bytes!("testdata/keys_unencrypted.bin");
-            agent
-                .reply(seq, "4/4 nodes reported failure", Some(body))
-                .await;
+            agent.list_keys_failed_with_report().await;
             let (cmd, seq, _) = agent.request().await;
             assert_eq!(cmd, "use-key");
             agent.reply(seq, "Authentication required", None).await;
@@ -1132,12 +1137,7 @@ mod tests {
 
         // Keyring errors still carry a body; it must not be taken for a reply.
         let serve = async {
-            let (cmd, seq, _) = agent.request().await;
-            assert_eq!(cmd, "list-keys");
-            let body = include_bytes!("testdata/keys_unencrypted.bin");
-            agent
-                .reply(seq, "4/4 nodes reported failure", Some(body))
-                .await;
+            agent.list_keys_failed_with_report().await;
             agent.members().await;
         };
         let (keys, members, ()) = tokio::join!(
