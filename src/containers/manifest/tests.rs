@@ -1,3 +1,6 @@
+//! The manifest's unit tests: parsing of `/serfnode.yml` and `DOCKER_RUN`, with
+//! the fixtures under `tests/fixtures/manifest/`.
+
 use super::*;
 
 fn parse(yaml: &str) -> Result<Manifest, String> {
