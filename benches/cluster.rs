@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::Value;
-use serfnode::files;
-use serfnode::membership::View;
-use serfnode::rpc::{Client, Member, StreamRecord};
+use serfnode::cluster::membership::View;
+use serfnode::cluster::rpc::{Client, Member, StreamRecord};
+use serfnode::surface::files;
 use tokio::runtime::Runtime;
 
 use common::agents::Agents;

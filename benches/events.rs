@@ -39,8 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
-use serfnode::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
-use serfnode::{events, files};
+use serfnode::cluster::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
+use serfnode::{event as events, surface::files};
 use tokio::runtime::Runtime;
 
 use common::daemon::Daemon;

@@ -48,8 +48,8 @@ use anyhow::{bail, ensure, Context, Result};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
-use serfnode::files;
-use serfnode::rpc::{Client, Member};
+use serfnode::cluster::rpc::{Client, Member};
+use serfnode::surface::files;
 use tokio::runtime::Runtime;
 
 use common::agents::Agents;

@@ -25,8 +25,8 @@ mod common;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use serfnode::membership::View;
-use serfnode::templates::{Context, Documents, Origin, Source, TemplateSet, FUEL};
+use serfnode::cluster::membership::View;
+use serfnode::surface::templates::{Context, Documents, Origin, Source, TemplateSet, FUEL};
 
 use common::report::*;
 use common::synth::synthetic_member;

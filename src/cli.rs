@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::operator::keys::KeysArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "serfnode",
@@ -100,52 +102,6 @@ pub enum Command {
     Keys(KeysArgs),
 }
 
-/// `serfnode keys`: which agent to ask.
-#[derive(Debug, Clone, Args)]
-pub struct KeysArgs {
-    #[command(subcommand)]
-    pub action: KeysAction,
-    /// The local agent's RPC address [default: 127.0.0.1:7373, port from RPC_PORT].
-    #[arg(long, global = true, value_name = "IP:PORT")]
-    pub rpc_addr: Option<SocketAddr>,
-    /// RPC port (the original's RPC_PORT).
-    #[arg(long, env = "RPC_PORT", global = true, hide = true)]
-    pub rpc_port: Option<u16>,
-    /// File holding the agent's RPC auth key [default: /var/lib/serfnode/rpc-auth if it exists].
-    #[arg(
-        long,
-        env = "SERFNODE_RPC_AUTH_FILE",
-        global = true,
-        value_name = "PATH"
-    )]
-    pub rpc_auth_file: Option<PathBuf>,
-}
-
-/// A KEY is base64 (16, 24 or 32 bytes), or `-` to read it from stdin: a
-/// KEY given as a value is visible in process listings (`ps`).
-#[derive(Debug, Clone, Subcommand)]
-pub enum KeysAction {
-    /// Every key in the members' keyrings, with how many members have it.
-    List,
-    /// Add KEY to every member's keyring (rotation step 1).
-    Install {
-        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
-        key: String,
-    },
-    /// Make KEY every member's primary key, the one gossip is encrypted
-    /// with (rotation step 2).
-    Use {
-        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
-        key: String,
-    },
-    /// Remove KEY from every member's keyring; not the primary one
-    /// (rotation step 3).
-    Remove {
-        /// Base64 key, or `-` to read it from stdin (a value shows in `ps`).
-        key: String,
-    },
-}
-
 /// Where the operator commands find the local daemon's files.
 #[derive(Debug, Clone, Args)]
 pub struct MountArg {
@@ -168,7 +124,7 @@ pub struct HandlerArgs {
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub handler_timeout: f64,
     /// Events kept in the journal (`events`, `events_since/SEQ`).
-    #[arg(long, default_value_t = crate::journal::DEFAULT_CAPACITY, value_name = "N")]
+    #[arg(long, default_value_t = crate::surface::journal::DEFAULT_CAPACITY, value_name = "N")]
     pub journal_size: usize,
 }
 
@@ -248,7 +204,7 @@ pub struct AgentArgs {
     /// The value of SERF_ENCRYPT_KEY, taken out of the environment at start
     /// (never a flag: a flag's value shows in process listings).
     #[arg(skip)]
-    pub encrypt_key: Option<crate::keys::Secret>,
+    pub encrypt_key: Option<crate::cluster::keys::Secret>,
     /// Use the agent already running at --rpc-addr instead of starting one.
     #[arg(long)]
     pub attach: bool,
@@ -259,12 +215,12 @@ pub struct AgentArgs {
     /// (0: no limit). Serf drops an event that arrives more than 512 events
     /// behind the newest it has seen, so an unpaced burst loses events on
     /// other members; past the limit writes get EAGAIN instead.
-    #[arg(long, default_value_t = crate::control::DEFAULT_EVENT_RATE, value_name = "N")]
+    #[arg(long, default_value_t = crate::surface::upstream::DEFAULT_EVENT_RATE, value_name = "N")]
     pub event_rate: u32,
     /// Queries each child container may ask per second, in bursts of as
     /// many (0: no limit); past it its query files answer EAGAIN. Every
     /// query runs a handler on each member it reaches.
-    #[arg(long, default_value_t = crate::replica::DEFAULT_CHILD_QUERY_RATE, value_name = "N")]
+    #[arg(long, default_value_t = crate::containers::replica::DEFAULT_CHILD_QUERY_RATE, value_name = "N")]
     pub child_query_rate: u32,
     /// Let users other than root read the files (FUSE allow_other).
     #[arg(long)]

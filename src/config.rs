@@ -6,13 +6,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
+
 use crate::cli::AgentArgs;
-use crate::keys::{Encryption, KeyError};
-use crate::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
-use crate::tags::OwnTags;
+use crate::cluster::agent::{DEFAULT_RPC_AUTH_FILE, DEFAULT_RPC_PORT};
+use crate::cluster::keys::{Encryption, KeyError};
+use crate::cluster::tags::OwnTags;
+use crate::containers::child::ChildConfig;
+use crate::containers::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
+use crate::surface::EventsConfig;
 
 pub const DEFAULT_SERF_PORT: u16 = 7946;
-pub const DEFAULT_RPC_PORT: u16 = 7373;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -45,53 +49,66 @@ pub struct Config {
     pub events: EventsConfig,
 }
 
-/// Handlers and journal settings, shared by the daemon and the child wrapper.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventsConfig {
-    pub handlers: PathBuf,
-    pub concurrency: usize,
-    pub timeout: Duration,
-    pub journal_size: usize,
-}
-
 pub const DEFAULT_HANDLERS: &str = "/etc/serfnode/handlers";
 
-impl EventsConfig {
-    /// `manifest`: the manifest's `handlers:` (or a child entry's), used
-    /// when the flag and its variable are unset.
-    pub fn resolve(
-        args: &crate::cli::HandlerArgs,
-        manifest: Option<PathBuf>,
-    ) -> Result<EventsConfig, ConfigError> {
-        if args.handler_concurrency == 0 {
-            return Err(ConfigError::Events(
-                "--handler-concurrency must be at least 1",
-            ));
-        }
-        if !(args.handler_timeout.is_finite() && args.handler_timeout > 0.0) {
-            return Err(ConfigError::Events(
-                "--handler-timeout must be a positive number of seconds",
-            ));
-        }
-        if args.journal_size == 0 {
-            return Err(ConfigError::Events("--journal-size must be at least 1"));
-        }
-        Ok(EventsConfig {
-            handlers: args
-                .handlers
-                .clone()
-                .or(manifest)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_HANDLERS)),
-            concurrency: args.handler_concurrency,
-            timeout: Duration::from_secs_f64(args.handler_timeout),
-            journal_size: args.journal_size,
-        })
+/// The handlers and journal settings of `args`. `manifest`: the manifest's
+/// `handlers:` (or a child entry's), used when the flag and its variable are
+/// unset.
+pub fn events_config(
+    args: &crate::cli::HandlerArgs,
+    manifest: Option<PathBuf>,
+) -> Result<EventsConfig, ConfigError> {
+    if args.handler_concurrency == 0 {
+        return Err(ConfigError::Events(
+            "--handler-concurrency must be at least 1",
+        ));
     }
+    if !(args.handler_timeout.is_finite() && args.handler_timeout > 0.0) {
+        return Err(ConfigError::Events(
+            "--handler-timeout must be a positive number of seconds",
+        ));
+    }
+    if args.journal_size == 0 {
+        return Err(ConfigError::Events("--journal-size must be at least 1"));
+    }
+    Ok(EventsConfig {
+        handlers: args
+            .handlers
+            .clone()
+            .or(manifest)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_HANDLERS)),
+        concurrency: args.handler_concurrency,
+        timeout: Duration::from_secs_f64(args.handler_timeout),
+        journal_size: args.journal_size,
+    })
 }
 
-/// Where a parent keeps its agent's RPC key: not in the share, so children
-/// (who share the parent's loopback) cannot use the RPC port.
-pub const DEFAULT_RPC_AUTH_FILE: &str = "/var/lib/serfnode/rpc-auth";
+/// A child wrapper's configuration, from `serfnode child`'s arguments.
+pub fn child_config(args: crate::cli::ChildArgs) -> anyhow::Result<ChildConfig> {
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("read the hostname for the child's name")?
+            .trim()
+            .to_owned(),
+    };
+    // Resolved before fork, from the image's own files.
+    let restrict = crate::surface::restrict::Restrictions::for_child(
+        args.user.as_deref(),
+        args.keep_caps,
+        Path::new("/"),
+    )?;
+    Ok(ChildConfig {
+        name,
+        socket: args.socket,
+        mount: args.mount,
+        me_link: (args.me_link != "none").then(|| PathBuf::from(args.me_link)),
+        restrict,
+        events: events_config(&args.events, None)?,
+        token: args.token,
+        command: args.command,
+    })
+}
 
 /// Where a parent's agent keeps its snapshot (inside the parent container,
 /// so it survives a daemon restart).
@@ -191,7 +208,7 @@ impl Config {
             role: args
                 .role
                 .clone()
-                .unwrap_or_else(|| crate::tags::NO_ROLE.to_owned()),
+                .unwrap_or_else(|| crate::cluster::tags::NO_ROLE.to_owned()),
             advertise_ip: advertise.ip(),
             serf_port: advertise.port(),
             rpc_port: rpc.port(),
@@ -236,7 +253,7 @@ impl Config {
             allow_other: args.allow_other,
             share: args.share.clone(),
             docker,
-            events: EventsConfig::resolve(
+            events: events_config(
                 &args.events,
                 manifest.as_ref().and_then(|m| m.handlers.clone()),
             )?,
@@ -308,13 +325,13 @@ mod tests {
         let crate::cli::Command::Agent(mut args) = cli.command else {
             panic!("parsed as agent")
         };
-        args.encrypt_key = key.map(|k| crate::keys::Secret(k.to_owned()));
+        args.encrypt_key = key.map(|k| crate::cluster::keys::Secret(k.to_owned()));
         Config::resolve(&args)
     }
 
     #[test]
     fn the_gossip_key_comes_from_a_file_or_the_environment() {
-        use crate::keys::Secret;
+        use crate::cluster::keys::Secret;
         let dir = tempfile::tempdir().unwrap();
         let key = "AAAAAAAAAAAAAAAAAAAAAA==";
         let file = dir.path().join("key");

@@ -1,35 +1,34 @@
-//! The daemon: wires the agent, the membership sync, the file system, the
-//! hosts hook, the write node, the event pipeline (journal, handlers,
-//! queries) and the children together, and owns the shutdown order: stop
+//! The daemon (`serfnode agent`): a parent's configuration of the
+//! [`Surface`], whose upstream is the local agent. It wires the agent, the
+//! membership sync, the follower of the agent's stream, the hosts hook, the
+//! replica link and the children to it, and owns the shutdown order: stop
 //! accepting writes → stop the children (all at once, bounded by the
 //! parent's `docker stop` grace) → leave the cluster (bounded: 3 s) → stop
-//! the tasks and kill running handlers → clear the hosts block → unmount
-//! (a file still open does not fail the stop) → return.
+//! the tasks → kill running handlers → clear the hosts block → unmount (a
+//! file still open does not fail the stop) → return.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use serfnode_fs::{Mount, MountOptions, Publisher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, AgentConfig};
 use crate::backoff::{sleep_or_shutdown, Backoff};
-use crate::config::{Config, EventsConfig};
-use crate::control::{AgentRaise, WriteNode};
-use crate::docker;
-use crate::events;
-use crate::files::{self, Nodes, Tree};
-use crate::grants::Grants;
-use crate::handlers::{HandlerConfig, Handlers};
-use crate::hosts::Hosts;
-use crate::journal::Journal;
-use crate::keys;
-use crate::membership::{self, SyncConfig, View};
-use crate::query::Querier;
-use crate::replica;
-use crate::rpc::Client;
+use crate::cluster::agent::{self, AgentConfig};
+use crate::cluster::keys;
+use crate::cluster::membership::{self, SyncConfig, View};
+use crate::cluster::rpc::Client;
+use crate::config::Config;
+use crate::containers::docker;
+use crate::containers::grants::Grants;
+use crate::containers::replica;
+use crate::surface::follower;
+use crate::surface::hosts::Hosts;
+use crate::surface::journal::Journal;
+use crate::surface::restrict::Restrictions;
+use crate::surface::upstream::AgentUpstream;
+use crate::surface::{Surface, SurfaceConfig};
 
 /// Runs until `shutdown` is cancelled, then stops in order.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -38,29 +37,27 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let (clients_tx, clients_rx) = watch::channel::<Option<Client>>(None);
     // The connection whose event stream is followed: writes wait for it.
     let (followed_tx, followed_rx) = watch::channel::<Option<Client>>(None);
-    let raise = Arc::new(AgentRaise::new(followed_rx, view.clone(), cfg.event_rate));
-    let runtime = tokio::runtime::Handle::current();
-    let sink = WriteNode::new(raise.clone(), runtime.clone());
-    let nodes = Nodes {
-        sink: Arc::new(sink.clone()),
-        queries: Arc::new(Querier::new(raise.clone(), runtime)),
-    };
+    let upstream = Arc::new(AgentUpstream::new(
+        followed_rx,
+        view.clone(),
+        cfg.event_rate,
+    ));
     let tasks = CancellationToken::new();
     // Known before the first status.json is served.
-    announce_encryption(&cfg);
-
-    // Mount first: a mount point we cannot serve fails the start before the
-    // node joins anything.
-    let root = Tree::new(view.snapshot(), journal.snapshot(), nodes.clone());
-    let mount = mount(&cfg, root).await?;
-    let publisher = tokio::spawn(publish(
+    announce_encryption(&cfg, &view);
+    let surface = Surface::start(
         view.clone(),
         journal.clone(),
-        mount.publisher(),
-        nodes,
-    ));
-    let handlers_stop = CancellationToken::new();
-    let handlers = Handlers::start(handler_config(&cfg.events), handlers_stop.clone());
+        upstream.clone(),
+        &SurfaceConfig {
+            mount: cfg.mount.clone(),
+            allow_other: cfg.allow_other,
+            events: cfg.events.clone(),
+            restrict: Restrictions::none(),
+        },
+    )
+    .await?;
+    let handlers = surface.handlers.clone();
     // Children's mounts follow this view over the share's socket; a
     // parent's children prove who they are with the token it gave them.
     let grants = cfg.docker.is_some().then(Grants::default);
@@ -73,7 +70,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 listener,
                 view.clone(),
                 journal.clone(),
-                raise.clone(),
+                upstream.clone(),
                 grants.clone(),
                 cfg.child_query_rate,
                 tasks.clone(),
@@ -91,7 +88,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let children = match (&cfg.docker, &cfg.share) {
         (Some(specs), Some(share)) => {
             share_binary(share)?;
-            let parent = docker::Parent::connect(share)
+            let parent = docker::ParentContainer::connect(share)
                 .await?
                 .with_redactor(redactor(&cfg, auth.as_deref()));
             docker::announce(&parent, &view);
@@ -100,7 +97,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
                 specs.clone(),
                 cfg.node.clone(),
                 view.clone(),
-                raise.clone(),
+                upstream.clone(),
                 grants.clone().unwrap_or_default(),
                 children_stop.clone(),
             )))
@@ -115,7 +112,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // Kept open until the daemon returns: a restarted agent reads it again.
     let agent_file = agent_config_file(&cfg, auth.as_deref())?;
     if cfg.attach {
-        tokio::spawn(probe_encryption(clients_rx.clone(), tasks.clone()));
+        tokio::spawn(probe_encryption(
+            clients_rx.clone(),
+            view.clone(),
+            tasks.clone(),
+        ));
     }
     // The agent outlives every other task: it is stopped last but one, so
     // the leave is gossiped while the files still say what happens.
@@ -124,7 +125,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // only when we run it).
     let (drops_tx, drops_rx) = tokio::sync::mpsc::channel(64);
     let drops_rx = (!cfg.attach).then_some(drops_rx);
-    let agent_pid = (!cfg.attach).then(crate::rpc::peer::AgentPid::default);
+    let agent_pid = (!cfg.attach).then(crate::cluster::rpc::peer::AgentPid::default);
     let agent = agent_pid.clone().map(|pid| {
         let acfg = AgentConfig {
             serf: cfg.serf.clone(),
@@ -155,7 +156,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         clients_tx,
         tasks.clone(),
     ));
-    let events = tokio::spawn(events::follow(
+    let events = tokio::spawn(follower::follow(
         clients_rx.clone(),
         followed_tx,
         view.clone(),
@@ -171,7 +172,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
-    sink.close();
+    surface.close();
     if let Some(children) = children {
         children_stop.cancel();
         let _ = children.await;
@@ -187,38 +188,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     {
         let _ = t.await;
     }
-    handlers_stop.cancel();
-    handlers.stopped().await;
-    if let Some(h) = hosts {
-        if let Ok(mut hosts) = h.await {
-            if let Err(e) = tokio::task::spawn_blocking(move || hosts.clear()).await? {
-                tracing::warn!("{e}");
+    surface
+        .finish(async {
+            if let Some(h) = hosts {
+                if let Ok(mut hosts) = h.await {
+                    if let Err(e) = tokio::task::spawn_blocking(move || hosts.clear()).await? {
+                        tracing::warn!("{e}");
+                    }
+                }
             }
-        }
-    }
-    publisher.abort();
-    match tokio::task::spawn_blocking(move || mount.unmount()).await? {
-        Ok(()) => {}
-        // Detached already (gone from the file system); a file someone still
-        // has open is served until this process exits. No reason to fail
-        // the stop.
-        Err(serfnode_fs::FsError::Unmount { path, error })
-            if error.kind() == std::io::ErrorKind::TimedOut =>
-        {
-            tracing::warn!(
-                "unmount {}: files still open; detached (their reads fail once serfnode exits)",
-                path.display()
-            );
-        }
-        Err(e) => return Err(e.into()),
-    }
+            Ok(())
+        })
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// What no inspect the files show may contain: the gossip key, the
 /// keyring's keys (as they are at start), the RPC key.
-fn redactor(cfg: &Config, auth: Option<&str>) -> crate::secrets::Redactor {
+fn redactor(cfg: &Config, auth: Option<&str>) -> crate::containers::secrets::Redactor {
     let mut known: Vec<String> = auth.into_iter().map(String::from).collect();
     known.extend(cfg.encryption.key.iter().map(|k| k.0.clone()));
     if let Some(path) = &cfg.encryption.keyring_file {
@@ -226,19 +214,19 @@ fn redactor(cfg: &Config, auth: Option<&str>) -> crate::secrets::Redactor {
             known.extend(keys);
         }
     }
-    crate::secrets::Redactor::new(known)
+    crate::containers::secrets::Redactor::new(known)
 }
 
 /// Gossip encryption as configured: shown in status.json, and a warning
 /// when there is none. With `--attach` the agent is asked once followed.
-fn announce_encryption(cfg: &Config) {
+fn announce_encryption(cfg: &Config, view: &View) {
     if cfg.attach {
         if cfg.encryption.enabled() {
             tracing::warn!("--attach: the encryption settings are ignored; the agent has its own");
         }
         return;
     }
-    files::set_encrypted(Some(cfg.encryption.enabled()));
+    view.set_encrypted(Some(cfg.encryption.enabled()));
     if !cfg.encryption.enabled() {
         keys::warn_unencrypted(false);
     }
@@ -268,12 +256,16 @@ fn agent_config_file(
 }
 
 /// With `--attach`: whether the agent encrypts its gossip, from its stats,
-/// once it is followed. (status.json shows it from its next change on.)
-async fn probe_encryption(mut clients: watch::Receiver<Option<Client>>, stop: CancellationToken) {
+/// once it is followed.
+async fn probe_encryption(
+    mut clients: watch::Receiver<Option<Client>>,
+    view: View,
+    stop: CancellationToken,
+) {
     while let Some(client) = membership::next_client(&mut clients, &stop).await {
         match keys::agent_encrypted(&client).await {
             Some(encrypted) => {
-                files::set_encrypted(Some(encrypted));
+                view.set_encrypted(Some(encrypted));
                 if !encrypted {
                     keys::warn_unencrypted(true);
                 }
@@ -288,15 +280,6 @@ async fn probe_encryption(mut clients: watch::Receiver<Option<Client>>, stop: Ca
     }
 }
 
-pub(crate) fn handler_config(cfg: &EventsConfig) -> HandlerConfig {
-    HandlerConfig {
-        dir: cfg.handlers.clone(),
-        concurrency: cfg.concurrency,
-        timeout: cfg.timeout,
-        ..HandlerConfig::default()
-    }
-}
-
 /// Puts this (static) binary in the share, where children run it from.
 fn share_binary(share: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -307,52 +290,6 @@ fn share_binary(share: &std::path::Path) -> anyhow::Result<()> {
         .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
         .and_then(|()| std::fs::rename(&tmp, &dest))
         .with_context(|| format!("copy {} to {}", exe.display(), dest.display()))
-}
-
-async fn mount(cfg: &Config, root: Arc<Tree>) -> anyhow::Result<Mount> {
-    let path = cfg.mount.clone();
-    let opts = MountOptions {
-        allow_other: cfg.allow_other,
-        ..MountOptions::default()
-    };
-    tokio::task::spawn_blocking(move || {
-        // A crashed run's dead mount answers ENOTCONN, which would make
-        // creating the mount point fail with EEXIST: detach it first.
-        serfnode_fs::detach_stale(&path)?;
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("create mount point {}", path.display()))?;
-        serfnode_fs::mount(&path, root, &opts).map_err(anyhow::Error::from)
-    })
-    .await?
-}
-
-/// Publishes each new snapshot of the view or the journal to the mount.
-/// Publishing invalidates kernel caches (blocking writes to /dev/fuse), so
-/// it runs on a blocking thread; the watch channels hand over only the
-/// latest snapshots, so a burst of changes costs one publish.
-pub(crate) async fn publish(view: View, journal: Journal, publisher: Publisher, nodes: Nodes) {
-    let mut rx = view.subscribe();
-    let mut entries = journal.subscribe();
-    // Whatever changed between the mount and this subscription is published.
-    rx.mark_changed();
-    loop {
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            r = entries.changed() => if r.is_err() { return },
-        }
-        let tree = Tree::new(
-            rx.borrow_and_update().clone(),
-            entries.borrow_and_update().clone(),
-            nodes.clone(),
-        );
-        let p = publisher.clone();
-        if tokio::task::spawn_blocking(move || p.publish(tree))
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
 }
 
 /// Rewrites the hosts block whenever the view changes; returns the hook for

@@ -1,41 +1,35 @@
 //! serfnode: live knowledge of a HashiCorp Serf cluster, served as files.
 //!
-//! A daemon beside a real `serf agent` follows the cluster over Serf's RPC
-//! protocol into an in-memory view ([`membership`]), serves that view as
-//! JSON files through a FUSE mount ([`files`], over the `serfnode-fs`
-//! crate), raises user events written to the `parent` write node
-//! ([`control`]), runs handlers for cluster events ([`events`],
-//! [`handlers`]), keeps an event journal ([`journal`]), asks and answers
-//! queries ([`query`]) and keeps each role's oldest member in the hosts file
-//! ([`hosts`]), encrypts gossip with keys rotated cluster-wide
-//! ([`keys`]), and renders templates of the cluster ([`templates`]; so far
-//! through `serfnode render`). See README.md for the file contract.
+//! The folders follow the data flow of README.md's picture, left to right;
+//! no module depends on one drawn after it (`scripts/check-layers` checks,
+//! DEVELOPERS.md explains):
+//!
+//! - the leaves: [`names`], [`backoff`];
+//! - [`cluster`]: the Serf side — the RPC client ([`cluster::rpc`]), the
+//!   agent serfnode runs ([`cluster::agent`]), the in-memory view
+//!   ([`cluster::membership`]), gossip keys ([`cluster::keys`]) and the tags
+//!   a member carries ([`cluster::tags`]);
+//! - [`surface`]: the view served as files through a FUSE mount — the file
+//!   tree, the write node, queries, the journal, handlers, the hosts file,
+//!   templates;
+//! - [`containers`]: children started from a manifest, their grants and
+//!   secrets, the replica link to them, the wrapper inside a child, and the
+//!   supervisor that runs as a container's PID 1;
+//! - [`operator`]: the commands an operator runs against a mount;
+//! - the top: [`cli`], [`config`] and [`daemon`], which the binary runs.
+//!
+//! See README.md for the file contract.
 
-pub mod agent;
 pub mod backoff;
-pub mod child;
+pub mod event;
+pub mod names;
+
+pub mod cluster;
+pub mod containers;
+pub mod surface;
+
+pub mod operator;
+
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod daemon;
-pub mod docker;
-pub mod events;
-pub mod files;
-pub mod grants;
-pub mod handlers;
-pub mod hosts;
-pub mod init;
-pub mod journal;
-pub mod keys;
-pub mod manifest;
-pub mod membership;
-pub mod names;
-pub mod operator;
-pub mod parent;
-pub mod query;
-pub mod replica;
-pub mod restrict;
-pub mod rpc;
-pub mod secrets;
-pub mod tags;
-pub mod templates;

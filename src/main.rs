@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use serfnode::child::ChildConfig;
 use serfnode::cli::{Cli, Command};
 use serfnode::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,14 +20,16 @@ fn main() -> ExitCode {
     match &mut cli.command {
         Command::Agent(args) => {
             args.encrypt_key =
-                serfnode::secrets::take_env(serfnode::keys::KEY_ENV).map(serfnode::keys::Secret);
+                serfnode::containers::secrets::take_env(serfnode::cluster::keys::KEY_ENV)
+                    .map(serfnode::cluster::keys::Secret);
         }
-        Command::Child(args) => {
-            if let Err(e) = serfnode::child::prepare(args) {
+        Command::Child(args) => match serfnode::containers::child::prepare() {
+            Ok(token) => args.token = token,
+            Err(e) => {
                 eprintln!("serfnode child: make the wrapper undumpable: {e}");
                 return ExitCode::FAILURE;
             }
-        }
+        },
         _ => {}
     }
     tracing_subscriber::fmt()
@@ -55,8 +56,12 @@ fn main() -> ExitCode {
                 on_signals(shutdown.clone(), cfg.mount.clone())?;
                 serfnode::daemon::run(cfg, shutdown).await.map(|()| 0)
             }
-            Command::Parent(_) => serfnode::parent::run(std::env::args_os().collect()).await,
-            Command::Child(args) => serfnode::child::run(ChildConfig::resolve(args)?).await,
+            Command::Parent(_) => {
+                serfnode::containers::supervisor::run(std::env::args_os().collect()).await
+            }
+            Command::Child(args) => {
+                serfnode::containers::child::run(serfnode::config::child_config(args)?).await
+            }
             // The operator commands block on file reads: off the runtime.
             op => tokio::task::spawn_blocking(move || operate(op)).await?,
         }
@@ -117,17 +122,20 @@ fn operate(command: Command) -> anyhow::Result<i32> {
             &mut out,
         ),
         Command::Watch { from, at } => {
-            serfnode::journal::watch(&at.mount, from, &mut out, || false).map_err(Into::into)
+            serfnode::operator::watch::watch(&at.mount, from, &mut out, || false)
+                .map_err(Into::into)
         }
         Command::Render { source, at } => {
             operator::render(&at.mount, &source, std::io::stdin().lock(), &mut out)
         }
-        Command::Keys(args) => serfnode::keys::run(
-            &args,
-            std::io::stdin().lock(),
-            &mut out,
-            &mut std::io::stderr(),
-        ),
+        Command::Keys(args) => {
+            tokio::runtime::Handle::current().block_on(serfnode::operator::keys::run(
+                &args,
+                std::io::stdin().lock(),
+                &mut out,
+                &mut std::io::stderr(),
+            ))
+        }
         Command::Agent(_) | Command::Parent(_) | Command::Child(_) => {
             unreachable!("daemons are run by main")
         }

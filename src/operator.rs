@@ -1,6 +1,7 @@
-//! The operator commands (`serfnode members|event|query|status|watch|render`):
-//! each talks to the local daemon through its files, so they work the same
-//! in a parent, on a host and inside a child, with the child's limits.
+//! The operator commands (`serfnode members|event|query|status|render`, and
+//! [`keys`] and [`watch`]): each talks to the local daemon through its files
+//! (`keys`: to the local agent), so they work the same in a parent, on a host
+//! and inside a child, with the child's limits.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,8 +10,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::files;
-use crate::query::{self, Ask};
+pub mod keys;
+pub mod watch;
+
+use crate::surface::files;
+use crate::surface::query::{self, Ask};
 
 fn read_json(path: &Path) -> anyhow::Result<Value> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
@@ -255,7 +259,7 @@ pub fn render(
     mut stdin: impl Read,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    use crate::templates::{Context, Documents, Origin, Source, TemplateSet};
+    use crate::surface::templates::{Context, Documents, Origin, Source, TemplateSet};
     let (text, origin) = if source == Path::new("-") {
         let mut text = String::new();
         stdin

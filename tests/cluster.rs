@@ -138,7 +138,7 @@ fn sigterm_leaves_unmounts_and_clears_the_hosts_block() {
     assert!(
         hosts
             .lines()
-            .all(|l| !l.contains("serfnode") || l.trim_end() == serfnode::hosts::PAD),
+            .all(|l| !l.contains("serfnode") || l.trim_end() == serfnode::surface::hosts::PAD),
         "block left behind:\n{hosts}"
     );
     assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"), "{hosts}");

@@ -390,7 +390,7 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     });
     // Each event says which node and which child raised it.
     for (event, child) in [(&hello, "deb"), (&hello_bb, "bb")] {
-        let want = serfnode::events::From {
+        let want = serfnode::event::Raiser {
             node: old.name.clone(),
             child: Some(child.into()),
         };

@@ -3,11 +3,11 @@
 //! in their input, and either decode what they were given or say why not.
 //!
 //! Targets: the msgpack RPC framing and reply/record decoding
-//! (`serfnode::rpc::fuzz`), the write node's event lines
+//! (`serfnode::cluster::rpc::fuzz`), the write node's event lines
 //! (`control::parse_line`), the user-event envelope (`events::unwrap`),
 //! query file names (`query::Ask::from_file`), the port-map tag
 //! (`tags::decode_ports`) and the frames a child sends its parent over the
-//! replica socket (`serfnode::replica::fuzz`).
+//! replica socket (`serfnode::containers::replica::fuzz`).
 //!
 //! Each test first replays every file of its corpus, `fuzz/corpus/<target>/`,
 //! then runs proptest strategies seeded from that corpus (bit flips,
@@ -30,14 +30,16 @@ use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestE
 use rmpv::Value as Mp;
 use serde_json::{json, Value};
 
-use serfnode::control::{parse_line, LineError, DEFAULT_EVENT_LIMIT};
-use serfnode::events::{self, From as Origin};
+use serfnode::cluster::rpc::fuzz::{decode_body, frame, Frame};
+use serfnode::cluster::rpc::{KeyResponse, Member, MemberStatus, QueryRecord, StreamRecord};
+use serfnode::cluster::tags::{decode_ports, encode_ports, PortMap};
+use serfnode::containers::replica::{ToParent, WireEvent, MAX_CHILD_FRAME, MAX_HELLO};
+use serfnode::event::{self as events, Raiser as Origin};
 use serfnode::names::is_event_name;
-use serfnode::query::{Ask, AskError, DEFAULT_TIMEOUT, MAX_TIMEOUT, PORTS, WHERE};
-use serfnode::replica::{ToParent, WireEvent, MAX_CHILD_FRAME, MAX_HELLO};
-use serfnode::rpc::fuzz::{decode_body, frame, Frame};
-use serfnode::rpc::{KeyResponse, Member, MemberStatus, QueryRecord, StreamRecord};
-use serfnode::tags::{decode_ports, encode_ports, PortMap};
+use serfnode::surface::query::{Ask, AskError, DEFAULT_TIMEOUT, MAX_TIMEOUT, PORTS, WHERE};
+use serfnode::{
+    event::LineError, surface::upstream::DEFAULT_EVENT_LIMIT, surface::write_node::parse_line,
+};
 
 // ---- allocation accounting ---------------------------------------------------
 
@@ -722,11 +724,11 @@ fn arb_body() -> impl Strategy<Value = (Mp, Expect)> {
     );
     let member_event = (
         prop::sample::select(vec![
-            ("member-join", serfnode::rpc::MemberEvent::Join),
-            ("member-leave", serfnode::rpc::MemberEvent::Leave),
-            ("member-failed", serfnode::rpc::MemberEvent::Failed),
-            ("member-update", serfnode::rpc::MemberEvent::Update),
-            ("member-reap", serfnode::rpc::MemberEvent::Reap),
+            ("member-join", serfnode::cluster::rpc::MemberEvent::Join),
+            ("member-leave", serfnode::cluster::rpc::MemberEvent::Leave),
+            ("member-failed", serfnode::cluster::rpc::MemberEvent::Failed),
+            ("member-update", serfnode::cluster::rpc::MemberEvent::Update),
+            ("member-reap", serfnode::cluster::rpc::MemberEvent::Reap),
         ]),
         members(),
     )
@@ -1445,7 +1447,10 @@ const FRAME_DICT: &[&[u8]] = &[
 /// error only last and nothing after it; no line over its bound taken; and
 /// what is taken reads back the same once written again.
 fn check_frames(input: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
-    let whole = bounded!(input, serfnode::replica::fuzz::server_reads(&[input]));
+    let whole = bounded!(
+        input,
+        serfnode::containers::replica::fuzz::server_reads(&[input])
+    );
     let mut pieces = Vec::new();
     let (mut at, mut i) = (0, 0);
     while at < input.len() && !cuts.is_empty() {
@@ -1457,7 +1462,7 @@ fn check_frames(input: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
     if at < input.len() {
         pieces.push(&input[at..]);
     }
-    let cut = serfnode::replica::fuzz::server_reads(&pieces);
+    let cut = serfnode::containers::replica::fuzz::server_reads(&pieces);
     prop_assert_eq!(&whole, &cut, "read whole vs in {} pieces", pieces.len());
     prop_assert!(!whole.is_empty());
     let lines: Vec<&[u8]> = input.split_inclusive(|&b| b == b'\n').collect();
@@ -1483,7 +1488,7 @@ fn check_frames(input: &[u8], cuts: &[usize]) -> Result<(), TestCaseError> {
     }
     let taken: Vec<&ToParent> = whole.iter().filter_map(|r| r.as_ref().ok()).collect();
     let again: Vec<u8> = taken.iter().flat_map(|m| frame_line(m)).collect();
-    let reread = serfnode::replica::fuzz::server_reads(&[&again]);
+    let reread = serfnode::containers::replica::fuzz::server_reads(&[&again]);
     let reread: Vec<&ToParent> = reread.iter().filter_map(|r| r.as_ref().ok()).collect();
     prop_assert_eq!(taken, reread);
     Ok(())
@@ -1547,7 +1552,7 @@ fn replica_frames() {
                 .flat_map(frame_line)
                 .collect();
             check_frames(&input, &cuts)?;
-            let got = serfnode::replica::fuzz::server_reads(&[&input]);
+            let got = serfnode::containers::replica::fuzz::server_reads(&[&input]);
             let want: Vec<Result<ToParent, String>> =
                 std::iter::once(hello).chain(requests).map(Ok).collect();
             prop_assert_eq!(got, want);
@@ -1561,7 +1566,7 @@ fn replica_frames() {
         let head = r#"{"type":"hello","child":"x"}"#;
         format!("{head}{}\n", " ".repeat(len - head.len() - 1)).into_bytes()
     };
-    let reads = |b: &[u8]| serfnode::replica::fuzz::server_reads(&[b]);
+    let reads = |b: &[u8]| serfnode::containers::replica::fuzz::server_reads(&[b]);
     assert!(reads(&hello_of(MAX_HELLO))[0].is_ok());
     assert!(reads(&hello_of(MAX_HELLO + 1))[0].is_err());
     let request_of = |len: usize| {

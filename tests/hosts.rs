@@ -125,11 +125,11 @@ fn block_names_the_oldest_member_of_each_role_and_nothing_hostile() {
 
 /// The bytes of the block naming `roles` (role, address), as written.
 fn block_bytes(roles: &[(&str, String)]) -> Vec<u8> {
-    let mut b = format!("{}\n", serfnode::hosts::BEGIN);
+    let mut b = format!("{}\n", serfnode::surface::hosts::BEGIN);
     for (role, ip) in roles {
         b += &format!("{ip}\t{role}\n");
     }
-    b += &format!("{}\n", serfnode::hosts::END);
+    b += &format!("{}\n", serfnode::surface::hosts::END);
     b.into_bytes()
 }
 
@@ -139,7 +139,7 @@ fn without_padding(bytes: &[u8]) -> Vec<u8> {
         .split_inclusive(|&b| b == b'\n')
         .filter(|l| {
             !l.strip_suffix(b"\n")
-                .and_then(|l| l.strip_prefix(serfnode::hosts::PAD.as_bytes()))
+                .and_then(|l| l.strip_prefix(serfnode::surface::hosts::PAD.as_bytes()))
                 .is_some_and(|rest| rest.iter().all(|&b| b == b' '))
         })
         .flatten()
@@ -149,7 +149,7 @@ fn without_padding(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused() {
-    let begin = serfnode::hosts::BEGIN;
+    let begin = serfnode::surface::hosts::BEGIN;
     // Each kind of file on a node of its own, all started at once; every
     // failure is collected, so one run reports each case.
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -186,7 +186,7 @@ fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused()
     let huge: Vec<u8> = (0..600_000)
         .flat_map(|i| format!("10.{}.{}.{}\th{i}\n", i >> 16, (i >> 8) & 255, i & 255).into_bytes())
         .collect();
-    assert!(huge.len() as u64 > serfnode::hosts::MAX_LEN);
+    assert!(huge.len() as u64 > serfnode::surface::hosts::MAX_LEN);
     let big = Node::start(NodeOpts {
         name: "huge".into(),
         hosts: Some(huge.clone()),

@@ -5,7 +5,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serfnode::rpc::{
+use serfnode::cluster::rpc::{
     Client, Member, MemberEvent, MemberStatus, QueryParams, QueryRecord, RpcError, StreamRecord,
     Subscription,
 };

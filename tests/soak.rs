@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use serfnode::rpc::{Client, StreamRecord};
+use serfnode::cluster::rpc::{Client, StreamRecord};
 use support::node::{raw_write, rss_kib, Node, NodeOpts};
 use support::serf::{Agent, AgentOpts};
 use tokio::runtime::Runtime;
@@ -361,7 +361,7 @@ impl Counter {
                     let StreamRecord::User { name, payload, .. } = rec else {
                         continue;
                     };
-                    let (payload, from) = serfnode::events::unwrap(&payload);
+                    let (payload, from) = serfnode::event::unwrap(&payload);
                     let id = (payload["w"].as_u64(), payload["n"].as_u64());
                     let mut c = c.lock().unwrap();
                     match (name.as_str(), from, id) {

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use serfnode::rpc::{Client, StreamRecord};
+use serfnode::cluster::rpc::{Client, StreamRecord};
 use support::node::{raw_write, Node, NodeOpts};
 use support::serf::{Agent, AgentOpts};
 use tokio::runtime::Runtime;
@@ -35,7 +35,7 @@ impl Observer {
                 while let Some(rec) = sub.recv().await {
                     if let StreamRecord::User { name, payload, .. } = rec {
                         // The payload travels in the envelope naming its origin.
-                        let (payload, from) = serfnode::events::unwrap(&payload);
+                        let (payload, from) = serfnode::event::unwrap(&payload);
                         let from = from.expect("events from a write node carry their origin");
                         assert_eq!((from.node.as_str(), from.child), ("writer", None));
                         let _ = tx.send((name, payload.to_string()));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use serfnode::files;
+use serfnode::surface::files;
 
 use super::{detach, is_mounted, signal, spawn, tail};
 

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use serfnode::rpc::{Member, MemberStatus};
+use serfnode::cluster::rpc::{Member, MemberStatus};
 
 /// Member `i` of a synthetic cluster: `node-<i>` on 10.x.y.z, one of `roles`
 /// roles, started `start + i × 13 ms` (so each role has one oldest member).

@@ -94,7 +94,7 @@ pub(crate) type UnhashFn = Box<dyn FnOnce(Vec<Arc<str>>) + Send>;
 
 /// One readdir entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Entry {
+pub(crate) struct DirEntry {
     pub ino: u64,
     pub kind: NodeKind,
     pub name: String,
@@ -122,11 +122,11 @@ pub(crate) struct Inval {
 }
 
 pub(crate) struct Core {
-    tree: Mutex<Tree>,
+    tree: Mutex<InodeTable>,
     writers: Arc<Writers>,
     /// Directory listings snapshotted at opendir, by file handle, so that offsets stay
     /// meaningful however many readdir calls one listing takes.
-    listings: Mutex<HashMap<u64, Arc<[Entry]>>>,
+    listings: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
     next_fh: AtomicU64,
     requests: AtomicU64,
     /// Per directory: volatile lookups in progress, and names answered since it last had
@@ -141,7 +141,8 @@ struct Resolving {
     answered: Vec<Arc<str>>,
 }
 
-struct Tree {
+/// Every inode the kernel may hold, by number: the filesystem's state behind one lock.
+struct InodeTable {
     inodes: HashMap<u64, Inode>,
     next_ino: u64,
     /// Stamps lookups, for the recency of open-ended names.
@@ -178,7 +179,7 @@ enum Kind {
         /// Children not evicted.
         fresh: usize,
         /// The listing opendir shares until the directory or its children change.
-        listing: Option<Arc<[Entry]>>,
+        listing: Option<Arc<[DirEntry]>>,
     },
     Control(Arc<dyn ControlSink>),
 }
@@ -280,8 +281,8 @@ impl Inode {
     }
 
     /// What `attr` needs, taken under the lock; the size may need a render, done outside.
-    fn view(&self, ino: u64) -> View {
-        View {
+    fn view(&self, ino: u64) -> AttrSource {
+        AttrSource {
             ino,
             kind: self.kind(),
             created: self.created,
@@ -297,23 +298,24 @@ impl Inode {
 struct DirMut<'a> {
     children: &'a mut HashMap<Arc<str>, u64>,
     fresh: &'a mut usize,
-    listing: &'a mut Option<Arc<[Entry]>>,
+    listing: &'a mut Option<Arc<[DirEntry]>>,
 }
 
-/// What `Tree::lookup` found (the attributes are made outside the lock).
+/// What `InodeTable::lookup` found (the attributes are made outside the lock).
 enum Hit {
-    Inode(View),
+    Inode(AttrSource),
     Volatile(Resolution),
 }
 
-struct View {
+/// An inode as a lookup found it: what its attributes are made from, outside the lock.
+struct AttrSource {
     ino: u64,
     kind: NodeKind,
     created: SystemTime,
     body: Option<Arc<Body>>,
 }
 
-impl View {
+impl AttrSource {
     /// Renders the body if this is its first use (never under the state lock).
     fn attr(self) -> Attr {
         Attr {
@@ -325,7 +327,7 @@ impl View {
     }
 }
 
-impl Tree {
+impl InodeTable {
     fn inode(&self, ino: u64) -> Result<&Inode, i32> {
         self.inodes.get(&ino).ok_or(libc::ENOENT)
     }
@@ -485,7 +487,7 @@ impl Tree {
 
     /// A fresh file inode for one answer of a volatile name, counted for the LOOKUP it
     /// answers and tracked by no directory.
-    fn insert_volatile(&mut self, bytes: Vec<u8>) -> View {
+    fn insert_volatile(&mut self, bytes: Vec<u8>) -> AttrSource {
         let ino = self.next_ino;
         self.next_ino += 1;
         let mut inode = Inode::new(
@@ -593,7 +595,7 @@ impl Tree {
     }
 
     /// The directory's listing, shared while it does not change.
-    fn listing(&mut self, ino: u64) -> Result<Arc<[Entry]>, i32> {
+    fn listing(&mut self, ino: u64) -> Result<Arc<[DirEntry]>, i32> {
         let inode = self.inodes.get_mut(&ino).ok_or(libc::ENOENT)?;
         let current = inode.current;
         let Kind::Dir {
@@ -610,22 +612,22 @@ impl Tree {
             return Ok(Arc::clone(shared));
         }
         let dots = [(".", ino), ("..", *parent)];
-        let mut entries: Vec<Entry> = dots
+        let mut entries: Vec<DirEntry> = dots
             .into_iter()
-            .map(|(name, ino)| Entry {
+            .map(|(name, ino)| DirEntry {
                 ino,
                 kind: NodeKind::Dir,
                 name: name.to_owned(),
             })
             .collect();
         if current {
-            entries.extend(dir.entries().into_iter().map(|(name, kind)| Entry {
+            entries.extend(dir.entries().into_iter().map(|(name, kind)| DirEntry {
                 ino: children.get(name.as_str()).copied().unwrap_or(UNKNOWN_INO),
                 kind,
                 name,
             }));
         }
-        let entries: Arc<[Entry]> = entries.into();
+        let entries: Arc<[DirEntry]> = entries.into();
         if current {
             *listing = Some(Arc::clone(&entries));
         }
@@ -646,7 +648,7 @@ impl Core {
             None,
         );
         Core {
-            tree: Mutex::new(Tree {
+            tree: Mutex::new(InodeTable {
                 inodes: HashMap::from([(ROOT, root_inode)]),
                 next_ino: ROOT + 1,
                 next_stamp: 0,
@@ -820,7 +822,7 @@ impl Core {
         Ok(fh)
     }
 
-    pub(crate) fn readdir(&self, fh: u64) -> Result<Arc<[Entry]>, i32> {
+    pub(crate) fn readdir(&self, fh: u64) -> Result<Arc<[DirEntry]>, i32> {
         self.listings.lock().get(&fh).cloned().ok_or(libc::EBADF)
     }
 

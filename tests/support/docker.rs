@@ -633,7 +633,7 @@ pub struct UserEvent {
     /// JSON).
     pub payload: Option<Value>,
     /// Who raised it, from the envelope.
-    pub from: Option<serfnode::events::From>,
+    pub from: Option<serfnode::event::Raiser>,
     pub raw: Vec<u8>,
 }
 
@@ -801,7 +801,7 @@ pub fn parse_event_infos(text: &str) -> Vec<UserEvent> {
             }
         }
         if let (Some(name), Some("user")) = (name, kind.as_deref()) {
-            let (payload, from) = serfnode::events::unwrap(&raw);
+            let (payload, from) = serfnode::event::unwrap(&raw);
             let json = from.is_some() || serde_json::from_slice::<Value>(&raw).is_ok();
             events.push(UserEvent {
                 name,

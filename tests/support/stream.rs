@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use serfnode::rpc::{Client, StreamRecord};
+use serfnode::cluster::rpc::{Client, StreamRecord};
 use tokio::runtime::Runtime;
 
 use super::node::Node;
@@ -34,7 +34,7 @@ impl Observer {
                 let _keep = client;
                 while let Some(rec) = sub.recv().await {
                     if let StreamRecord::User { name, payload, .. } = rec {
-                        let (payload, from) = serfnode::events::unwrap(&payload);
+                        let (payload, from) = serfnode::event::unwrap(&payload);
                         let _ = tx.send((name, payload, from.map(|f| f.node)));
                     }
                 }

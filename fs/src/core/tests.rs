@@ -425,7 +425,7 @@ fn listings_are_snapshots_of_the_current_tree() {
     let fh = core.opendir(ROOT).unwrap();
     core.publish(tree(vec![("z", file(1, "z"))]));
     let entries = core.readdir(fh).unwrap();
-    let entry = |ino, kind, name: &str| Entry {
+    let entry = |ino, kind, name: &str| DirEntry {
         ino,
         kind,
         name: name.into(),
