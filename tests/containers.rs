@@ -63,7 +63,7 @@ fn manifest(role: &str, children: &[ChildDef]) -> String {
     yml
 }
 
-/// `Ok` when `info` (Daemon info) describes parent `p` with role `role`.
+/// `Ok` when `info` (Node info) describes parent `p` with role `role`.
 fn node_info_matches(info: &Value, p: &Parent, role: &str) -> Result<(), String> {
     let want = [
         ("id", p.name.as_str()),

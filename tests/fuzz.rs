@@ -1292,7 +1292,7 @@ fn query_files() {
         mutated(seeds, QUERY_DICT),
         |b| check_query_file(&b),
     );
-    // Any ask `to_segment` writes is read back as the same ask. Daemon names
+    // Any ask `to_segment` writes is read back as the same ask. Node names
     // are joined with ',', so one holding a ',' cannot be told apart.
     let asks = (
         prop_oneof![4 => event_name(), 1 => Just(WHERE.to_owned()), 1 => Just(PORTS.to_owned())],

@@ -299,7 +299,7 @@ fn hostile_tag_values_are_shown_raw_and_never_reach_the_hosts_file() {
             if let Some(service) = want.get("service") {
                 assert_eq!(by_id[id]["service_ip"], service.as_str());
             }
-            // by_role: listed under the raw role, the same Daemon info.
+            // by_role: listed under the raw role, the same Node info.
             let listed = by_role[role].as_array().unwrap_or_else(|| {
                 panic!("role {role:?} missing from by_role: {by_role}");
             });
