@@ -23,39 +23,35 @@
 //! and reaped and every mount detached, at the end and on panic.
 //! BENCHMARKS.md explains the method and keeps the latest figures.
 
-#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
-use serde_json::Value;
+use anyhow::{ensure, Context, Result};
 use serfnode::cluster::membership::View;
 use serfnode::cluster::rpc::{Client, Member, StreamRecord};
 use serfnode::surface::files;
 use tokio::runtime::Runtime;
 
-use common::agents::Agents;
-use common::daemon::Daemon;
+use common::poll::{poll_members_and_file, PROBE_TAG, TRIAL_TIMEOUT};
 use common::procfs::*;
 use common::report::*;
 use common::synth::{encode_members, synthetic_member};
-use common::Reaper;
+use common::user_events::{follow_user_stream, serf_event};
+use serfnode_testkit::addr::Block;
+use serfnode_testkit::process::Reaper;
+use serfnode_testkit::{progress, Agents, Daemon, DaemonOpts};
 
-const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 const RAW_AGENTS: usize = 99;
 const NODES: usize = RAW_AGENTS + 1;
 /// The lone node of the write-node figures: an address outside the cluster.
 const SOLO: usize = NODES;
-const GOSSIP_PORT: u16 = 7946;
-const RPC_PORT: u16 = 7373;
 /// The raw agents stand in for other hosts: on a small machine they must not
 /// preempt the node under test (serfnode and its agent run at nice 0).
 const AGENT_NICE: libc::c_int = 10;
@@ -65,14 +61,8 @@ const READ_ROUNDS: usize = 5;
 const READ_ITERS: usize = 5000;
 /// Freshness: tag changes, each bounded by `TRIAL_TIMEOUT`.
 const TRIALS: usize = 40;
-const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The stream's member-update record is ~1 s behind; wait this long for it.
 const STREAM_WAIT: Duration = Duration::from_secs(4);
-/// The member file's poll period: a reader spinning on cached reads would
-/// take a whole core from the daemon (and 100 agents) on a small machine.
-const FILE_POLL: Duration = Duration::from_millis(1);
-/// The tag the freshness trials change on raw agents.
-const PROBE_TAG: &str = "probe";
 /// Write node: events written one per write(2), then `BATCH` per write.
 const LINE_EVENTS: usize = 2000;
 const BATCH: usize = 50;
@@ -124,36 +114,23 @@ fn main() -> Result<()> {
 
 // ---- processes ---------------------------------------------------------------
 
-fn ip(n: usize) -> IpAddr {
-    let last = u8::try_from(n + 1).expect("at most 254 nodes");
-    IpAddr::V4(Ipv4Addr::new(127, 0, 210, last))
-}
+/// Node `n` is on 127.0.210.`n + 1`.
+const ADDRS: Block = Block { third: 210 };
 
 fn node_name(n: usize) -> String {
     format!("bench-{n}")
 }
 
-fn gossip_addr(n: usize) -> SocketAddr {
-    SocketAddr::new(ip(n), GOSSIP_PORT)
-}
-
-fn rpc_addr(n: usize) -> SocketAddr {
-    SocketAddr::new(ip(n), RPC_PORT)
-}
-
 /// Starts node `n`: `serfnode agent` on 127.0.210.n+1, role `bench`.
 fn start_daemon(n: usize, name: &str) -> Result<Daemon> {
-    ensure_free(n)?;
-    let daemon = Daemon::start(SERFNODE, name, |cmd| {
-        cmd.args(["agent", "--node", name])
-            .args(["--bind", &gossip_addr(n).to_string()])
-            .args(["--rpc-addr", &rpc_addr(n).to_string()])
-            .args(["--profile", "local", "--role", "bench"])
-            // The write-node figure is serfnode's own cost per event, so
-            // the daemon's pacing (256 events/s by default) is off here.
-            .args(["--event-rate", "0"]);
+    ADDRS.ensure_free(n)?;
+    let daemon = Daemon::try_start(DaemonOpts {
+        // The write-node figure is serfnode's own cost per event, so the
+        // daemon's pacing (256 events/s by default) is off here.
+        args: vec!["--event-rate".into(), "0".into()],
+        ..DaemonOpts::bench(name, ADDRS.ip(n), "bench")
     })?;
-    progress!("serfnode {name} is on {}", gossip_addr(n));
+    progress!("serfnode {name} is on {}", ADDRS.gossip(n));
     Ok(daemon)
 }
 
@@ -168,21 +145,21 @@ struct Cluster {
 impl Cluster {
     fn start(summary: &mut Rows) -> Result<Cluster> {
         for n in 0..NODES {
-            ensure_free(n)?;
+            ADDRS.ensure_free(n)?;
         }
         let daemon = start_daemon(0, &node_name(0))?;
-        let agents = Agents::new(daemon.dir().join("agents"), node_name, AGENT_NICE)?;
+        let agents = Agents::new(daemon.dir().join("agents"), node_name, Some(AGENT_NICE))?;
         let mut cluster = Cluster { agents, daemon };
         let started = Instant::now();
         let now = unix_now();
         for n in 1..=RAW_AGENTS {
             cluster.agents.spawn(|cmd| {
                 cmd.args(["agent", &format!("-node={}", node_name(n))])
-                    .arg(format!("-bind={}", gossip_addr(n)))
-                    .arg(format!("-rpc-addr={}", rpc_addr(n)))
+                    .arg(format!("-bind={}", ADDRS.gossip(n)))
+                    .arg(format!("-rpc-addr={}", ADDRS.rpc(n)))
                     .args(["-profile=local", "-tag", &format!("role=r{n}")])
                     .args(["-tag", &format!("timestamp={:.6}", now + n as f64 * 1e-3)])
-                    .arg(format!("-join={}", gossip_addr(0)));
+                    .arg(format!("-join={}", ADDRS.gossip(0)));
             })?;
         }
         let spawned = started.elapsed();
@@ -192,10 +169,13 @@ impl Cluster {
             files::BY_ID
         );
         let agents = &mut cluster.agents;
-        let converged =
-            cluster
-                .daemon
-                .wait_listed(NODES, started, Duration::from_secs(120), || agents.check())?;
+        let converged = cluster.daemon.wait_listed(
+            files::BY_ID,
+            NODES,
+            started,
+            Duration::from_secs(120),
+            || agents.check(),
+        )?;
         let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
         table(
             &format!("Setup ({NODES} members)"),
@@ -227,7 +207,7 @@ impl Cluster {
 
     /// The daemon, its own agent and every raw agent.
     fn pids(&self) -> Result<Vec<u32>> {
-        let daemon = self.daemon.pid()?;
+        let daemon = self.daemon.try_pid()? as u32;
         let mut pids = vec![daemon];
         pids.extend(children(daemon));
         pids.extend(self.agents.pids());
@@ -249,18 +229,6 @@ impl Drop for Cluster {
         self.daemon.terminate();
         self.agents.kill_all();
     }
-}
-
-/// A leftover agent of an earlier run would make the figures meaningless.
-fn ensure_free(n: usize) -> Result<()> {
-    let (g, r) = (gossip_addr(n), rpc_addr(n));
-    let free =
-        TcpListener::bind(g).is_ok() && UdpSocket::bind(g).is_ok() && TcpListener::bind(r).is_ok();
-    ensure!(
-        free,
-        "{g} or {r} is in use: a leftover agent of an earlier run? (pgrep -a serf)"
-    );
-    Ok(())
 }
 
 // ---- read cost ---------------------------------------------------------------
@@ -345,11 +313,11 @@ struct Trial {
 fn freshness(cluster: &Cluster, rt: &Runtime, summary: &mut Rows) -> Result<()> {
     progress!("freshness: {TRIALS} tag changes on random agents");
     let local = rt
-        .block_on(Client::connect(rpc_addr(0), None))
+        .block_on(Client::connect(ADDRS.rpc(0), None))
         .context("rpc connection to the local agent")?;
     let (tx, updates) = mpsc::channel();
     rt.block_on(async {
-        let watcher = Client::connect(rpc_addr(0), None).await?;
+        let watcher = Client::connect(ADDRS.rpc(0), None).await?;
         let mut stream = watcher.stream("member-update").await?;
         tokio::spawn(async move {
             let _keep = watcher;
@@ -378,24 +346,16 @@ fn freshness(cluster: &Cluster, rt: &Runtime, summary: &mut Rows) -> Result<()> 
         let t0 = Instant::now();
         let deadline = t0 + TRIAL_TIMEOUT;
         let tagger = rt.spawn(async move {
-            let client = Client::connect(rpc_addr(n), None).await?;
+            let client = Client::connect(ADDRS.rpc(n), None).await?;
             client.tags(&set, &[]).await.map(|()| Instant::now())
         });
-        let (agent, file_seen) = std::thread::scope(|s| {
-            let a = s.spawn(|| rt.block_on(poll_members(&local, &name, &value, deadline)));
-            let b = s.spawn(|| poll_file(&file, &value, deadline));
-            (a.join(), b.join())
-        });
+        let polled = poll_members_and_file(rt, &local, &name, &file, &value, deadline, None)
+            .with_context(|| format!("trial {trial}"));
         let tagged = rt
             .block_on(tagger)
             .context("tags task")?
             .with_context(|| format!("trial {trial}: tags on {name}"))?;
-        let agent = agent
-            .map_err(|_| anyhow!("members poller panicked"))?
-            .with_context(|| format!("trial {trial}: members of the local agent"))?;
-        let file_seen = file_seen
-            .map_err(|_| anyhow!("file poller panicked"))?
-            .with_context(|| format!("trial {trial}: {}", file.display()))?;
+        let (agent, file_seen) = polled?;
         let stream_seen = loop {
             let left =
                 (agent.unwrap_or(deadline) + STREAM_WAIT).saturating_duration_since(Instant::now());
@@ -485,41 +445,6 @@ fn freshness(cluster: &Cluster, rt: &Runtime, summary: &mut Rows) -> Result<()> 
     Ok(())
 }
 
-/// Reads `members` on the kept connection until `name` carries `value`;
-/// `None` past `deadline`.
-async fn poll_members(
-    local: &Client,
-    name: &str,
-    value: &str,
-    deadline: Instant,
-) -> Result<Option<Instant>> {
-    while Instant::now() < deadline {
-        let members = local.members().await.context("members")?;
-        if members
-            .iter()
-            .any(|m| m.name == name && m.tags.get(PROBE_TAG).is_some_and(|v| v == value))
-        {
-            return Ok(Some(Instant::now()));
-        }
-    }
-    Ok(None)
-}
-
-/// Opens, reads and parses `file` every `FILE_POLL` until its tags carry
-/// `value`; `None` past `deadline`.
-fn poll_file(file: &Path, value: &str, deadline: Instant) -> Result<Option<Instant>> {
-    while Instant::now() < deadline {
-        if let Ok(bytes) = fs::read(file) {
-            let doc: Value = serde_json::from_slice(&bytes).context("not json")?;
-            if doc["tags"][PROBE_TAG] == value {
-                return Ok(Some(Instant::now()));
-            }
-        }
-        std::thread::sleep(FILE_POLL);
-    }
-    Ok(None)
-}
-
 // ---- write node ----------------------------------------------------------------
 
 /// One way of raising events: what it took per call and overall.
@@ -536,21 +461,11 @@ struct WriteRun {
 /// `n` events, one `serf event -coalesce=false` process each (the original's way).
 fn run_cli(rpc: SocketAddr, name: &'static str, n: usize) -> Result<WriteRun> {
     progress!("write node: baseline, {n} × `serf event -coalesce=false`");
-    let rpc = format!("-rpc-addr={rpc}");
     let mut ms = Vec::with_capacity(n);
     let start = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        let out = Command::new("serf")
-            .args(["event", "-coalesce=false", &rpc, name, &payload(i)])
-            .output()
-            .context("run `serf event`")?;
-        ensure!(
-            out.status.success(),
-            "`serf event` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        serf_event(rpc, name, &payload(i))?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(WriteRun {
@@ -659,22 +574,13 @@ impl UserEvents {
     fn follow(rt: &Runtime, addr: SocketAddr) -> Result<UserEvents> {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let counts = seen.clone();
-        rt.block_on(async {
-            let client = Client::connect(addr, None).await?;
-            let mut stream = client.stream("user").await?;
-            tokio::spawn(async move {
-                let _keep = client;
-                while let Some(rec) = stream.recv().await {
-                    if let StreamRecord::User { name, .. } = rec {
-                        let mut c = counts.lock().expect("counts lock");
-                        *c.counts.entry(name).or_default() += 1;
-                        c.last = Some(Instant::now());
-                    }
-                }
-            });
-            anyhow::Ok(())
-        })
-        .with_context(|| format!("user-event stream of {addr}"))?;
+        follow_user_stream(rt, addr, move |rec| {
+            if let StreamRecord::User { name, .. } = rec {
+                let mut c = counts.lock().expect("counts lock");
+                *c.counts.entry(name).or_default() += 1;
+                c.last = Some(Instant::now());
+            }
+        })?;
         Ok(UserEvents { seen })
     }
 
@@ -737,11 +643,11 @@ fn write_table(title: &str, runs: &mut [WriteRun], seen: &BTreeMap<String, usize
 /// The write node on a lone node: what serfnode adds per event.
 fn write_node_alone(rt: &Runtime, summary: &mut Rows) -> Result<()> {
     let mut solo = start_daemon(SOLO, "bench-solo")?;
-    let seen = UserEvents::follow(rt, rpc_addr(SOLO))?;
+    let seen = UserEvents::follow(rt, ADDRS.rpc(SOLO))?;
     let parent = solo.path(files::WRITE_NODE);
     let mut runs = [
-        run_cli(rpc_addr(SOLO), "bench.cli", CLI_EVENTS)?,
-        run_rpc(rt, rpc_addr(SOLO), "bench.rpc", LINE_EVENTS)?,
+        run_cli(ADDRS.rpc(SOLO), "bench.cli", CLI_EVENTS)?,
+        run_rpc(rt, ADDRS.rpc(SOLO), "bench.rpc", LINE_EVENTS)?,
         run_node(&parent, "bench", LINE_EVENTS, 1)?,
         run_node(&parent, "bench.batch", BATCH_WRITES, BATCH)?,
     ];
@@ -775,7 +681,7 @@ fn write_node_alone(rt: &Runtime, summary: &mut Rows) -> Result<()> {
 /// event and what another agent received.
 fn write_node_in_cluster(cluster: &Cluster, rt: &Runtime, summary: &mut Rows) -> Result<()> {
     let observer = node_name(1);
-    let seen = UserEvents::follow(rt, rpc_addr(1))?;
+    let seen = UserEvents::follow(rt, ADDRS.rpc(1))?;
     let pids = cluster.pids()?;
     let idle = {
         let (t, before) = (Instant::now(), cpu_ms(&pids));
@@ -800,7 +706,7 @@ fn write_node_in_cluster(cluster: &Cluster, rt: &Runtime, summary: &mut Rows) ->
         Ok(r)
     };
     let mut runs = [
-        measured(&|| run_cli(rpc_addr(0), "bench.cli", CLI_EVENTS))?,
+        measured(&|| run_cli(ADDRS.rpc(0), "bench.cli", CLI_EVENTS))?,
         measured(&|| run_node(&parent, "bench", CLUSTER_EVENTS, 1))?,
     ];
     let seen = seen.settle(expected);
@@ -831,7 +737,7 @@ fn write_node_in_cluster(cluster: &Cluster, rt: &Runtime, summary: &mut Rows) ->
 // ---- memory --------------------------------------------------------------------
 
 fn memory(cluster: &Cluster, summary: &mut Rows) -> Result<()> {
-    let daemon = cluster.daemon.pid()?;
+    let daemon = cluster.daemon.try_pid()? as u32;
     let mut rows = vec![proc_row("serfnode daemon (bench-0)", daemon)?];
     // The daemon's own supervised agent, when the kernel lists children.
     if let Some(agent) = children(daemon).into_iter().next() {

@@ -23,14 +23,12 @@
 //! then leave and unmount) or SIGKILL, only its temp dir stays.
 //! BENCHMARKS.md explains the method and keeps the latest figures.
 
-#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::process::CommandExt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,16 +41,17 @@ use serfnode::cluster::rpc::{Client, QueryParams, QueryRecord, StreamRecord};
 use serfnode::{event as events, surface::files};
 use tokio::runtime::Runtime;
 
-use common::daemon::Daemon;
+use common::poll::{poll_members_and_file, FILE_POLL, PROBE_TAG, TRIAL_TIMEOUT};
 use common::procfs::*;
 use common::report::*;
-use common::{tail, Reaper};
+use common::user_events::{follow_user_stream, serf_event};
+use serfnode_testkit::addr::Block;
+use serfnode_testkit::process::{self, tail, Reaper};
+use serfnode_testkit::{progress, Agents, Daemon, DaemonOpts};
 
 const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 /// serfnode nodes e1–e10 on 127.0.211.1–10; raw agents r1–r10 on .11–20.
 const NODES: usize = 10;
-const GOSSIP_PORT: u16 = 7946;
-const RPC_PORT: u16 = 7373;
 /// A: writes the events and asks the queries.
 const WRITER: usize = 0;
 /// C: runs the handler.
@@ -89,9 +88,6 @@ const ROUNDS: usize = 2;
 const READERS: usize = 8;
 /// Background events: 20/s on the loader's write node.
 const LOAD_PERIOD: Duration = Duration::from_millis(50);
-const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
-const FILE_POLL: Duration = Duration::from_millis(1);
-const PROBE_TAG: &str = "probe";
 
 fn main() -> Result<()> {
     // Declared first, dropped last: reaps whatever the rest left orphaned.
@@ -180,9 +176,11 @@ fn raise_priority() -> libc::c_int {
 
 // ---- addresses -----------------------------------------------------------------
 
+/// Node `n` is on 127.0.211.`n + 1`, raw agent `n` ten further.
+const ADDRS: Block = Block { third: 211 };
+
 fn ip(n: usize) -> IpAddr {
-    let last = u8::try_from(n + 1).expect("at most 254 addresses");
-    IpAddr::V4(Ipv4Addr::new(127, 0, 211, last))
+    ADDRS.ip(n)
 }
 
 /// serfnode node `n` (0-based) is `e{n+1}`; raw agent `n` is `r{n+1}`,
@@ -204,11 +202,11 @@ fn role(n: usize) -> &'static str {
 }
 
 fn gossip_addr(n: usize) -> SocketAddr {
-    SocketAddr::new(ip(n), GOSSIP_PORT)
+    ADDRS.gossip(n)
 }
 
 fn rpc_addr(n: usize) -> SocketAddr {
-    SocketAddr::new(ip(n), RPC_PORT)
+    ADDRS.rpc(n)
 }
 
 fn raw_gossip(n: usize) -> SocketAddr {
@@ -217,17 +215,6 @@ fn raw_gossip(n: usize) -> SocketAddr {
 
 fn raw_rpc(n: usize) -> SocketAddr {
     rpc_addr(NODES + n)
-}
-
-/// A leftover agent of an earlier run would make the figures meaningless.
-fn ensure_free(g: SocketAddr, r: SocketAddr) -> Result<()> {
-    let free =
-        TcpListener::bind(g).is_ok() && UdpSocket::bind(g).is_ok() && TcpListener::bind(r).is_ok();
-    ensure!(
-        free,
-        "{g} or {r} is in use: a leftover agent of an earlier run? (pgrep -a serf)"
-    );
-    Ok(())
 }
 
 // ---- the handler program -----------------------------------------------------------
@@ -333,30 +320,11 @@ fn read_arrivals(file: &Path) -> Result<Vec<Arrival>> {
 /// Spawns `cmd` with its output in `log` (or discarded). The child gets
 /// `death_signal` when the spawning (main) thread dies, so a killed bench
 /// leaves nothing behind.
-fn spawn(mut cmd: Command, log: Option<&Path>, death_signal: libc::c_int) -> Result<Child> {
-    match log {
-        Some(log) => {
-            let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
-            cmd.stdout(out.try_clone().context("log file handle")?)
-                .stderr(out);
-        }
-        None => {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-    }
-    cmd.stdin(Stdio::null());
-    // SAFETY: prctl(2) is a plain syscall, safe between fork and exec; the
-    // closure touches no shared state.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .with_context(|| format!("spawn {:?}", cmd.get_program()))
+/// Spawns `cmd` with its output in `log`; it gets SIGKILL should the bench die.
+fn spawn(mut cmd: Command, log: &Path) -> Result<Child> {
+    process::new_log(log)?;
+    process::set_death_signal_and_nice(&mut cmd, Some(libc::SIGKILL), None);
+    process::spawn_logged(&mut cmd, log)
 }
 
 fn kill_and_reap(children: &mut Vec<Child>) {
@@ -399,25 +367,18 @@ fn spawn_node(root: &Path, n: usize, arrivals: &Path) -> Result<Daemon> {
     let name = name(n);
     let handlers = root.join(format!("h{}", n + 1));
     fs::create_dir_all(&handlers).context("handlers dir")?;
-    Daemon::spawn(
-        SERFNODE,
-        &name,
-        root.join(&name),
-        root.join(format!("{name}.log")),
-        |cmd| {
-            cmd.args(["agent", "--node", &name])
-                .args(["--bind", &gossip_addr(n).to_string()])
-                .args(["--rpc-addr", &rpc_addr(n).to_string()])
-                .args(["--hosts-file", "none", "--profile", "local"])
-                .args(["--role", role(n)])
-                .arg("--handlers")
-                .arg(&handlers)
-                .env(ARRIVALS_VAR, arrivals);
-            if n != 0 {
-                cmd.args(["--join", &gossip_addr(0).to_string()]);
-            }
-        },
-    )
+    let mut args = vec!["--handlers".to_owned(), handlers.display().to_string()];
+    if n != 0 {
+        args.extend(["--join".to_owned(), gossip_addr(0).to_string()]);
+    }
+    Daemon::try_spawn(DaemonOpts {
+        mount: Some(root.join(&name)),
+        log: Some(root.join(format!("{name}.log"))),
+        no_hosts: true,
+        args,
+        env: vec![(ARRIVALS_VAR.to_owned(), arrivals.display().to_string())],
+        ..DaemonOpts::bench(&name, ip(n), role(n))
+    })
 }
 
 /// The ten serfnode nodes. Dropping it asks all of them to stop at once,
@@ -432,8 +393,8 @@ impl Nodes {
     fn start(root: &Path, prog: &Path) -> Result<Nodes> {
         // Both ranges up front: the raw cluster's too, before anything starts.
         for n in 0..NODES {
-            ensure_free(gossip_addr(n), rpc_addr(n))?;
-            ensure_free(raw_gossip(n), raw_rpc(n))?;
+            ADDRS.ensure_free(n)?;
+            ADDRS.ensure_free(NODES + n)?;
         }
         let arrivals = root.join("arrivals-serfnode");
         let mut nodes = Nodes {
@@ -458,7 +419,7 @@ impl Nodes {
             for d in &mut nodes.daemons {
                 d.check_alive()?;
                 listed.push(
-                    d.json(files::BY_ID)
+                    d.try_json(files::BY_ID)
                         .ok()
                         .and_then(|v| v.as_object().map(|o| o.len()))
                         .unwrap_or(0),
@@ -470,7 +431,7 @@ impl Nodes {
             ensure!(
                 Instant::now() < deadline,
                 "after 60 s the nodes list {listed:?} members\n{}",
-                tail(&nodes.daemons[0].log)
+                nodes.daemons[0].log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -512,52 +473,50 @@ impl Drop for Nodes {
 /// events `bench2` (RPC) and `bench3` (`serf event`). Killed and reaped on
 /// drop.
 struct RawCluster {
-    agents: Vec<Child>,
+    agents: Agents,
     arrivals: PathBuf,
 }
 
 impl RawCluster {
     fn start(root: &Path, prog: &Path, rt: &Runtime) -> Result<RawCluster> {
         for n in 0..NODES {
-            ensure_free(raw_gossip(n), raw_rpc(n))?;
+            ADDRS.ensure_free(NODES + n)?;
         }
         let mut raw = RawCluster {
-            agents: Vec::with_capacity(NODES),
+            // At the bench's own priority: this is the baseline.
+            agents: Agents::new(root.join("raw"), |n| raw_name(n - 1), None)?,
             arrivals: root.join("arrivals-serf"),
         };
         let started = Instant::now();
         for n in 0..NODES {
-            let mut cmd = Command::new("serf");
-            cmd.args(["agent", &format!("-node={}", raw_name(n))])
-                .arg(format!("-bind={}", raw_gossip(n)))
-                .arg(format!("-rpc-addr={}", raw_rpc(n)))
-                .args(["-profile=local", "-tag", &format!("role={}", role(n))])
-                .env(ARRIVALS_VAR, &raw.arrivals);
-            if n != 0 {
-                cmd.arg(format!("-join={}", raw_gossip(0)));
-            }
-            if n == HANDLER {
-                cmd.arg(format!(
-                    "-event-handler=user:bench2,user:bench3={}",
-                    prog.display()
-                ));
-            }
-            let log = root.join(format!("{}.log", raw_name(n)));
-            raw.agents.push(
-                spawn(cmd, Some(&log), libc::SIGKILL)
-                    .context("spawn `serf agent` (is serf installed?)")?,
-            );
+            let arrivals = raw.arrivals.clone();
+            raw.agents.spawn(|cmd| {
+                cmd.args(["agent", &format!("-node={}", raw_name(n))])
+                    .arg(format!("-bind={}", raw_gossip(n)))
+                    .arg(format!("-rpc-addr={}", raw_rpc(n)))
+                    .args(["-profile=local", "-tag", &format!("role={}", role(n))])
+                    .env(ARRIVALS_VAR, &arrivals);
+                if n != 0 {
+                    cmd.arg(format!("-join={}", raw_gossip(0)));
+                }
+                if n == HANDLER {
+                    cmd.arg(format!(
+                        "-event-handler=user:bench2,user:bench3={}",
+                        prog.display()
+                    ));
+                }
+            })?;
             if n == 0 {
                 // A join to an agent not yet listening fails, and the
                 // joining agent exits: let r1 come up first.
-                raw.wait_rpc(rt, 0, started + Duration::from_secs(10), root)?;
+                raw.wait_rpc(rt, 0, started + Duration::from_secs(10))?;
             }
         }
         let deadline = started + Duration::from_secs(60);
         for n in [0, HANDLER] {
-            let client = raw.wait_rpc(rt, n, deadline, root)?;
+            let client = raw.wait_rpc(rt, n, deadline)?;
             loop {
-                raw.check_alive(root)?;
+                raw.agents.check()?;
                 let alive = rt.block_on(client.members()).map_or(0, |m| {
                     m.iter().filter(|m| m.status.as_str() == "alive").count()
                 });
@@ -568,7 +527,7 @@ impl RawCluster {
                     Instant::now() < deadline,
                     "after 60 s {} lists {alive} alive members\n{}",
                     raw_name(n),
-                    tail(&root.join(format!("{}.log", raw_name(n))))
+                    raw.log_tail(n)
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -582,46 +541,36 @@ impl RawCluster {
         Ok(raw)
     }
 
+    /// Raw agent `n`'s log (0-based, as [`raw_name`]).
+    fn log(&self, n: usize) -> PathBuf {
+        self.agents.log(n + 1)
+    }
+
+    /// The last lines of raw agent `n`'s log.
+    fn log_tail(&self, n: usize) -> String {
+        tail(&raw_name(n), &self.log(n), 40)
+    }
+
     /// A connection to agent `n`'s RPC, once it accepts one.
-    fn wait_rpc(
-        &mut self,
-        rt: &Runtime,
-        n: usize,
-        deadline: Instant,
-        root: &Path,
-    ) -> Result<Client> {
+    fn wait_rpc(&mut self, rt: &Runtime, n: usize, deadline: Instant) -> Result<Client> {
         loop {
-            self.check_alive(root)?;
+            self.agents.check()?;
             if let Ok(c) = rt.block_on(Client::connect(raw_rpc(n), None)) {
                 return Ok(c);
             }
-            ensure!(
-                Instant::now() < deadline,
-                "{}'s RPC does not answer\n{}",
-                raw_name(n),
-                tail(&root.join(format!("{}.log", raw_name(n))))
-            );
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}'s RPC does not answer\n{}",
+                    raw_name(n),
+                    self.log_tail(n)
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Fails, naming the agent and showing its log, once any exited.
-    fn check_alive(&mut self, root: &Path) -> Result<()> {
-        for (n, agent) in self.agents.iter_mut().enumerate() {
-            if let Some(status) = agent.try_wait().context("wait for a serf agent")? {
-                bail!(
-                    "serf agent {} exited with {status}\n{}",
-                    raw_name(n),
-                    tail(&root.join(format!("{}.log", raw_name(n))))
-                );
-            }
-        }
-        Ok(())
-    }
-
     fn stop(&mut self) {
-        let n = self.agents.len();
-        kill_and_reap(&mut self.agents);
+        let n = self.agents.kill_all();
         if n > 0 {
             progress!("{n} raw serf agents killed and reaped");
         }
@@ -639,27 +588,18 @@ impl Drop for RawCluster {
 /// When an agent's `user` stream delivered each event, keyed by (name, i).
 type Seen = Arc<Mutex<HashMap<(String, u64), u128>>>;
 
-fn follow_user_stream(rt: &Runtime, addr: SocketAddr) -> Result<Seen> {
+fn follow_user_events(rt: &Runtime, addr: SocketAddr) -> Result<Seen> {
     let seen: Seen = Arc::default();
     let record = seen.clone();
-    rt.block_on(async {
-        let client = Client::connect(addr, None).await?;
-        let mut stream = client.stream("user").await?;
-        tokio::spawn(async move {
-            let _keep = client;
-            while let Some(rec) = stream.recv().await {
-                let at = now_ns();
-                if let StreamRecord::User { name, payload, .. } = rec {
-                    // serfnode's events come in its envelope; Serf's plain.
-                    if let Some(i) = events::unwrap(&payload).0["i"].as_u64() {
-                        record.lock().expect("seen lock").insert((name, i), at);
-                    }
-                }
+    follow_user_stream(rt, addr, move |rec| {
+        let at = now_ns();
+        if let StreamRecord::User { name, payload, .. } = rec {
+            // serfnode's events come in its envelope; Serf's plain.
+            if let Some(i) = events::unwrap(&payload).0["i"].as_u64() {
+                record.lock().expect("seen lock").insert((name, i), at);
             }
-        });
-        anyhow::Ok(())
-    })
-    .with_context(|| format!("user stream of {addr}"))?;
+        }
+    })?;
     Ok(seen)
 }
 
@@ -722,8 +662,8 @@ fn event_to_handler(
     let mut direct = handler_starts(prog, &root.join("arrivals-direct"), false)?;
     let mut via_sh = handler_starts(prog, &root.join("arrivals-sh"), true)?;
 
-    let seen_c = follow_user_stream(rt, rpc_addr(HANDLER))?;
-    let seen_raw = follow_user_stream(rt, raw_rpc(HANDLER))?;
+    let seen_c = follow_user_events(rt, rpc_addr(HANDLER))?;
+    let seen_raw = follow_user_events(rt, raw_rpc(HANDLER))?;
     let raw_client = rt
         .block_on(Client::connect(raw_rpc(0), None))
         .context("rpc connection to r1")?;
@@ -774,18 +714,7 @@ fn event_to_handler(
     let mut cli_sent = Vec::new();
     for i in 0..CLI_EVENTS as u64 {
         let t = now_ns();
-        let out = Command::new("serf")
-            .args(["event", "-coalesce=false"])
-            .arg(format!("-rpc-addr={}", raw_rpc(0)))
-            .args(["bench3", &payload(i, t)])
-            .output()
-            .context("run `serf event`")?;
-        ensure!(
-            out.status.success(),
-            "`serf event` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        serf_event(raw_rpc(0), "bench3", &payload(i, t))?;
         cli_sent.push(Sent {
             i,
             start: t,
@@ -882,10 +811,7 @@ fn event_to_handler(
         let logs = [
             (name(HANDLER), nodes.daemons[HANDLER].log.clone()),
             (name(WRITER), nodes.daemons[WRITER].log.clone()),
-            (
-                raw_name(HANDLER),
-                root.join(format!("{}.log", raw_name(HANDLER))),
-            ),
+            (raw_name(HANDLER), raw.log(HANDLER)),
         ];
         for (who, log) in logs {
             for line in log_lines(
@@ -916,7 +842,7 @@ fn event_to_handler(
     let c = name(HANDLER);
     table(
         &format!("Event → handler start ({a} → {c}; raw Serf r1 → r10; ms)"),
-        &["interval", "n", "p50", "p90", "p99", "max", "mean"],
+        &with_stats(&["interval"], &[]),
         &[
             pt.row_with_mean(&format!("**serfnode**: write to {a}'s `parent` begins → `bench` handler starts on {c}")),
             pb.row_with_mean("**Serf (baseline)**: RPC `event` to r1 sent (kept connection) → Serf's `-event-handler` starts on r10"),
@@ -956,22 +882,18 @@ fn event_to_handler(
         ),
         &ratio(&pt, &pc),
     ]));
+    // p50 / p99 to two places, with what the baseline is.
+    let ms2 = |x: &Percentiles, what: &str| format!("{:.2} / {:.2} ms{what}", x.p50, x.p99);
     summary.push(row([
         &format!("serfnode's part on {c}: its agent streams the event → handler starts, p50 / p99"),
-        &format!("{:.2} / {:.2} ms", pp.p50, pp.p99),
-        &format!(
-            "{:.2} / {:.2} ms (the program spawned directly by the bench)",
-            pd.p50, pd.p99
-        ),
+        &ms2(&pp, ""),
+        &ms2(&pd, " (the program spawned directly by the bench)"),
         &ratio(&pp, &pd),
     ]));
     summary.push(row([
         &format!("write node on {a}: write(2) → returns, p50 / p99"),
-        &format!("{:.2} / {:.2} ms", pw.p50, pw.p99),
-        &format!(
-            "{:.2} / {:.2} ms (RPC `event`, kept connection)",
-            pr.p50, pr.p99
-        ),
+        &ms2(&pw, ""),
+        &ms2(&pr, " (RPC `event`, kept connection)"),
         &ratio(&pw, &pr),
     ]));
     Ok(())
@@ -1191,17 +1113,7 @@ fn queries(nodes: &Nodes, rt: &Runtime, summary: &mut Rows) -> Result<()> {
     }
     table(
         "Query round trip (`where`, 5 of the 10 members answer; ms)",
-        &[
-            "how",
-            "role",
-            "n",
-            "p50",
-            "p90",
-            "p99",
-            "max",
-            "mean",
-            "all 5 answered",
-        ],
+        &with_stats(&["how", "role"], &["all 5 answered"]),
         &rows,
     );
     raw_lines(&raw);
@@ -1227,7 +1139,7 @@ impl Watchers {
             let out = dir.join(format!("watch-{round}-{k}.out"));
             let mut cmd = Command::new(SERFNODE);
             cmd.args(["watch", "--from", "0", "--mount"]).arg(mount);
-            w.children.push(spawn(cmd, Some(&out), libc::SIGKILL)?);
+            w.children.push(spawn(cmd, &out)?);
             w.outs.push(out);
         }
         // Each prints the whole journal first: following once it has.
@@ -1353,7 +1265,7 @@ struct Tally {
 
 fn journal_readers(nodes: &Nodes, rt: &Runtime, root: &Path, summary: &mut Rows) -> Result<()> {
     let m = &nodes.daemons[MEASURED];
-    let daemon_pid = m.pid()?;
+    let daemon_pid = m.try_pid()? as u32;
     let local = rt
         .block_on(Client::connect(rpc_addr(MEASURED), None))
         .context("rpc connection to e2")?;
@@ -1468,17 +1380,7 @@ fn journal_readers(nodes: &Nodes, rt: &Runtime, root: &Path, summary: &mut Rows)
             "View update time with journal readers (tag changes on other members, seen in {e2}'s \
              `members/<id>.json`; ms)"
         ),
-        &[
-            "condition",
-            "interval",
-            "n",
-            "p50",
-            "p90",
-            "p99",
-            "max",
-            "mean",
-            "missed",
-        ],
+        &with_stats(&["condition", "interval"], &["missed"]),
         &rows,
     );
     table(
@@ -1550,20 +1452,11 @@ fn tag_trial(
         let client = Client::connect(rpc_addr(target), None).await?;
         client.tags(&set, &[]).await
     });
-    let (agent, file_seen) = std::thread::scope(|s| {
-        let a = s.spawn(|| rt.block_on(poll_members(local, &who, &value, deadline)));
-        let b = s.spawn(|| poll_file(&file, &value, deadline));
-        (a.join(), b.join())
-    });
+    let polled = poll_members_and_file(rt, local, &who, &file, &value, deadline, Some(FILE_POLL));
     rt.block_on(tagger)
         .context("tags task")?
         .with_context(|| format!("tags on {who}"))?;
-    let agent = agent
-        .map_err(|_| anyhow!("members poller panicked"))?
-        .context("members of the measured agent")?;
-    let file_seen = file_seen
-        .map_err(|_| anyhow!("file poller panicked"))?
-        .with_context(|| format!("{}", file.display()))?;
+    let (agent, file_seen) = polled?;
     let t = Trial {
         agent: agent.map(|at| at - t0),
         file: file_seen.map(|at| at - t0),
@@ -1578,38 +1471,6 @@ fn tag_trial(
     // A random pause, so changes land at random points of the poll period.
     std::thread::sleep(Duration::from_millis(20 + rng.below(60) as u64));
     Ok(t)
-}
-
-async fn poll_members(
-    local: &Client,
-    name: &str,
-    value: &str,
-    deadline: Instant,
-) -> Result<Option<Instant>> {
-    while Instant::now() < deadline {
-        let members = local.members().await.context("members")?;
-        if members
-            .iter()
-            .any(|m| m.name == name && m.tags.get(PROBE_TAG).is_some_and(|v| v == value))
-        {
-            return Ok(Some(Instant::now()));
-        }
-        tokio::time::sleep(FILE_POLL).await;
-    }
-    Ok(None)
-}
-
-fn poll_file(file: &Path, value: &str, deadline: Instant) -> Result<Option<Instant>> {
-    while Instant::now() < deadline {
-        if let Ok(bytes) = fs::read(file) {
-            let doc: Value = serde_json::from_slice(&bytes).context("not json")?;
-            if doc["tags"][PROBE_TAG] == value {
-                return Ok(Some(Instant::now()));
-            }
-        }
-        std::thread::sleep(FILE_POLL);
-    }
-    Ok(None)
 }
 
 // ---- output and small helpers ---------------------------------------------------

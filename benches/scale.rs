@@ -31,40 +31,28 @@
 //! is killed and reaped and every mount detached, at the end and on panic.
 //! BENCHMARKS.md explains the method and keeps the latest figures.
 
-#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use parking_lot::Mutex;
-use serde::Serialize;
-use serde_json::Value;
-use serfnode::cluster::rpc::{Client, Member};
+use anyhow::{ensure, Context, Result};
+use serfnode::cluster::rpc::Client;
 use serfnode::surface::files;
 use tokio::runtime::Runtime;
 
-use common::agents::Agents;
-use common::daemon::Daemon;
+use common::poll::{poll_file, read_us_of, FILE_POLL, PROBE_TAG, TRIAL_TIMEOUT};
 use common::procfs::*;
 use common::report::*;
-use common::synth::{synthetic_member, WireMember};
-use common::Reaper;
+use common::synth::{fake_member, synthetic_member};
+use serfnode_testkit::addr::Block;
+use serfnode_testkit::process::Reaper;
+use serfnode_testkit::{progress, Agents, Daemon, DaemonOpts, FakeAgent};
 
-const SERFNODE: &str = env!("CARGO_BIN_EXE_serfnode");
 const DEFAULT_AGENTS: usize = 200;
 /// Room on 127.0.212.0/24 for the raw agents and serfnode's own.
 const MAX_AGENTS: usize = 250;
-const GOSSIP_PORT: u16 = 7946;
-const RPC_PORT: u16 = 7373;
 const AGENT_NICE: libc::c_int = 10;
 const SYNTH_SIZES: [usize; 3] = [200, 1_000, 10_000];
 const SYNTH_ROLES: usize = 50;
@@ -78,9 +66,6 @@ const UNREAD: usize = 40;
 const UNREAD_EVERY: Duration = Duration::from_millis(250);
 const UNREAD_TAIL: Duration = Duration::from_secs(2);
 const TRIALS: usize = 30;
-const TRIAL_TIMEOUT: Duration = Duration::from_secs(10);
-const FILE_POLL: Duration = Duration::from_millis(1);
-const PROBE_TAG: &str = "probe";
 /// The files timed after a change, the changed member's own first.
 const AFTER_CHANGE: [&str; 3] = [files::BY_ID, files::BY_ROLE, files::STATUS];
 
@@ -128,7 +113,9 @@ fn main() -> Result<()> {
             rng: Rng::seeded(),
         };
         let baseline = cluster.agents.pid(1)?;
-        let own = children(cluster.daemon.pid()?).into_iter().next();
+        let own = children(cluster.daemon.try_pid()? as u32)
+            .into_iter()
+            .next();
         let mut r = measure(
             &format!("real, {} agents", agents + 1),
             agents + 1,
@@ -152,12 +139,27 @@ fn main() -> Result<()> {
         cluster.stop()?;
     }
     for size in sizes {
-        let fake = FakeAgent::start(size)?;
+        let start = unix_now();
+        let fake = FakeAgent::start(
+            (0..size)
+                .map(|i| fake_member(&synthetic_member(i, start, SYNTH_ROLES)))
+                .collect(),
+        )?;
+        progress!(
+            "stand-in agent: {size} members, a {} KiB members reply",
+            fake.reply_len() / 1024
+        );
         let t = Instant::now();
-        let mut daemon = Daemon::start(SERFNODE, &format!("synth-{size}"), |cmd| {
-            cmd.args(["agent", "--attach", "--rpc-addr", &fake.addr.to_string()]);
+        let mut daemon = Daemon::try_start(DaemonOpts {
+            attach: Some(fake.addr),
+            ..DaemonOpts::bench(
+                &format!("synth-{size}"),
+                IpAddr::from([127, 0, 0, 1]),
+                "test",
+            )
         })?;
-        let converged = daemon.wait_listed(size, t, Duration::from_secs(60), || Ok(()))?;
+        let converged =
+            daemon.wait_listed(files::BY_ID, size, t, Duration::from_secs(60), || Ok(()))?;
         let mut changes = SynthChanges {
             fake: &fake,
             rng: Rng::seeded(),
@@ -188,21 +190,11 @@ fn main() -> Result<()> {
 
 // ---- the real cluster ------------------------------------------------------------
 
-fn ip(n: usize) -> IpAddr {
-    let last = u8::try_from(n + 1).expect("at most 254 nodes");
-    IpAddr::V4(Ipv4Addr::new(127, 0, 212, last))
-}
+/// Node `n` is on 127.0.212.`n + 1`.
+const ADDRS: Block = Block { third: 212 };
 
 fn node_name(n: usize) -> String {
     format!("scale-{n}")
-}
-
-fn gossip_addr(n: usize) -> SocketAddr {
-    SocketAddr::new(ip(n), GOSSIP_PORT)
-}
-
-fn rpc_addr(n: usize) -> SocketAddr {
-    SocketAddr::new(ip(n), RPC_PORT)
 }
 
 /// The daemon (`scale-0`) and the raw agents (`scale-1` …). Dropping it
@@ -217,22 +209,10 @@ struct RealCluster {
 impl RealCluster {
     fn start(raw: usize) -> Result<RealCluster> {
         for n in 0..=raw {
-            let (g, r) = (gossip_addr(n), rpc_addr(n));
-            let free = TcpListener::bind(g).is_ok()
-                && UdpSocket::bind(g).is_ok()
-                && TcpListener::bind(r).is_ok();
-            ensure!(
-                free,
-                "{g} or {r} is in use: a leftover agent of an earlier run? (pgrep -a serf)"
-            );
+            ADDRS.ensure_free(n)?;
         }
-        let daemon = Daemon::start(SERFNODE, &node_name(0), |cmd| {
-            cmd.args(["agent", "--node", &node_name(0)])
-                .args(["--bind", &gossip_addr(0).to_string()])
-                .args(["--rpc-addr", &rpc_addr(0).to_string()])
-                .args(["--profile", "local", "--role", "scale"]);
-        })?;
-        let agents = Agents::new(daemon.dir().join("agents"), node_name, AGENT_NICE)?;
+        let daemon = Daemon::try_start(DaemonOpts::bench(&node_name(0), ADDRS.ip(0), "scale"))?;
+        let agents = Agents::new(daemon.dir().join("agents"), node_name, Some(AGENT_NICE))?;
         let mut cluster = RealCluster {
             agents,
             converged: Duration::ZERO,
@@ -243,11 +223,11 @@ impl RealCluster {
         for n in 1..=raw {
             cluster.agents.spawn(|cmd| {
                 cmd.args(["agent", &format!("-node={}", node_name(n))])
-                    .arg(format!("-bind={}", gossip_addr(n)))
-                    .arg(format!("-rpc-addr={}", rpc_addr(n)))
+                    .arg(format!("-bind={}", ADDRS.gossip(n)))
+                    .arg(format!("-rpc-addr={}", ADDRS.rpc(n)))
                     .args(["-profile=local", "-tag", &format!("role=r{}", n % 20)])
                     .args(["-tag", &format!("timestamp={:.6}", now + n as f64 * 1e-3)])
-                    .arg(format!("-join={}", gossip_addr(0)));
+                    .arg(format!("-join={}", ADDRS.gossip(0)));
             })?;
             if n % 50 == 0 {
                 progress!("spawned {n}/{raw} serf agents");
@@ -258,12 +238,13 @@ impl RealCluster {
             started.elapsed().as_millis()
         );
         let agents = &mut cluster.agents;
-        cluster.converged =
-            cluster
-                .daemon
-                .wait_listed(raw + 1, started, Duration::from_secs(180), || {
-                    agents.check()
-                })?;
+        cluster.converged = cluster.daemon.wait_listed(
+            files::BY_ID,
+            raw + 1,
+            started,
+            Duration::from_secs(180),
+            || agents.check(),
+        )?;
         Ok(cluster)
     }
 
@@ -271,261 +252,6 @@ impl RealCluster {
         let killed = self.agents.kill_all();
         progress!("{killed} serf agents killed and reaped");
         self.daemon.stop()
-    }
-}
-
-// ---- the stand-in agent ----------------------------------------------------------
-
-/// Serf's RPC protocol as the daemon uses it, over TCP on 127.0.0.1, for a
-/// synthetic cluster: `handshake`, `stats`, `members` (the reply encoded
-/// once per change), `stream` (member events get a `member-update` record
-/// per change; other filters are acknowledged and stay silent), `join`, and
-/// an acknowledgement for the commands without a reply body.
-struct FakeAgent {
-    addr: SocketAddr,
-    state: Arc<Mutex<FakeState>>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-struct FakeState {
-    members: Vec<Member>,
-    /// The `members` reply body, `{Members: [...]}`.
-    reply: Vec<u8>,
-    conns: Vec<TcpStream>,
-    /// Member-event subscriptions: the connection's writer and the stream's seq.
-    streams: Vec<(Arc<Mutex<TcpStream>>, u64)>,
-    /// `members` requests answered so far.
-    reads: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct Header<'a> {
-    seq: u64,
-    error: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct MembersBody<'a> {
-    members: Vec<WireMember<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct MemberRecord<'a> {
-    event: &'a str,
-    members: Vec<WireMember<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct JoinBody {
-    num: u32,
-}
-
-impl FakeState {
-    fn encode(&mut self) -> Result<()> {
-        let body = MembersBody {
-            members: self.members.iter().map(WireMember::of).collect(),
-        };
-        self.reply = rmp_serde::to_vec_named(&body).context("encode a members reply")?;
-        Ok(())
-    }
-}
-
-fn msgpack<T: Serialize>(v: &T) -> Vec<u8> {
-    rmp_serde::to_vec_named(v).expect("plain structs encode")
-}
-
-/// Commands whose request carries a body (Serf's `ipc.go`).
-fn has_body(command: &str) -> bool {
-    !matches!(command, "members" | "stats" | "leave" | "list-keys")
-}
-
-impl FakeAgent {
-    fn start(n: usize) -> Result<FakeAgent> {
-        let start = unix_now();
-        let mut state = FakeState {
-            members: (0..n)
-                .map(|i| synthetic_member(i, start, SYNTH_ROLES))
-                .collect(),
-            reply: Vec::new(),
-            conns: Vec::new(),
-            streams: Vec::new(),
-            reads: 0,
-        };
-        state.encode()?;
-        progress!(
-            "stand-in agent: {n} members, a {} KiB members reply",
-            state.reply.len() / 1024
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").context("bind the stand-in agent")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(state));
-        let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let (state, stop) = (state.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            let _ = conn.set_nonblocking(false);
-                            if let Ok(c) = conn.try_clone() {
-                                state.lock().conns.push(c);
-                            }
-                            let state = state.clone();
-                            std::thread::spawn(move || {
-                                if let Err(e) = serve(conn, &state) {
-                                    progress!("stand-in agent: a connection ended: {e:#}");
-                                }
-                            });
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            })
-        };
-        Ok(FakeAgent {
-            addr,
-            state,
-            stop,
-            acceptor: Some(acceptor),
-        })
-    }
-
-    /// Sets tag `probe` on member `i`, then tells every member stream.
-    fn set_tag(&self, i: usize, value: &str) -> Result<String> {
-        let mut s = self.state.lock();
-        let m = &mut s.members[i];
-        m.tags.insert(PROBE_TAG.into(), value.into());
-        let name = m.name.clone();
-        s.encode()?;
-        let record = msgpack(&MemberRecord {
-            event: "member-update",
-            members: vec![WireMember::of(&s.members[i])],
-        });
-        s.streams.retain(|(w, seq)| {
-            let mut w = w.lock();
-            w.write_all(&msgpack(&Header {
-                seq: *seq,
-                error: "",
-            }))
-            .and_then(|()| w.write_all(&record))
-            .is_ok()
-        });
-        Ok(name)
-    }
-
-    fn members(&self) -> usize {
-        self.state.lock().members.len()
-    }
-
-    fn reads(&self) -> u64 {
-        self.state.lock().reads
-    }
-
-    fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for c in self.state.lock().conns.drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-    }
-}
-
-impl Drop for FakeAgent {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// One connection: requests in order, each answered in full under the
-/// writer's lock so stream records never split a reply.
-fn serve(conn: TcpStream, state: &Mutex<FakeState>) -> Result<()> {
-    let writer = Arc::new(Mutex::new(conn.try_clone()?));
-    let mut reader = BufReader::new(conn);
-    loop {
-        let header = match rmpv::decode::read_value(&mut reader) {
-            Ok(v) => v,
-            Err(_) => return Ok(()), // closed
-        };
-        let field = |k: &str| {
-            header
-                .as_map()
-                .and_then(|m| m.iter().find(|(key, _)| key.as_str() == Some(k)))
-                .map(|(_, v)| v.clone())
-        };
-        let command = field("Command")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .context("a request without Command")?;
-        let seq = field("Seq")
-            .and_then(|v| v.as_u64())
-            .context("a request without Seq")?;
-        let body = if has_body(&command) {
-            Some(rmpv::decode::read_value(&mut reader).context("a request body")?)
-        } else {
-            None
-        };
-        let ok = msgpack(&Header { seq, error: "" });
-        let mut out = ok.clone();
-        match command.as_str() {
-            "members" => {
-                let mut s = state.lock();
-                s.reads += 1;
-                out.extend_from_slice(&s.reply);
-            }
-            "stats" => {
-                let s = state.lock();
-                let local = s.members.first().map_or("", |m| m.name.as_str());
-                let stats = BTreeMap::from([
-                    ("agent", BTreeMap::from([("name", local.to_owned())])),
-                    (
-                        "serf",
-                        BTreeMap::from([
-                            ("encrypted", "false".to_owned()),
-                            ("members", s.members.len().to_string()),
-                        ]),
-                    ),
-                    ("tags", BTreeMap::new()),
-                ]);
-                out.extend_from_slice(&msgpack(&stats));
-            }
-            "join" => out.extend_from_slice(&msgpack(&JoinBody { num: 0 })),
-            "stream" => {
-                let filter = body
-                    .as_ref()
-                    .and_then(|b| b.as_map())
-                    .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("Type")))
-                    .and_then(|(_, v)| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                if filter.contains("member-update") || filter == "*" {
-                    // Registered under the writer's lock: no record can
-                    // come before the acknowledgement.
-                    let mut w = writer.lock();
-                    w.write_all(&ok)?;
-                    state.lock().streams.push((writer.clone(), seq));
-                    continue;
-                }
-            }
-            "handshake" | "auth" | "event" | "tags" | "stop" | "respond" | "force-leave" => {}
-            _ => {
-                writer.lock().write_all(&msgpack(&Header {
-                    seq,
-                    error: "Unsupported command",
-                }))?;
-                bail!("unsupported command {command}");
-            }
-        }
-        writer.lock().write_all(&out)?;
     }
 }
 
@@ -557,7 +283,7 @@ impl Changes for RealChanges<'_> {
         let set = BTreeMap::from([(PROBE_TAG.to_owned(), value.to_owned())]);
         // `tags` takes the agent 1–1.6 s: it runs beside the measurement.
         let task = self.rt.spawn(async move {
-            let client = Client::connect(rpc_addr(n), None).await?;
+            let client = Client::connect(ADDRS.rpc(n), None).await?;
             client.tags(&set, &[]).await
         });
         let handle = self.rt.handle().clone();
@@ -593,7 +319,7 @@ struct SynthChanges<'a> {
 impl Changes for SynthChanges<'_> {
     fn start(&mut self, value: &str) -> Result<(String, Pending)> {
         let i = 1 + self.rng.below(self.fake.members() - 1);
-        let name = self.fake.set_tag(i, value)?;
+        let name = self.fake.set_tag(i, PROBE_TAG, value)?;
         Ok((name, Box::new(|| Ok(()))))
     }
 
@@ -639,7 +365,7 @@ fn measure(
     progress!("{what}: settling {settle:?}, then {REST:?} at rest");
     std::thread::sleep(settle);
     daemon.check_alive()?;
-    let pid = daemon.pid()?;
+    let pid = daemon.try_pid()? as u32;
     let other_pids: Vec<(String, u32)> = others
         .iter()
         .filter_map(|(w, p)| Some(((*w).to_owned(), (*p)?)))
@@ -693,7 +419,14 @@ fn measure(
         let t0 = Instant::now();
         let (name, pending) = changes.start(&value)?;
         let member = daemon.path(&format!("{}/{name}.json", files::MEMBERS));
-        match poll_file(&member, &value, t0 + TRIAL_TIMEOUT, &mut buf)? {
+        match poll_file(
+            &member,
+            PROBE_TAG,
+            &value,
+            t0 + TRIAL_TIMEOUT,
+            FILE_POLL,
+            &mut buf,
+        )? {
             Some((at, read_us)) => {
                 seen.push((at - t0).as_secs_f64() * 1e3);
                 first[0].push(read_us);
@@ -743,37 +476,6 @@ fn measure(
         mem: proc_status(pid)?,
         context_mem: Vec::new(),
     })
-}
-
-/// µs for one open+read+close of `path` into `buf`.
-fn read_us_of(path: &Path, buf: &mut Vec<u8>) -> Result<f64> {
-    buf.clear();
-    let t = Instant::now();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(buf))
-        .with_context(|| format!("read {}", path.display()))?;
-    Ok(t.elapsed().as_secs_f64() * 1e6)
-}
-
-/// Reads `file` every `FILE_POLL` until its tags carry `value`: when, and
-/// how long that read (the first to show it) took, in µs; `None` past
-/// `deadline`.
-fn poll_file(
-    file: &Path,
-    value: &str,
-    deadline: Instant,
-    buf: &mut Vec<u8>,
-) -> Result<Option<(Instant, f64)>> {
-    while Instant::now() < deadline {
-        if let Ok(us) = read_us_of(file, buf) {
-            let doc: Value = serde_json::from_slice(buf).context("not json")?;
-            if doc["tags"][PROBE_TAG] == value {
-                return Ok(Some((Instant::now(), us)));
-            }
-        }
-        std::thread::sleep(FILE_POLL);
-    }
-    Ok(None)
 }
 
 // ---- output ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ use serfnode::surface::templates::{Context, Documents, Origin, Source, TemplateS
 
 use common::report::*;
 use common::synth::synthetic_member;
+use serfnode_testkit::progress;
 
 const MEMBERS: usize = 10_000;
 const BUILD_TRIALS: usize = 15;

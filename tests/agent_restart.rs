@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::node::{eventually, Node, NodeOpts};
+use support::node::{Daemon, DaemonOpts};
 use support::serf::{Agent, AgentOpts};
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -56,14 +57,14 @@ impl Reader {
 
 #[test]
 fn a_killed_agent_is_restarted_and_the_view_rebuilt_while_files_stay_readable() {
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: "peer".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "keeper".into(),
         join: vec![b.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     a.wait_json("serfnodes_by_id.json", T, |v| {
         v.as_object().unwrap().len() == 2
@@ -74,7 +75,7 @@ fn a_killed_agent_is_restarted_and_the_view_rebuilt_while_files_stay_readable() 
     let first = a.agent_pid().expect("serf runs under serfnode");
     // SAFETY: kill(2) of a process we found by pid.
     unsafe { libc::kill(first, libc::SIGKILL) };
-    eventually(T, "a new serf agent", || {
+    wait_for(T, "a new serf agent", || {
         a.agent_pid().is_some_and(|p| p != first)
     });
     // Back: connected, newer generation, rejoined through --join.
@@ -107,9 +108,9 @@ fn an_attached_agent_gone_leaves_a_stale_view_served_until_it_returns() {
         join: Some(agent.bind_addr()),
         ..AgentOpts::default()
     });
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         attach: Some(rpc),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     a.wait_json("serfnodes_by_id.json", T, |v| {
         v.as_object().unwrap().len() == 2
@@ -143,7 +144,7 @@ fn an_attached_agent_gone_leaves_a_stale_view_served_until_it_returns() {
     });
     let status = a.wait_json("status.json", T, |v| v["agent"]["connected"] == true);
     assert!(status["agent"]["stale_since"].is_null());
-    support::node::eventually(T, "the view to match the new agent", || {
+    support::wait_for(T, "the view to match the new agent", || {
         let out = std::process::Command::new("serf")
             .args(["members", &format!("-rpc-addr={rpc}"), "-status=alive"])
             .output()

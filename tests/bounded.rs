@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::node::{raw_write, Node, NodeOpts};
+use support::node::{raw_write, Daemon, DaemonOpts};
 use support::stream::rpc;
 
 /// `n` scaled by `SERFNODE_BOUNDED_SCALE`.
@@ -24,14 +24,14 @@ fn scaled(n: usize) -> usize {
     ((n as f64) * factor).max(1.0) as usize
 }
 
-fn lone(name: &str) -> Node {
-    Node::start(NodeOpts {
+fn lone(name: &str) -> Daemon {
+    Daemon::start(DaemonOpts {
         name: name.into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     })
 }
 
-fn rss(node: &Node) -> u64 {
+fn rss(node: &Daemon) -> u64 {
     node.rss_kib().expect("the daemon runs")
 }
 
@@ -93,7 +93,7 @@ fn a_million_query_names_and_thousands_of_events_since_leave_memory_bounded() {
             c.event("filler", payload.as_bytes(), false).await.unwrap();
         }
     });
-    support::node::eventually(Duration::from_secs(30), "the events journaled", || {
+    support::wait_for(Duration::from_secs(30), "the events journaled", || {
         a.journal("events").len() >= events
     });
     let readers = scaled(5000);
@@ -113,7 +113,7 @@ fn a_million_query_names_and_thousands_of_events_since_leave_memory_bounded() {
 
     // Publishing still works and is seen at once.
     assert_eq!(raw_write(&a.path("parent"), b"[\"after\",1]\n"), Ok(12));
-    support::node::eventually(Duration::from_secs(10), "after journaled", || {
+    support::wait_for(Duration::from_secs(10), "after journaled", || {
         String::from_utf8_lossy(&a.read("events").unwrap()).contains("\"after\"")
     });
 }
@@ -183,11 +183,11 @@ fn a_million_polls_of_an_unchanged_file_leave_memory_flat_and_the_last_as_fast_a
     assert_ne!(pfd.revents & libc::POLLPRI, 0);
 }
 
-fn lone_joining(a: &Node) -> Node {
-    Node::start(NodeOpts {
+fn lone_joining(a: &Daemon) -> Daemon {
+    Daemon::start(DaemonOpts {
         name: format!("{}-peer", a.name),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     })
 }
 

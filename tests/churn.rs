@@ -9,17 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::node::{Node, NodeOpts};
+use support::node::{Daemon, DaemonOpts};
 use support::serf::{Agent, AgentOpts};
 
 const CHURN: Duration = Duration::from_secs(12);
 
 #[test]
 fn readers_never_see_a_torn_or_mixed_document_during_heavy_churn() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "hub".into(),
         role: "hub".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let stop = Arc::new(AtomicBool::new(false));
 

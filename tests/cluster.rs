@@ -9,16 +9,16 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::node::{Node, NodeOpts};
+use support::node::{Daemon, DaemonOpts};
 
 const T: Duration = Duration::from_secs(30);
 
-fn opts(name: &str, role: &str, join: Option<&Node>) -> NodeOpts {
-    NodeOpts {
+fn opts(name: &str, role: &str, join: Option<&Daemon>) -> DaemonOpts {
+    DaemonOpts {
         name: name.into(),
         role: role.into(),
         join: join.map(|n| vec![n.bind_addr()]).unwrap_or_default(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     }
 }
 
@@ -39,9 +39,9 @@ fn role_ids(by_role: &Value, role: &str) -> Vec<String> {
 
 #[test]
 fn files_follow_join_tag_update_leave_and_failure() {
-    let a = Node::start(opts("alpha", "web", None));
-    let b = Node::start(opts("bravo", "db", Some(&a)));
-    let mut c = Node::start(opts("charlie", "web", Some(&a)));
+    let a = Daemon::start(opts("alpha", "web", None));
+    let b = Daemon::start(opts("bravo", "db", Some(&a)));
+    let mut c = Daemon::start(opts("charlie", "web", Some(&a)));
 
     // Join: every node sees all three, with roles and addresses.
     for n in [&a, &b, &c] {
@@ -126,10 +126,10 @@ fn files_follow_join_tag_update_leave_and_failure() {
 
 #[test]
 fn sigterm_leaves_unmounts_and_clears_the_hosts_block() {
-    let a = Node::start(opts("solo-a", "web", None));
-    let mut b = Node::start(opts("solo-b", "db", Some(&a)));
+    let a = Daemon::start(opts("solo-a", "web", None));
+    let mut b = Daemon::start(opts("solo-b", "db", Some(&a)));
     b.wait_json("serfnodes_by_id.json", T, |v| ids(v).len() == 2);
-    support::node::eventually(T, "hosts block on b", || b.hosts_text().contains("\tweb\n"));
+    support::wait_for(T, "hosts block on b", || b.hosts_text().contains("\tweb\n"));
     b.signal(libc::SIGTERM);
     assert!(b.wait_exit(T).success(), "{}", b.log());
     assert!(!b.is_mounted());
@@ -147,7 +147,7 @@ fn sigterm_leaves_unmounts_and_clears_the_hosts_block() {
 
 #[test]
 fn a_dead_mount_from_a_crash_is_detached_at_start() {
-    let mut a = Node::start(opts("phoenix", "web", None));
+    let mut a = Daemon::start(opts("phoenix", "web", None));
     a.crash();
     // The crashed daemon's mount is still there, answering ENOTCONN.
     assert!(a.is_mounted());
@@ -167,11 +167,11 @@ fn a_dead_mount_from_a_crash_is_detached_at_start() {
 
 #[test]
 fn a_second_live_daemon_refuses_the_same_mount() {
-    let a = Node::start(opts("first", "web", None));
-    let mut b = Node::spawn(NodeOpts {
+    let a = Daemon::start(opts("first", "web", None));
+    let mut b = Daemon::spawn(DaemonOpts {
         name: "second".into(),
         mount: Some(a.mount.clone()),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let status = b.wait_exit(T);
     assert!(!status.success());
@@ -186,7 +186,7 @@ fn a_second_live_daemon_refuses_the_same_mount() {
 #[test]
 fn poll_wakes_a_waiting_reader_when_its_file_changes() {
     use std::os::unix::io::AsRawFd;
-    let a = Node::start(opts("waiter", "web", None));
+    let a = Daemon::start(opts("waiter", "web", None));
     a.wait_json("serfnodes_by_id.json", T, |v| ids(v) == ["waiter"]);
     let f = std::fs::File::open(a.path("serfnodes_by_id.json")).unwrap();
     let poll = |timeout_ms| {
@@ -202,7 +202,7 @@ fn poll_wakes_a_waiting_reader_when_its_file_changes() {
     };
     assert_eq!(poll(0) & libc::POLLPRI, 0, "no change yet");
 
-    let _b = Node::start(opts("waker", "db", Some(&a)));
+    let _b = Daemon::start(opts("waker", "db", Some(&a)));
     let revents = poll(T.as_millis() as i32);
     assert_ne!(
         revents & libc::POLLPRI,
@@ -217,7 +217,7 @@ fn poll_wakes_a_waiting_reader_when_its_file_changes() {
 
 #[test]
 fn a_second_signal_exits_at_once_without_leaving_a_mount() {
-    let mut a = Node::start(opts("hasty", "web", None));
+    let mut a = Daemon::start(opts("hasty", "web", None));
     // A leave that hangs (the agent stopped): the stop would take its 3 s.
     let agent = a.agent_pid().expect("serf runs under serfnode");
     // SAFETY: kill(2) of the daemon's agent, found by pid just now.
@@ -243,10 +243,10 @@ fn a_second_signal_exits_at_once_without_leaving_a_mount() {
 fn an_rpc_auth_key_guards_the_agent_and_stays_off_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("rpc-auth");
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "guarded".into(),
         args: vec!["--rpc-auth-file".into(), key_file.to_str().unwrap().into()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     a.wait_json("serfnodes_by_id.json", T, |v| ids(v) == ["guarded"]);
     use std::os::unix::fs::PermissionsExt;

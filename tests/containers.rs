@@ -36,9 +36,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use serfnode_testkit::wait_for_every;
 use support::docker::{
     busybox_image, debian_image, docker, docker_ok, exec_json, exec_sh, inspect, try_exec_json,
-    wait_for, wait_status, Cluster, Monitor, Parent, UserEvent, LABEL_CHILD, LABEL_PARENT,
+    wait_status, Cluster, Monitor, Parent, UserEvent, DOCKER_POLL, LABEL_CHILD, LABEL_PARENT,
 };
 use support::{Checks, Clock};
 
@@ -247,7 +248,7 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     let old = cluster.start_parent("old", "web", None, &old_yml);
     let (old_deb, old_bb) = (old.child("deb"), old.child("bb"));
     // Its agent (and so its `timestamp`) must start before the others'.
-    wait_for(START, "old's first child to list old", || {
+    wait_for_every(DOCKER_POLL, START, "old's first child to list old", || {
         lists_exactly(&old_deb, &[(&old, "web")])
     });
     clock.phase("old is up, its child lists it");
@@ -278,19 +279,27 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     let (new_deb, new_crash) = (new.child("deb"), new.child("crash"));
     let all = [(&old, "web"), (&db, "db"), (&new, "web")];
     // The crashing child's first container: its restarts must keep it.
-    let crash_id = wait_for(START, &format!("{new_crash} to be created"), || {
-        let out = docker(&["inspect", "--format", "{{.Id}}", &new_crash]);
-        out.status
-            .success()
-            .then(|| Value::from(String::from_utf8_lossy(&out.stdout).trim()))
-            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
-    });
+    let crash_id = wait_for_every(
+        DOCKER_POLL,
+        START,
+        &format!("{new_crash} to be created"),
+        || {
+            let out = docker(&["inspect", "--format", "{{.Id}}", &new_crash]);
+            out.status
+                .success()
+                .then(|| Value::from(String::from_utf8_lossy(&out.stdout).trim()))
+                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+        },
+    );
 
     // 1. files
     for child in [&old_deb, &old_bb, &db_bb, &new_deb] {
-        wait_for(START, &format!("{child} to list all three nodes"), || {
-            lists_exactly(child, &all)
-        });
+        wait_for_every(
+            DOCKER_POLL,
+            START,
+            &format!("{child} to list all three nodes"),
+            || lists_exactly(child, &all),
+        );
     }
     clock.phase("files: all four children list the three nodes");
     for (p, child, command) in [
@@ -341,17 +350,22 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
 
     // 2. hosts
     for child in [&old_deb, &new_deb] {
-        wait_for(T, &format!("getent hosts web/db in {child}"), || {
-            let (web, dbip) = (getent(child, "web")?, getent(child, "db")?);
-            if web == old.ip && dbip == db.ip {
-                Ok(())
-            } else {
-                Err(format!(
-                    "web → {web} (want old {}), db → {dbip} (want {}); new is {}",
-                    old.ip, db.ip, new.ip
-                ))
-            }
-        });
+        wait_for_every(
+            DOCKER_POLL,
+            T,
+            &format!("getent hosts web/db in {child}"),
+            || {
+                let (web, dbip) = (getent(child, "web")?, getent(child, "db")?);
+                if web == old.ip && dbip == db.ip {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "web → {web} (want old {}), db → {dbip} (want {}); new is {}",
+                        old.ip, db.ip, new.ip
+                    ))
+                }
+            },
+        );
     }
     // The busybox child has no getent: it shares the same /etc/hosts.
     let hosts = exec_sh(&db_bb, "cat /etc/hosts").unwrap();
@@ -403,14 +417,17 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     // 3b. the events at work inside children: old's deb ran its own handler
     // for `hello`; a child's journal shows the event and who raised it; a
     // child asks the cluster a query by reading a file.
-    let handled = wait_for(T, "the hello handler in old's deb child", || {
-        exec_sh(&old_deb, "cat /tmp/handled-hello")
-    });
+    let handled = wait_for_every(
+        DOCKER_POLL,
+        T,
+        "the hello handler in old's deb child",
+        || exec_sh(&old_deb, "cat /tmp/handled-hello"),
+    );
     checks.check(
         handled.trim() == format!(r#"{{"n":1}} {}/deb {}"#, old.name, old.name),
         || format!("hello handler in {old_deb} got {handled:?}"),
     );
-    let journal = wait_for(T, "hello in new's deb journal", || {
+    let journal = wait_for_every(DOCKER_POLL, T, "hello in new's deb journal", || {
         let text = exec_sh(&new_deb, "cat /serfnode/events")?;
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -463,7 +480,8 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     clock.phase("allow lists: EACCES outside them; tokens in no file");
 
     // 4. crash: restarts of the same container, events on db.
-    let events = wait_for(
+    let events = wait_for_every(
+        DOCKER_POLL,
         T,
         "container events exited(3) then started of new's crash child",
         || {
@@ -506,13 +524,14 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     // created again under its name (a new container), not retried forever.
     let deb_id = inspect(&new_deb)["Id"].clone();
     docker_ok(&["rm", "-f", &new_deb]);
-    let recreated = wait_for(
+    let recreated = wait_for_every(
+        DOCKER_POLL,
         START,
         &format!("{new_deb} created again and running"),
         || {
             let out = docker(&["inspect", &new_deb]);
             if !out.status.success() {
-                return Err("not there yet".into());
+                return Err("not there yet".to_string());
             }
             let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
             let v = v[0].clone();
@@ -526,7 +545,8 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
         recreated["Config"]["Labels"][LABEL_CHILD], "deb",
         "the new container is the child deb"
     );
-    wait_for(
+    wait_for_every(
+        DOCKER_POLL,
         T,
         "children_by_name.json of new to show the new deb",
         || {
@@ -537,10 +557,11 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
             }
         },
     );
-    wait_for(T, "the new deb to read its files", || {
+    wait_for_every(DOCKER_POLL, T, "the new deb to read its files", || {
         try_exec_json(&new_deb, "/serfnode/serfnodes_by_id.json").map(|_| ())
     });
-    wait_for(
+    wait_for_every(
+        DOCKER_POLL,
         T,
         "container events exited then started of new's deb",
         || {
@@ -568,23 +589,29 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     ]);
     wait_status(&old_deb, &new.name, "alive", START);
     wait_status(&db_bb, &new.name, "alive", T);
-    wait_for(T, "old-deb to list the three nodes again", || {
-        lists_exactly(&old_deb, &all)
-    });
+    wait_for_every(
+        DOCKER_POLL,
+        T,
+        "old-deb to list the three nodes again",
+        || lists_exactly(&old_deb, &all),
+    );
     clock.phase("partition: new alive again after reconnect");
 
     // 6. kill: new failed, then gone from serfnodes_by_id.json.
     docker_ok(&["kill", &new.name]);
     for child in [&old_deb, &db_bb] {
         wait_status(child, &new.name, "failed", T);
-        wait_for(T, &format!("{child} to list only old and db"), || {
-            lists_exactly(child, &[(&old, "web"), (&db, "db")])
-        });
+        wait_for_every(
+            DOCKER_POLL,
+            T,
+            &format!("{child} to list only old and db"),
+            || lists_exactly(child, &[(&old, "web"), (&db, "db")]),
+        );
     }
-    wait_for(T, "web still resolving to old", || {
+    wait_for_every(DOCKER_POLL, T, "web still resolving to old", || {
         (getent(&old_deb, "web")? == old.ip)
             .then_some(())
-            .ok_or("web moved".into())
+            .ok_or_else(|| "web moved".to_string())
     });
     clock.phase("kill: new failed and gone on old and db");
 
@@ -626,7 +653,7 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
             _ => Err(format!("want one `serfnode agent` process, found {pids:?}")),
         }
     };
-    let before = wait_for(T, "the serfnode daemon in old", daemon_pid);
+    let before = wait_for_every(DOCKER_POLL, T, "the serfnode daemon in old", daemon_pid);
     let deb_id = inspect(&old_deb)["Id"].clone();
     let reader_name = old_deb.clone();
     let reader = std::thread::spawn(move || {
@@ -648,17 +675,22 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
         .unwrap()
         .as_secs_f64();
     exec_sh(&old.name, &format!("kill -9 {before}")).unwrap();
-    let after = wait_for(T, "a new serfnode daemon in old", || match daemon_pid()? {
-        pid if pid != before => Ok(pid),
-        _ => Err("still the killed one".into()),
-    });
-    wait_for(T, "old's own /serfnode served again", || {
+    let after = wait_for_every(
+        DOCKER_POLL,
+        T,
+        "a new serfnode daemon in old",
+        || match daemon_pid()? {
+            pid if pid != before => Ok(pid),
+            _ => Err("still the killed one".to_string()),
+        },
+    );
+    wait_for_every(DOCKER_POLL, T, "old's own /serfnode served again", || {
         let s = try_exec_json(&old.name, "/serfnode/status.json")?;
         (s["agent"]["connected"] == true)
             .then_some(())
             .ok_or(format!("{s}"))
     });
-    wait_for(T, "old-deb's mount connected again", || {
+    wait_for_every(DOCKER_POLL, T, "old-deb's mount connected again", || {
         let s = try_exec_json(&old_deb, "/serfnode/status.json")?;
         (s["agent"]["connected"] == true && s["agent"]["stale"] == false)
             .then_some(())
@@ -708,9 +740,12 @@ fn three_parents_serve_their_children_through_events_crashes_restarts_partitions
     ));
     // The new daemon (and its agent) feed the child again: old is alone
     // now (new killed, db stopped).
-    wait_for(T, "old-deb to list old after the restart", || {
-        lists_exactly(&old_deb, &[(&old, "web")])
-    });
+    wait_for_every(
+        DOCKER_POLL,
+        T,
+        "old-deb to list old after the restart",
+        || lists_exactly(&old_deb, &[(&old, "web")]),
+    );
     clock.phase("daemon restart: old-deb follows the new daemon");
 
     checks.assert_none_failed();

@@ -42,9 +42,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use serfnode_testkit::wait_for_every;
 use support::docker::{
     app_sh, busybox_image, debian_image, docker, docker_ok, exec_json, exec_sh, try_exec_json,
-    wait_for, Cluster, Parent, APP_SHELL,
+    Cluster, Parent, APP_SHELL, DOCKER_POLL,
 };
 use support::{Checks, Clock};
 
@@ -318,12 +319,17 @@ fn a_hostile_child_gets_no_privilege_no_secret_and_no_hold_on_its_parent() {
     let p = cluster.start_parent_with("p", "web", None, &manifest(&users), &extra);
     let (app, usr, real) = (p.child("app"), p.child("usr"), p.child("real"));
     for child in [&app, &usr, &real] {
-        wait_for(START, &format!("{child} to follow its parent"), || {
-            let s = try_exec_json(child, "/serfnode/status.json")?;
-            (s["agent"]["connected"] == true)
-                .then_some(())
-                .ok_or(format!("{s}"))
-        });
+        wait_for_every(
+            DOCKER_POLL,
+            START,
+            &format!("{child} to follow its parent"),
+            || {
+                let s = try_exec_json(child, "/serfnode/status.json")?;
+                (s["agent"]["connected"] == true)
+                    .then_some(())
+                    .ok_or(format!("{s}"))
+            },
+        );
     }
     clock.phase("parent and its three children up");
 
@@ -343,9 +349,12 @@ fn a_hostile_child_gets_no_privilege_no_secret_and_no_hold_on_its_parent() {
                 confined(&own)
             )
         });
-        let out = wait_for(T, &format!("handler {name} in {child}"), || {
-            exec_sh(child, &format!("cat /tmp/{name}.out"))
-        });
+        let out = wait_for_every(
+            DOCKER_POLL,
+            T,
+            &format!("handler {name} in {child}"),
+            || exec_sh(child, &format!("cat /tmp/{name}.out")),
+        );
         let handler = status_fields(&out);
         held.check(confined(&handler).is_ok(), || {
             format!("handler {name} in {child}: {:?}\n{out}", confined(&handler))
@@ -541,7 +550,7 @@ done"#,
             .is_ok_and(|a| a["responses"][&p.name].as_str().map(str::trim) == Some("pong")),
         || format!("query ping from {app}: {answers:?}"),
     );
-    let ping = wait_for(T, "the ping handler's report", || {
+    let ping = wait_for_every(DOCKER_POLL, T, "the ping handler's report", || {
         exec_sh(&p.name, "cat /tmp/ping.out")
     });
     held.check(
@@ -585,7 +594,7 @@ echo "ok=$ok again=$again other=$other""#,
     ));
 
     // 5. the replica socket under a flood from a child.
-    let pid = wait_for(T, "the daemon's pid", || daemon_pid(&p));
+    let pid = wait_for_every(DOCKER_POLL, T, "the daemon's pid", || daemon_pid(&p));
     let (_, _, ticks_before) = usage(&p, &pid).unwrap();
     let began = Instant::now();
     app_sh(
@@ -666,7 +675,7 @@ echo "reads=$n read_failures=$f writes=$w write_failures=$wf""#,
     .unwrap();
     exec_sh(&p.name, "kill -9 $(pgrep -f '^serf agent')").unwrap();
     let handshake = hex(b"handshake");
-    wait_for(T, "the daemon to reach the squatter", || {
+    wait_for_every(DOCKER_POLL, T, "the daemon to reach the squatter", || {
         let log = exec_sh(&app, "cat /tmp/squat.log")?;
         log.lines()
             .any(|l| l.starts_with("RECV") && l.contains(&handshake))
@@ -676,7 +685,7 @@ echo "reads=$n read_failures=$f writes=$w write_failures=$wf""#,
     // The daemon retries with backoff; give it several tries.
     std::thread::sleep(Duration::from_secs(6));
     exec_sh(&app, "touch /tmp/squat.stop").unwrap();
-    let log = wait_for(T, "the squatter to leave", || {
+    let log = wait_for_every(DOCKER_POLL, T, "the squatter to leave", || {
         let log = exec_sh(&app, "cat /tmp/squat.log")?;
         log.contains("EXIT").then_some(log.clone()).ok_or(log)
     });
@@ -684,12 +693,17 @@ echo "reads=$n read_failures=$f writes=$w write_failures=$wf""#,
     held.check(!log.contains(&hex(rpc_key.as_bytes())), || {
         format!("the squatter received the rpc key ({tries} connections):\n{log}")
     });
-    wait_for(START, "the daemon to follow the real agent again", || {
-        let s = try_exec_json(&app, "/serfnode/status.json")?;
-        (s["agent"]["connected"] == true && s["agent"]["stale"] == false)
-            .then_some(())
-            .ok_or(format!("{s}"))
-    });
+    wait_for_every(
+        DOCKER_POLL,
+        START,
+        "the daemon to follow the real agent again",
+        || {
+            let s = try_exec_json(&app, "/serfnode/status.json")?;
+            (s["agent"]["connected"] == true && s["agent"]["stale"] == false)
+                .then_some(())
+                .ok_or(format!("{s}"))
+        },
+    );
     let raised = app_sh(&app, r#"echo '["after-squat",1]' > /serfnode/parent"#, T);
     held.check(raised.is_ok(), || {
         format!("a write in {app} after the squatter left: {raised:?}")
@@ -726,11 +740,11 @@ fn cpu_ticks(pid: i32) -> u64 {
 /// connections wait in the kernel's backlog.
 #[test]
 fn the_replica_socket_backs_off_when_out_of_descriptors() {
-    use support::node::{Node, NodeOpts};
+    use support::node::{Daemon, DaemonOpts};
     let share = tempfile::tempdir().unwrap();
-    let node = Node::start(NodeOpts {
+    let node = Daemon::start(DaemonOpts {
         args: vec!["--share".into(), share.path().display().to_string()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let pid = node.pid();
     let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -821,14 +835,14 @@ fn the_wrapper_keeps_no_copy_of_its_token_in_its_environment() {
         .spawn()
         .unwrap();
     let pid = wrapper.id();
-    let app = wait_for(T, "the application to start", || {
+    let app = wait_for_every(DOCKER_POLL, T, "the application to start", || {
         let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
             .map_err(|e| e.to_string())?;
         children
             .split_whitespace()
             .next()
             .map(String::from)
-            .ok_or("no child yet".into())
+            .ok_or_else(|| "no child yet".to_string())
     });
     let environ = |p: &str| std::fs::read(format!("/proc/{p}/environ")).unwrap();
     let (own, apps) = (environ(&pid.to_string()), environ(&app));

@@ -49,7 +49,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::docker::{debian_image, parent_image, wait_for, LABEL_CHILD, LABEL_PARENT};
+use serfnode_testkit::wait_for_every;
+use support::docker::{debian_image, parent_image, DOCKER_POLL, LABEL_CHILD, LABEL_PARENT};
 use support::Clock;
 
 /// For anything that starts containers or a daemon; generous for a loaded
@@ -629,7 +630,7 @@ impl Setup {
 
 /// Waits until the reader's count of reads grew past `from`.
 fn reads_go_on(out: &Path, from: u64, what: &str) -> u64 {
-    wait_for(START, what, || match reads(out) {
+    wait_for_every(DOCKER_POLL, START, what, || match reads(out) {
         n if n > from => Ok(n),
         n => Err(format!("{n} reads")),
     })
@@ -709,11 +710,16 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
     let parent = format!("snrd-{}-p", std::process::id());
     let out = d.out();
     let s = start_parent(&mut d, &parent);
-    let (reader_id, crash_id) = wait_for(START, "both children running", || s.one_running_each(&d));
-    let first = reads_go_on(&out, 0, "the reader to read the files");
-    wait_for(START, "children_by_name.json to list both children", || {
-        s.listed_current(&d)
+    let (reader_id, crash_id) = wait_for_every(DOCKER_POLL, START, "both children running", || {
+        s.one_running_each(&d)
     });
+    let first = reads_go_on(&out, 0, "the reader to read the files");
+    wait_for_every(
+        DOCKER_POLL,
+        START,
+        "children_by_name.json to list both children",
+        || s.listed_current(&d),
+    );
     assert_eq!(failures(&out), "", "reads failed before any restart");
     clock.phase(&format!("parent and children up; {first} reads"));
 
@@ -725,7 +731,8 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
     clock.phase("private dockerd stopped (live restore)");
     let before = reads(&out);
     std::fs::write(out.join("exit-now"), "").unwrap();
-    wait_for(
+    wait_for_every(
+        DOCKER_POLL,
         START,
         "crash to exit while dockerd is down",
         || match lines_of(&out.join("crash-exits")) {
@@ -746,7 +753,8 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
         "",
         "reads failed in the reader across the dockerd restart"
     );
-    let (r, c) = wait_for(
+    let (r, c) = wait_for_every(
+        DOCKER_POLL,
         START,
         "crash restarted by serfnode once dockerd is back",
         || {
@@ -792,14 +800,19 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
 
     // Supervision goes on: a killed child is restarted, the files follow.
     d.ok(&["kill", &s.crash]);
-    wait_for(START, "crash restarted after docker kill", || {
-        s.one_running_each(&d)?;
-        match lines_of(&out.join("crash-starts")) {
-            3 => Ok(()),
-            n => Err(format!("crash started {n} times")),
-        }
-    });
-    wait_for(START, "children_by_name.json current", || {
+    wait_for_every(
+        DOCKER_POLL,
+        START,
+        "crash restarted after docker kill",
+        || {
+            s.one_running_each(&d)?;
+            match lines_of(&out.join("crash-starts")) {
+                3 => Ok(()),
+                n => Err(format!("crash started {n} times")),
+            }
+        },
+    );
+    wait_for_every(DOCKER_POLL, START, "children_by_name.json current", || {
         s.listed_current(&d)
     });
     let events = s.container_events(&d, "reader");
@@ -817,10 +830,15 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
         ("started", Value::Null),
     ]
     .map(|(s, c)| (s.to_owned(), c));
-    wait_for(Duration::from_secs(10), "crash's container events", || {
-        let got = s.container_events(&d, "crash");
-        (got == want).then_some(()).ok_or(format!("{got:?}"))
-    });
+    wait_for_every(
+        DOCKER_POLL,
+        Duration::from_secs(10),
+        "crash's container events",
+        || {
+            let got = s.container_events(&d, "crash");
+            (got == want).then_some(()).ok_or(format!("{got:?}"))
+        },
+    );
     let _ = crash_events;
     clock.phase("after the outage: docker kill of crash restarted it, files current");
 
@@ -840,12 +858,18 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
     d.live_restore = false;
     d.start();
     let s = start_parent(&mut d, &format!("snrd-{}-q", std::process::id()));
-    let (reader_id, crash_id) = wait_for(START, "both children of the new parent running", || {
-        s.one_running_each(&d)
-    });
-    wait_for(START, "children_by_name.json to list both children", || {
-        s.listed_current(&d)
-    });
+    let (reader_id, crash_id) = wait_for_every(
+        DOCKER_POLL,
+        START,
+        "both children of the new parent running",
+        || s.one_running_each(&d),
+    );
+    wait_for_every(
+        DOCKER_POLL,
+        START,
+        "children_by_name.json to list both children",
+        || s.listed_current(&d),
+    );
     let starts = lines_of(&out.join("reader-starts"));
     reads_go_on(&out, reads(&out), "the new reader to read the files");
     clock.phase("without live restore: a new parent and children up");
@@ -853,15 +877,21 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
     d.stop();
     d.start();
     clock.phase("dockerd restarted, without live restore");
-    wait_for(START, "the reader started again", || {
-        match lines_of(&out.join("reader-starts")) {
+    wait_for_every(
+        DOCKER_POLL,
+        START,
+        "the reader started again",
+        || match lines_of(&out.join("reader-starts")) {
             n if n > starts => Ok(()),
             n => Err(format!("{n} starts")),
-        }
-    });
-    let (r, c) = wait_for(START, "both children running after the restart", || {
-        s.one_running_each(&d)
-    });
+        },
+    );
+    let (r, c) = wait_for_every(
+        DOCKER_POLL,
+        START,
+        "both children running after the restart",
+        || s.one_running_each(&d),
+    );
     assert_eq!(
         (&r, &c),
         (&reader_id, &crash_id),
@@ -875,7 +905,7 @@ fn a_parent_rides_out_docker_daemon_restarts_with_and_without_live_restore() {
     );
     let n = reads(&out);
     reads_go_on(&out, n, "reads to go on after the restart");
-    wait_for(START, "children_by_name.json current", || {
+    wait_for_every(DOCKER_POLL, START, "children_by_name.json current", || {
         s.listed_current(&d)
     });
     assert_eq!(

@@ -14,8 +14,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use serfnode_testkit::wait_for_every;
 use support::docker::{
-    busybox_image, docker, docker_ok, exec_sh, inspect, wait_for, wait_status, wait_until, Cluster,
+    busybox_image, docker, docker_ok, exec_sh, inspect, wait_status, Cluster, DOCKER_POLL,
 };
 
 const START: Duration = Duration::from_secs(90);
@@ -53,7 +54,7 @@ fn docker_stop_and_hangup_stop_a_parent_cleanly_even_with_children_that_ignore_s
     let children = [subject.child("a"), subject.child("b")];
     wait_status(&watch.name, &subject.name, "alive", START);
     for child in &children {
-        wait_until(START, &format!("{child} running"), || {
+        wait_for_every(DOCKER_POLL, START, &format!("{child} running"), || {
             docker(&["inspect", child]).status.success() && running(child)
         });
     }
@@ -71,7 +72,7 @@ fn docker_stop_and_hangup_stop_a_parent_cleanly_even_with_children_that_ignore_s
     // A hangup sent to a child reaches its application (which may reload,
     // as nginx does), and the child runs on.
     docker_ok(&["kill", "-s", "HUP", &children[0]]);
-    wait_for(T, "the HUP in the child's application", || {
+    wait_for_every(DOCKER_POLL, T, "the HUP in the child's application", || {
         exec_sh(&children[0], "cat /tmp/hup")
     });
     assert!(running(&children[0]), "{} stopped on SIGHUP", children[0]);
@@ -86,9 +87,12 @@ fn docker_stop_and_hangup_stop_a_parent_cleanly_even_with_children_that_ignore_s
         "-c",
         "exec sleep 600 < /serfnode/status.json",
     ]);
-    wait_for(T, "the reader holding status.json open", || {
-        exec_sh(&subject.name, "pgrep -x sleep")
-    });
+    wait_for_every(
+        DOCKER_POLL,
+        T,
+        "the reader holding status.json open",
+        || exec_sh(&subject.name, "pgrep -x sleep"),
+    );
 
     let began = Instant::now();
     docker_ok(&["stop", &subject.name]);
@@ -109,7 +113,8 @@ fn docker_stop_and_hangup_stop_a_parent_cleanly_even_with_children_that_ignore_s
     // of `docker run -it` closed) stops it as gracefully as SIGTERM.
     let began = Instant::now();
     docker_ok(&["kill", "-s", "HUP", &watch.name]);
-    wait_until(
+    wait_for_every(
+        DOCKER_POLL,
         Duration::from_secs(20),
         "the parent to stop on SIGHUP",
         || !running(&watch.name),

@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::node::{eventually, raw_write, Node, NodeOpts, SERFNODE};
+use support::node::{raw_write, Daemon, DaemonOpts, SERFNODE};
 use support::stream::rpc;
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -48,7 +49,7 @@ impl Handlers {
 
     fn wait(&self, file: &str) -> String {
         let mut got = None;
-        eventually(T, &format!("handler output {file}"), || {
+        wait_for(T, &format!("handler output {file}"), || {
             got = self.out(file);
             got.is_some()
         });
@@ -62,15 +63,21 @@ env | grep -E '^SERF' | sort > "$OUT/.$SERF_SELF_NAME.$$.env"
 mv "$OUT/.$SERF_SELF_NAME.$$.env" "$OUT/$(basename "$0").$SERF_SELF_NAME.env"
 mv "$OUT/.$SERF_SELF_NAME.$$" "$OUT/$(basename "$0").$SERF_SELF_NAME""#;
 
-fn node(name: &str, role: &str, join: Option<&Node>, handlers: &Handlers, extra: &[&str]) -> Node {
+fn node(
+    name: &str,
+    role: &str,
+    join: Option<&Daemon>,
+    handlers: &Handlers,
+    extra: &[&str],
+) -> Daemon {
     let mut args = vec![format!("--handlers={}", handlers.path().display())];
     args.extend(extra.iter().map(|s| s.to_string()));
-    Node::start(NodeOpts {
+    Daemon::start(DaemonOpts {
         name: name.into(),
         role: role.into(),
         join: join.map(|n| vec![n.bind_addr()]).unwrap_or_default(),
         args,
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     })
 }
 
@@ -81,7 +88,7 @@ fn env_of(text: &str) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-fn wait_members(nodes: &[&Node], n: usize) {
+fn wait_members(nodes: &[&Daemon], n: usize) {
     for node in nodes {
         node.wait_json("serfnodes_by_id.json", T, |v| {
             v.as_object().is_some_and(|m| m.len() == n)
@@ -139,7 +146,7 @@ fn handlers_run_in_every_member_with_payload_and_environment() {
     let hd = Handlers::new();
     let mut d = node("hd", "cache", Some(&a), &hd, &[]);
     wait_members(&[&a, &b, &c, &d], 4);
-    eventually(T, "member-join of hd on ha", || {
+    wait_for(T, "member-join of hd on ha", || {
         hs[0]
             .out("member-join.ha")
             .is_some_and(|s| s.contains("\"hd\""))
@@ -156,7 +163,7 @@ fn handlers_run_in_every_member_with_payload_and_environment() {
             .await
             .unwrap()
     });
-    eventually(T, "member-update of hd on hb", || {
+    wait_for(T, "member-update of hd on hb", || {
         hs[1]
             .out("member-update.hb")
             .is_some_and(|s| s.contains("\"extra\":\"1\""))
@@ -164,7 +171,7 @@ fn handlers_run_in_every_member_with_payload_and_environment() {
 
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(T).success());
-    eventually(T, "member-leave of hd on hc", || {
+    wait_for(T, "member-leave of hd on hc", || {
         hs[2]
             .out("member-leave.hc")
             .is_some_and(|s| s.contains("\"hd\""))
@@ -173,7 +180,7 @@ fn handlers_run_in_every_member_with_payload_and_environment() {
     let mut e = node("he", "cache", Some(&a), &Handlers::new(), &[]);
     wait_members(&[&a], 4);
     e.crash();
-    eventually(T, "member-failed of he on ha", || {
+    wait_for(T, "member-failed of he on ha", || {
         hs[0]
             .out("member-failed.ha")
             .is_some_and(|s| s.contains("\"he\""))
@@ -200,10 +207,10 @@ fn a_stuck_handler_is_killed_at_its_timeout_while_events_keep_flowing() {
         let line = format!("[\"quick\",{i}]\n");
         assert!(raw_write(&node, line.as_bytes()).is_ok());
     }
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: "stuck-b".into(),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     for i in 0..5 {
         h.wait(&format!("quick.{i}"));
@@ -218,11 +225,11 @@ fn a_stuck_handler_is_killed_at_its_timeout_while_events_keep_flowing() {
     );
     a.wait_json("serfnodes_by_id.json", T, |v| v.get("stuck-b").is_some());
     // At the timeout its whole process group is killed, and logged.
-    eventually(T, "the stuck handler's sleep is killed", || {
+    wait_for(T, "the stuck handler's sleep is killed", || {
         // SAFETY: kill with signal 0 only checks that the process exists.
         unsafe { libc::kill(pid, 0) != 0 }
     });
-    eventually(T, "the kill is logged", || {
+    wait_for(T, "the kill is logged", || {
         let log = a.log();
         log.contains("stuck") && log.contains("killed")
     });
@@ -361,7 +368,7 @@ fn journal_readers_see_events_in_order_resume_and_see_gaps() {
         assert!(raw_write(&node, format!("[\"j\",{i}]\n").as_bytes()).is_ok());
     }
     let mut first = Vec::new();
-    eventually(T, "three events journaled", || {
+    wait_for(T, "three events journaled", || {
         first = lines(&a.read("events").unwrap());
         first.iter().filter(|e| e["type"] == "user").count() == 3
     });
@@ -389,7 +396,7 @@ fn journal_readers_see_events_in_order_resume_and_see_gaps() {
         assert!(raw_write(&node, format!("[\"j\",{i}]\n").as_bytes()).is_ok());
     }
     let mut resumed = Vec::new();
-    eventually(T, "the ring moved on", || {
+    wait_for(T, "the ring moved on", || {
         resumed = lines(&a.read(&format!("events_since/{s0}")).unwrap());
         resumed.last().is_some_and(|e| e["payload"] == 11)
     });
@@ -440,7 +447,7 @@ fn hostile_event_names_run_nothing() {
         c.event("ok", b"1", false).await.unwrap();
     });
     h.wait("ok-ran");
-    eventually(T, "the hostile events are journaled as data", || {
+    wait_for(T, "the hostile events are journaled as data", || {
         let journal = String::from_utf8_lossy(&a.read("events").unwrap()).into_owned();
         journal.contains("\"../evil\"") && journal.contains("\"ok\"")
     });

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::child::{parent, parent_with, Wrapped};
 use support::node::{
-    eventually, faketime_env, journal_lines, raw_write, signal_pid, stop_pid, Node, NodeOpts,
+    faketime_env, journal_lines, raw_write, signal_pid, stop_pid, Daemon, DaemonOpts,
 };
 use support::stream::rpc;
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -53,8 +54,8 @@ fn named(lines: &[Value], name: &str) -> Vec<Value> {
 
 /// Waits until `node`'s journal holds every user event in `names`, then a
 /// little longer (events journal within milliseconds), and returns it.
-fn settled(node: &Node, names: &[&str]) -> Vec<Value> {
-    eventually(T, &format!("{names:?} journaled on {}", node.name), || {
+fn settled(node: &Daemon, names: &[&str]) -> Vec<Value> {
+    wait_for(T, &format!("{names:?} journaled on {}", node.name), || {
         let lines = node.journal("events");
         names.iter().all(|n| !named(&lines, n).is_empty())
     });
@@ -62,11 +63,11 @@ fn settled(node: &Node, names: &[&str]) -> Vec<Value> {
     node.journal("events")
 }
 
-fn rated(name: &str, rate: u32) -> Node {
-    Node::start(NodeOpts {
+fn rated(name: &str, rate: u32) -> Daemon {
+    Daemon::start(DaemonOpts {
         name: name.into(),
         args: vec!["--event-rate".into(), rate.to_string()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     })
 }
 
@@ -196,9 +197,9 @@ fn block_buffered_writers_that_flush_mid_line_lose_and_repeat_nothing() {
 
 #[test]
 fn a_write_the_stopped_agent_may_still_take_is_etimedout_and_raised_once() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "frozen-agent".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let agent = a.wait_agent_pid();
     stop_pid(agent);
@@ -280,10 +281,10 @@ fn through_a_child_a_write_of_unknown_outcome_is_etimedout_never_eagain() {
 
 #[test]
 fn events_the_agent_drops_for_a_stopped_daemon_leave_a_gap_line() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "slow-reader".into(),
         args: vec!["--journal-size".into(), "20000".into()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     assert_eq!(raw_write(&a.path("parent"), b"[\"before\",1]\n"), Ok(13));
     settled(&a, &["before"]);
@@ -306,13 +307,13 @@ fn events_the_agent_drops_for_a_stopped_daemon_leave_a_gap_line() {
         sent
     });
     a.signal(libc::SIGCONT);
-    eventually(T, "the agent to report dropping records", || {
+    wait_for(T, "the agent to report dropping records", || {
         a.full_log().contains("Dropping event to")
     });
     // Once the flood has drained (the journal stops growing), a new event
     // goes through again.
     let mut last = 0;
-    eventually(T, "the flood to drain", || {
+    wait_for(T, "the flood to drain", || {
         std::thread::sleep(Duration::from_millis(500));
         let now = a.journal("events").len();
         std::mem::replace(&mut last, now) == now
@@ -354,7 +355,7 @@ fn a_childs_journal_flows_on_after_its_parent_restarts_with_its_clock_back() {
     let has = |file: &str, name: &str| !named(&child_journal(file), name).is_empty();
 
     assert_eq!(raw_write(&p.path("parent"), b"[\"before\",1]\n"), Ok(13));
-    eventually(T, "before in the child's journal", || {
+    wait_for(T, "before in the child's journal", || {
         has("events", "before")
     });
     let before = named(&child_journal("events"), "before")[0]["seq"]
@@ -370,7 +371,7 @@ fn a_childs_journal_flows_on_after_its_parent_restarts_with_its_clock_back() {
     p.wait_connected();
     kid.wait_json("status.json", |v| v["agent"]["connected"] == true);
     assert_eq!(raw_write(&p.path("parent"), b"[\"after\",1]\n"), Ok(12));
-    eventually(T, "after in the child's journal", || has("events", "after"));
+    wait_for(T, "after in the child's journal", || has("events", "after"));
 
     let lines = child_journal("events");
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();

@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::node::{eventually, faketime_env, raw_write, Node, NodeOpts};
+use support::hosts::Block;
+use support::node::{faketime_env, raw_write, Daemon, DaemonOpts};
 use support::serf::{unique_ip, Agent, AgentOpts};
 use support::stream::rpc;
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -168,10 +170,10 @@ impl Reader {
 fn the_rpc_connection_cut_mid_stream_is_survived_and_the_view_catches_up() {
     let agent = Agent::start(AgentOpts::named("cut-agent").args(&["-profile", "local"]));
     let proxy = Proxy::start(agent.rpc_addr());
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: agent.name().to_owned(),
         attach: Some(proxy.addr),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let reader = Reader::start(a.path("serfnodes_by_id.json"));
     assert_eq!(raw_write(&a.path("parent"), b"[\"before\",1]\n"), Ok(13));
@@ -196,7 +198,7 @@ fn the_rpc_connection_cut_mid_stream_is_survived_and_the_view_catches_up() {
     a.wait_json("status.json", T, |s| s["agent"]["connected"] == true);
     a.wait_json("serfnodes_by_id.json", T, |v| v.get("cut-late").is_some());
     assert_eq!(raw_write(&a.path("parent"), b"[\"after\",1]\n"), Ok(12));
-    eventually(T, "the journal has the events before and after", || {
+    wait_for(T, "the journal has the events before and after", || {
         let j = String::from_utf8_lossy(&a.read("events").unwrap()).into_owned();
         j.contains("\"before\"") && j.contains("\"after\"")
     });
@@ -224,10 +226,10 @@ fn the_rpc_connection_cut_mid_stream_is_survived_and_the_view_catches_up() {
 fn a_query_read_over_a_lost_connection_waits_no_longer_than_its_bound() {
     let agent = Agent::start(AgentOpts::named("late-q-agent").args(&["-profile", "local"]));
     let proxy = Proxy::start(agent.rpc_addr());
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: agent.name().to_owned(),
         attach: Some(proxy.addr),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     proxy.cut_and_hold();
     a.wait_json("status.json", T, |s| s["agent"]["stale"] == true);
@@ -250,36 +252,28 @@ fn a_query_read_over_a_lost_connection_waits_no_longer_than_its_bound() {
     );
 }
 
-/// The roles → addresses block of a hosts file.
+/// The roles → addresses block of a hosts file (what of it is there: a
+/// read may meet it half rewritten).
 fn block(text: &str) -> BTreeMap<String, String> {
-    let Some(start) = text.find("# BEGIN serfnode") else {
-        return BTreeMap::new();
-    };
-    text[start..]
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.starts_with("# END"))
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(ip, role)| (role.to_string(), ip.to_string()))
-        .collect()
+    Block::find(text).map(|b| b.roles()).unwrap_or_default()
 }
 
 #[test]
 fn a_rolling_restart_never_leaves_a_role_without_its_hosts_entry() {
-    let obs = Node::start(NodeOpts {
+    let obs = Daemon::start(DaemonOpts {
         name: "roll-obs".into(),
         role: "obs".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let mut nodes: Vec<Node> = [("roll-w1", "web"), ("roll-w2", "web"), ("roll-w3", "web")]
+    let mut nodes: Vec<Daemon> = [("roll-w1", "web"), ("roll-w2", "web"), ("roll-w3", "web")]
         .into_iter()
         .chain([("roll-d1", "db"), ("roll-d2", "db")])
         .map(|(name, role)| {
-            Node::start(NodeOpts {
+            Daemon::start(DaemonOpts {
                 name: name.into(),
                 role: role.into(),
                 join: vec![obs.bind_addr()],
-                ..NodeOpts::default()
+                ..DaemonOpts::default()
             })
         })
         .collect();
@@ -288,7 +282,7 @@ fn a_rolling_restart_never_leaves_a_role_without_its_hosts_entry() {
         let b = block(text);
         want.iter().all(|r| b.contains_key(*r))
     };
-    eventually(T, "the observer's hosts name every role", || {
+    wait_for(T, "the observer's hosts name every role", || {
         has_all(&obs.hosts_text())
     });
 
@@ -384,14 +378,14 @@ fn a_full_disk_under_the_hosts_file_is_retried_once_space_returns() {
     let mut own = String::from("127.0.0.1\tlocalhost\n# ");
     own.push_str(&"p".repeat(3990 - own.len() - 1));
     own.push('\n');
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "full-a".into(),
         role: "first".into(),
         hosts: Some(own.clone().into()),
         hosts_path: Some(hosts.clone()),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    eventually(T, "the first block", || {
+    wait_for(T, "the first block", || {
         block(&std::fs::read_to_string(&hosts).unwrap()).contains_key("first")
     });
     let len = std::fs::metadata(&hosts).unwrap().len();
@@ -407,17 +401,18 @@ fn a_full_disk_under_the_hosts_file_is_retried_once_space_returns() {
     while f.write_all(&chunk).is_ok() {}
     drop(f);
 
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: "full-b".into(),
         role: "a-role-with-a-name-long-enough-to-need-more-room-in-the-block".into(),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     a.wait_json("serfnodes_by_id.json", T, |v| v.get("full-b").is_some());
-    let logged = support::wait_until(T, || {
+    let logged = support::poll_for(T, || {
         let log = a.log();
         log.contains(&hosts.display().to_string()) && log.contains("No space left")
-    });
+    })
+    .is_ok();
     assert!(
         logged,
         "no error logged; hosts file:\n{}\nlog:\n{}",
@@ -429,7 +424,7 @@ fn a_full_disk_under_the_hosts_file_is_retried_once_space_returns() {
 
     std::fs::remove_file(&filler).unwrap();
     // No further change comes: the retry alone must write it.
-    eventually(T, "the block written once space returned", || {
+    wait_for(T, "the block written once space returned", || {
         block(&std::fs::read_to_string(&hosts).unwrap())
             .contains_key("a-role-with-a-name-long-enough-to-need-more-room-in-the-block")
     });
@@ -455,12 +450,12 @@ fn the_clock_stepped_back_an_hour_changes_nothing_but_timestamps() {
     std::fs::write(&offset, "+0\n").unwrap();
     // Only the daemon's wall clock moves; monotonic time keeps flowing.
     let env = faketime_env(&offset);
-    let mut a = Node::start(NodeOpts {
+    let mut a = Daemon::start(DaemonOpts {
         name: "clock-a".into(),
         env,
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let write = |n: &Node, name: &str| {
+    let write = |n: &Daemon, name: &str| {
         let line = format!("[\"{name}\",1]\n");
         assert_eq!(
             raw_write(&n.path("parent"), line.as_bytes()),
@@ -469,7 +464,7 @@ fn the_clock_stepped_back_an_hour_changes_nothing_but_timestamps() {
     };
     write(&a, "tick");
     let mut before = Vec::new();
-    eventually(T, "tick journaled", || {
+    wait_for(T, "tick journaled", || {
         before = seqs(&a.read("events").unwrap());
         before.iter().any(|(_, e)| e["name"] == "tick")
     });
@@ -481,14 +476,14 @@ fn the_clock_stepped_back_an_hour_changes_nothing_but_timestamps() {
 
     std::fs::write(&offset, "-1h\n").unwrap();
     write(&a, "tock");
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: "clock-b".into(),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     a.wait_json("serfnodes_by_id.json", T, |v| v.get("clock-b").is_some());
     let mut after = Vec::new();
-    eventually(T, "tock journaled", || {
+    wait_for(T, "tock journaled", || {
         after = seqs(&a.read("events").unwrap());
         after.iter().any(|(_, e)| e["name"] == "tock")
     });
@@ -512,7 +507,7 @@ fn the_clock_stepped_back_an_hour_changes_nothing_but_timestamps() {
     a.wait_connected();
     write(&a, "again");
     let mut resumed = Vec::new();
-    eventually(T, "a reader resuming from an old sequence", || {
+    wait_for(T, "a reader resuming from an old sequence", || {
         resumed = seqs(&a.read(&format!("events_since/{s_tock}")).unwrap());
         resumed.iter().any(|(_, e)| e["name"] == "again")
     });

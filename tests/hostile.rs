@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use serfnode::names::{is_host_name, member_file_name};
-use support::node::{eventually, raw_write, Node, NodeOpts, SERFNODE};
+use support::hosts::Block;
+use support::node::{raw_write, Daemon, DaemonOpts, SERFNODE};
 use support::serf::{Agent, AgentOpts};
 use support::stream::{rpc, Observer, Seen};
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 /// No single read or write of the mount may take longer than this.
@@ -27,15 +29,15 @@ const OUTSIDE: &str = "127.0.0.1\tlocalhost\n# kept by the user\n10.10.10.10\tma
 // ---------------------------------------------------------------- helpers
 
 /// A node `a` and a node `b` joined to it, both seeing the two members.
-fn pair(a: &str, b: &str) -> (Node, Node) {
-    let a = Node::start(NodeOpts {
+fn pair(a: &str, b: &str) -> (Daemon, Daemon) {
+    let a = Daemon::start(DaemonOpts {
         name: a.into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: b.into(),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     for n in [&a, &b] {
         n.wait_json("serfnodes_by_id.json", T, |v| {
@@ -65,7 +67,7 @@ fn bounded_read(path: PathBuf) -> (Result<Vec<u8>, i32>, Duration) {
 /// JSON naming a member; returns id → (file name, document). Panics on an
 /// entry that could walk a path, an unreadable document, or two files
 /// claiming one id.
-fn member_files(node: &Node) -> BTreeMap<String, (String, Value)> {
+fn member_files(node: &Daemon) -> BTreeMap<String, (String, Value)> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(node.path("members")).unwrap() {
         let entry = entry.unwrap();
@@ -88,7 +90,7 @@ fn member_files(node: &Node) -> BTreeMap<String, (String, Value)> {
 }
 
 /// Every document of the mount parses as JSON (and `events` line by line).
-fn all_documents_are_json(node: &Node) {
+fn all_documents_are_json(node: &Daemon) {
     for file in [
         "serfnodes_by_id.json",
         "serfnodes_by_role.json",
@@ -109,7 +111,7 @@ fn all_documents_are_json(node: &Node) {
 }
 
 /// The daemon still runs and follows its agent.
-fn daemon_fine(node: &Node, members: usize) {
+fn daemon_fine(node: &Daemon, members: usize) {
     // SAFETY: signal 0 only checks that our child process exists.
     assert_eq!(unsafe { libc::kill(node.pid(), 0) }, 0, "serfnode died");
     let status = node.json("status.json");
@@ -118,23 +120,19 @@ fn daemon_fine(node: &Node, members: usize) {
     assert_eq!(status["members"]["alive"], members, "{status}");
 }
 
-/// role → address, as the hosts file's managed block says; panics on a line
-/// that is not `ip<TAB>host-name`.
+/// role → address, as the hosts file's managed block says (none without
+/// one); panics on a block not closed or a line that is not
+/// `ip<TAB>host-name`.
 fn hosts_block(text: &str) -> BTreeMap<String, String> {
-    let Some(begin) = text.find("# BEGIN serfnode") else {
+    let Some(block) = Block::find(text) else {
         return BTreeMap::new();
     };
-    let end = text.find("# END serfnode").expect("block closed");
-    text[begin..end]
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let (ip, role) = l.split_once('\t').expect("ip<TAB>role");
-            assert!(ip.parse::<std::net::IpAddr>().is_ok(), "{l:?}");
-            assert!(is_host_name(role), "{l:?} in\n{text}");
-            (role.to_owned(), ip.to_owned())
-        })
-        .collect()
+    let roles = block.strict_roles(text);
+    for (role, ip) in &roles {
+        assert!(ip.parse::<std::net::IpAddr>().is_ok(), "{ip:?} in\n{text}");
+        assert!(is_host_name(role), "{role:?} in\n{text}");
+    }
+    roles
 }
 
 /// Starts agents concurrently (each start waits for its RPC).
@@ -172,17 +170,17 @@ fn listing(dir: &Path) -> BTreeSet<OsString> {
 /// ones; a 512-byte tag is refused by Serf itself and changes nothing.
 #[test]
 fn hostile_tag_values_are_shown_raw_and_never_reach_the_hosts_file() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "tags-a".into(),
         role: "web".into(),
         hosts: Some(OUTSIDE.into()),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: "tags-b".into(),
         role: "db".into(),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let long_r = "r".repeat(254);
     let long_u = "ü".repeat(150);
@@ -276,7 +274,7 @@ fn hostile_tag_values_are_shown_raw_and_never_reach_the_hosts_file() {
     ]
     .into();
     for node in [&a, &b] {
-        eventually(T, &format!("hosts block on {}", node.name), || {
+        wait_for(T, &format!("hosts block on {}", node.name), || {
             hosts_block(&node.hosts_text()) == want_hosts
         });
     }
@@ -364,9 +362,9 @@ fn hostile_tag_values_are_shown_raw_and_never_reach_the_hosts_file() {
 /// and nothing is created outside the mount.
 #[test]
 fn hostile_member_names_stay_inside_members() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "names-a".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let around = a.mount.parent().unwrap().to_path_buf();
     let before = listing(&around);
@@ -468,10 +466,10 @@ fn join_non_utf8(to: std::net::SocketAddr, name: bool, tag: bool) -> Agent {
 #[test]
 fn members_with_non_utf8_names_or_tags_do_not_blind_the_daemon() {
     let agent = Agent::start(AgentOpts::named("bytes-a"));
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "bytes-a".into(),
         attach: Some(agent.rpc_addr()),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let good = Agent::start(AgentOpts::named("bytes-good").join(&agent));
     a.wait_json("serfnodes_by_id.json", T, |v| {
@@ -502,9 +500,9 @@ fn members_with_non_utf8_names_or_tags_do_not_blind_the_daemon() {
 /// carries that name, keeps running (serfnode keeps reading its output).
 #[test]
 fn a_member_with_a_non_utf8_name_does_not_kill_the_local_agent() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "pipe-a".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let _bad = join_non_utf8(a.bind_addr(), true, false);
     let log = a.mount.parent().unwrap().join("serfnode.log");
@@ -519,9 +517,9 @@ fn a_member_with_a_non_utf8_name_does_not_kill_the_local_agent() {
 /// the operator's terminal.
 #[test]
 fn operator_members_table_is_one_row_per_member() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "table-a".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let _agents = start_agents(vec![
         (
@@ -732,7 +730,7 @@ fn a_megabyte_of_lines_in_one_write_is_taken_in_order() {
 /// `n` threads, released at once, each opening the write node and writing
 /// one event `["many", {"id": i}]`. Returns the accepted ids; every write
 /// must succeed in full or fail with EAGAIN.
-fn concurrent_writers(node: &Node, n: usize) -> BTreeSet<u64> {
+fn concurrent_writers(node: &Daemon, n: usize) -> BTreeSet<u64> {
     let path = Arc::new(node.path("parent"));
     let start = Arc::new(Barrier::new(n));
     let threads: Vec<_> = (0..n)
@@ -848,10 +846,10 @@ fn every_event_of_a_thousand_writers_reaches_another_member() {
 /// for the odd-but-valid; no read ever blocks past its bound.
 #[test]
 fn hostile_query_file_names_fail_fast() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "query-a".into(),
         role: "web".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let q = |rel: &str| bounded_read(a.path(&format!("query/{rel}")));
     let long_name = "q".repeat(129);
@@ -948,10 +946,10 @@ fn hostile_query_file_names_fail_fast() {
 /// in the FUSE lookup.)
 #[test]
 fn a_huge_query_timeout_is_capped() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "qhuge-a".into(),
         role: "web".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     for rel in ["where/web;timeout=1e20", "where/web;timeout=1e300"] {
         let (res, took) = bounded_read(a.path(&format!("query/{rel}")));
@@ -974,10 +972,10 @@ fn a_huge_query_timeout_is_capped() {
 /// limit gets an errno that says so, as the write node's EMSGSIZE does.
 #[test]
 fn an_oversized_query_argument_says_too_long() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "qbig-a".into(),
         role: "web".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     for rel in [
         format!("where/{}", "a".repeat(2000)),
@@ -998,10 +996,10 @@ fn an_oversized_query_argument_says_too_long() {
 /// `%XX` takes two hex digits: `%+1` is not an escape, so ENOENT like `%zz`.
 #[test]
 fn a_plus_sign_is_not_a_hex_digit() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "qplus-a".into(),
         role: "web".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let (res, _) = bounded_read(a.path("query/where/%+1"));
     assert_eq!(res.err(), Some(libc::ENOENT));

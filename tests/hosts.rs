@@ -9,24 +9,18 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use support::node::{eventually, Node, NodeOpts};
+use support::hosts::Block;
+use support::node::{Daemon, DaemonOpts};
 use support::serf::{Agent, AgentOpts};
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 const OUTSIDE: &str = "127.0.0.1\tlocalhost\n# kept by the user\n10.10.10.10\tmanual-entry\n";
 
-/// role → address, as the managed block says.
+/// role → address, as the managed block says; panics unless there is one,
+/// closed, of `ip<TAB>role` lines.
 fn block(text: &str) -> BTreeMap<String, String> {
-    let begin = text.find("# BEGIN serfnode").expect("block present");
-    let end = text.find("# END serfnode").expect("block closed");
-    text[begin..end]
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let (ip, role) = l.split_once('\t').expect("ip<TAB>role");
-            (role.to_owned(), ip.to_owned())
-        })
-        .collect()
+    Block::find(text).expect("block present").strict_roles(text)
 }
 
 /// The file's lines outside the block, without serfnode's padding lines
@@ -43,24 +37,24 @@ fn outside(text: &str) -> String {
 
 #[test]
 fn block_names_the_oldest_member_of_each_role_and_nothing_hostile() {
-    let mut web1 = Node::start(NodeOpts {
+    let mut web1 = Daemon::start(DaemonOpts {
         name: "web-1".into(),
         role: "web".into(),
         hosts: Some(OUTSIDE.into()),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let ino = std::fs::metadata(&web1.hosts).unwrap().ino();
-    let web2 = Node::start(NodeOpts {
+    let web2 = Daemon::start(DaemonOpts {
         name: "web-2".into(),
         role: "web".into(),
         join: vec![web1.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let mut db = Node::start(NodeOpts {
+    let mut db = Daemon::start(DaemonOpts {
         name: "db-1".into(),
         role: "db".into(),
         join: vec![web1.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let hostile: Vec<Agent> = ["evil role", "x#y", "new\nline", "ünï", &"r".repeat(254)]
         .into_iter()
@@ -86,7 +80,7 @@ fn block_names_the_oldest_member_of_each_role_and_nothing_hostile() {
     ]
     .into();
     for n in [&web1, &web2, &db] {
-        eventually(T, &format!("hosts block on {}", n.name), || {
+        wait_for(T, &format!("hosts block on {}", n.name), || {
             n.hosts_text().contains("# END serfnode") && block(&n.hosts_text()) == want
         });
     }
@@ -104,14 +98,14 @@ fn block_names_the_oldest_member_of_each_role_and_nothing_hostile() {
     // The db role goes with its only member; its line is removed.
     db.signal(libc::SIGTERM);
     assert!(db.wait_exit(T).success());
-    eventually(T, "db line removed", || {
+    wait_for(T, "db line removed", || {
         !block(&web1.hosts_text()).contains_key("db")
     });
     assert_eq!(block(&web1.hosts_text())["web"], web1.ip.to_string());
 
     // The oldest web member crashes: the next oldest takes the name.
     web1.crash();
-    eventually(T, "web moves to web-2", || {
+    wait_for(T, "web moves to web-2", || {
         block(&web2.hosts_text()).get("web") == Some(&web2.ip.to_string())
     });
     drop(hostile);
@@ -171,14 +165,14 @@ fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused()
             b"127.0.0.1\tlocalhost\n10.3.3.3\tlast-line-unterminated".to_vec(),
         ),
     ];
-    let mut nodes: Vec<Node> = cases
+    let mut nodes: Vec<Daemon> = cases
         .iter()
         .map(|(name, bytes)| {
-            Node::spawn(NodeOpts {
+            Daemon::spawn(DaemonOpts {
                 name: (*name).into(),
                 role: "web".into(),
                 hosts: Some(bytes.clone()),
-                ..NodeOpts::default()
+                ..DaemonOpts::default()
             })
         })
         .collect();
@@ -187,10 +181,10 @@ fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused()
         .flat_map(|i| format!("10.{}.{}.{}\th{i}\n", i >> 16, (i >> 8) & 255, i & 255).into_bytes())
         .collect();
     assert!(huge.len() as u64 > serfnode::surface::hosts::MAX_LEN);
-    let big = Node::start(NodeOpts {
+    let big = Daemon::start(DaemonOpts {
         name: "huge".into(),
         hosts: Some(huge.clone()),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
 
     let mut failed = Vec::new();
@@ -201,7 +195,7 @@ fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused()
             want.push(b'\n');
         }
         want.extend(block_bytes(&[("web", node.ip.to_string())]));
-        let written = support::wait_until(T, || std::fs::read(&node.hosts).unwrap() == want);
+        let written = support::poll_for(T, || std::fs::read(&node.hosts).unwrap() == want).is_ok();
         if !written {
             failed.push(format!(
                 "{name}: want\n{:?}\ngot\n{:?}\n{}",
@@ -230,12 +224,13 @@ fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused()
     }
 
     let path = big.hosts.display().to_string();
-    let refused = support::wait_until(T, || {
+    let refused = support::poll_for(T, || {
         big.full_log().contains(&format!(
             "hosts file {path}: {} bytes, over the",
             huge.len()
         ))
-    });
+    })
+    .is_ok();
     if !refused {
         failed.push(format!("huge: no error naming the file\n{}", big.log()));
     }
@@ -257,11 +252,11 @@ fn odd_hosts_files_keep_every_byte_outside_the_block_and_a_huge_one_is_refused()
 
 #[test]
 fn lines_appended_by_another_writer_while_the_block_changes_all_survive() {
-    let node = Node::start(NodeOpts {
+    let node = Daemon::start(DaemonOpts {
         name: "app-host".into(),
         role: "host".into(),
         hosts: Some(OUTSIDE.into()),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let other = Agent::start(AgentOpts {
         join: Some(node.bind_addr()),
@@ -269,7 +264,7 @@ fn lines_appended_by_another_writer_while_the_block_changes_all_survive() {
     });
     let short = "r".to_string();
     let long = "r".repeat(60);
-    eventually(T, "both roles in the block", || {
+    wait_for(T, "both roles in the block", || {
         node.hosts_text().contains("# END serfnode") && block(&node.hosts_text()).len() == 2
     });
 
@@ -295,7 +290,7 @@ fn lines_appended_by_another_writer_while_the_block_changes_all_survive() {
     for k in 0..CHANGES {
         let role = if k % 2 == 0 { &long } else { &short };
         other.set_tags(&[("role", role)]);
-        eventually(T, &format!("change {k}: role {role} in the block"), || {
+        wait_for(T, &format!("change {k}: role {role} in the block"), || {
             block(&node.hosts_text()).contains_key(role.as_str())
         });
     }

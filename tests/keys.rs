@@ -14,34 +14,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::node::{detach, is_mounted, Node, NodeOpts, SERFNODE};
+use serfnode_testkit::keys::random_key;
+use support::node::{detach, is_mounted, Daemon, DaemonOpts, SERFNODE};
 use support::serf::unique_ip;
 
 const T: Duration = Duration::from_secs(15);
-
-/// A fresh random key: base64 of `len` bytes.
-fn new_key(len: usize) -> String {
-    let mut bytes = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .unwrap();
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in bytes.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                A[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -53,12 +30,12 @@ fn arg(path: &Path) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-fn node(name: &str, join: Option<&Node>, args: Vec<String>) -> NodeOpts {
-    NodeOpts {
+fn node(name: &str, join: Option<&Daemon>, args: Vec<String>) -> DaemonOpts {
+    DaemonOpts {
         name: name.into(),
         join: join.map(|n| vec![n.bind_addr()]).unwrap_or_default(),
         args,
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     }
 }
 
@@ -159,7 +136,7 @@ fn proc_file(pid: i32, file: &str) -> String {
     text(&std::fs::read(format!("/proc/{pid}/{file}")).unwrap()).replace('\0', " ")
 }
 
-/// A daemon given its key in SERF_ENCRYPT_KEY (NodeOpts has no environment):
+/// A daemon given its key in SERF_ENCRYPT_KEY (DaemonOpts has no environment):
 /// killed, reaped and unmounted on drop.
 struct EnvNode {
     child: std::process::Child,
@@ -199,12 +176,13 @@ impl EnvNode {
             ip,
             _dir: dir,
         };
-        let connected = support::wait_until(T, || {
+        let connected = support::poll_for(T, || {
             std::fs::read(node.mount.join("status.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                 .is_some_and(|s| s["agent"]["connected"] == true)
-        });
+        })
+        .is_ok();
         assert!(connected, "never connected:\n{}", node.log());
         node
     }
@@ -234,19 +212,19 @@ impl Drop for EnvNode {
 #[test]
 fn a_shared_key_lets_nodes_in_and_keeps_others_out() {
     let dir = tempfile::tempdir().unwrap();
-    let key = write(dir.path(), "key", &format!("{}\n", new_key(32)));
-    let wrong = write(dir.path(), "wrong", &new_key(32));
+    let key = write(dir.path(), "key", &format!("{}\n", random_key(32)));
+    let wrong = write(dir.path(), "wrong", &random_key(32));
     let with = |file: &Path| vec!["--encrypt-key-file".into(), arg(file)];
 
-    let a = Node::start(node("alpha", None, with(&key)));
-    let b = Node::start(node("bravo", Some(&a), with(&key)));
+    let a = Daemon::start(node("alpha", None, with(&key)));
+    let b = Daemon::start(node("bravo", Some(&a), with(&key)));
     for n in [&a, &b] {
         n.wait_json("serfnodes_by_id.json", T, |v| ids(v) == ["alpha", "bravo"]);
     }
 
     // Keyless and wrong-keyed nodes keep trying to join, and never get in.
-    let keyless = Node::start(node("keyless", Some(&a), vec![]));
-    let wrong = Node::start(node("wrong", Some(&a), with(&wrong)));
+    let keyless = Daemon::start(node("keyless", Some(&a), vec![]));
+    let wrong = Daemon::start(node("wrong", Some(&a), with(&wrong)));
     std::thread::sleep(Duration::from_secs(3));
     for (n, why) in [
         (&keyless, "encryption is not configured"),
@@ -271,8 +249,8 @@ fn a_shared_key_lets_nodes_in_and_keeps_others_out() {
 #[test]
 fn keys_rotate_across_the_cluster_and_the_keyring_keeps_them() {
     let dir = tempfile::tempdir().unwrap();
-    let old = new_key(32);
-    let new = new_key(16);
+    let old = random_key(32);
+    let new = random_key(16);
     let old_file = write(dir.path(), "old", &old);
     let auth = write(dir.path(), "rpc-auth", "rotation-secret");
     let ring = |name: &str| dir.path().join(format!("{name}.keyring"));
@@ -286,10 +264,10 @@ fn keys_rotate_across_the_cluster_and_the_keyring_keeps_them() {
     };
     let mut a_args = args("alpha");
     a_args.extend(["--rpc-auth-file".into(), arg(&auth)]);
-    let a = Node::start(node("alpha", None, a_args));
-    let b = Node::start(node("bravo", Some(&a), args("bravo")));
-    let c = Node::start(node("charlie", Some(&a), args("charlie")));
-    let whole = |nodes: &[&Node]| {
+    let a = Daemon::start(node("alpha", None, a_args));
+    let b = Daemon::start(node("bravo", Some(&a), args("bravo")));
+    let c = Daemon::start(node("charlie", Some(&a), args("charlie")));
+    let whole = |nodes: &[&Daemon]| {
         for n in nodes {
             n.wait_json("serfnodes_by_id.json", T, |v| {
                 ids(v) == ["alpha", "bravo", "charlie"]
@@ -374,7 +352,7 @@ fn keys_rotate_across_the_cluster_and_the_keyring_keeps_them() {
     let ip = c.ip;
     drop(c);
     a.wait_json("serfnodes_by_id.json", T, |v| ids(v) == ["alpha", "bravo"]);
-    let c = Node::start(NodeOpts {
+    let c = Daemon::start(DaemonOpts {
         ip: Some(ip),
         ..node(
             "charlie",
@@ -384,7 +362,7 @@ fn keys_rotate_across_the_cluster_and_the_keyring_keeps_them() {
     });
     whole(&[&a, &b, &c]);
     assert_eq!(c.json("status.json")["encrypted"], true);
-    let stale = Node::start(node(
+    let stale = Daemon::start(node(
         "stale",
         Some(&b),
         vec!["--encrypt-key-file".into(), arg(&old_file)],
@@ -396,7 +374,7 @@ fn keys_rotate_across_the_cluster_and_the_keyring_keeps_them() {
 
 #[test]
 fn status_tells_whether_gossip_is_encrypted_and_a_keyless_start_warns() {
-    let plain = Node::start(node("plain", None, vec![]));
+    let plain = Daemon::start(node("plain", None, vec![]));
     assert_eq!(plain.json("status.json")["encrypted"], false);
     let log = plain.log();
     assert!(
@@ -412,7 +390,7 @@ fn status_tells_whether_gossip_is_encrypted_and_a_keyless_start_warns() {
         "{out:?}"
     );
 
-    let key = new_key(24);
+    let key = random_key(24);
     let sealed = EnvNode::start("sealed", &key);
     assert_eq!(sealed.status()["encrypted"], true);
     assert!(!sealed.log().contains("not encrypted"), "{}", sealed.log());
@@ -443,12 +421,12 @@ fn status_tells_whether_gossip_is_encrypted_and_a_keyless_start_warns() {
 
 #[test]
 fn the_key_shows_on_no_command_line() {
-    let key = new_key(32);
+    let key = random_key(32);
     let sealed = EnvNode::start("env-keyed", &key);
     let dir = tempfile::tempdir().unwrap();
-    let file_key = new_key(32);
+    let file_key = random_key(32);
     let key_file = write(dir.path(), "key", &file_key);
-    let filed = Node::start(node(
+    let filed = Daemon::start(node(
         "file-keyed",
         None,
         vec!["--encrypt-key-file".into(), arg(&key_file)],

@@ -14,20 +14,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::node::{eventually, is_mounted, Node, NodeOpts, SERFNODE};
+use support::node::{is_mounted, Daemon, DaemonOpts, SERFNODE};
 use support::serf::{unique_ip, Agent, AgentOpts};
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 
-fn observer() -> Node {
-    Node::start(NodeOpts {
+fn observer() -> Daemon {
+    Daemon::start(DaemonOpts {
         name: "observer".into(),
         role: "observer".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     })
 }
 
-fn member(obs: &Node, name: &str) -> String {
+fn member(obs: &Daemon, name: &str) -> String {
     obs.json(&format!("members/{name}.json"))["status"]
         .as_str()
         .unwrap_or_default()
@@ -35,13 +36,13 @@ fn member(obs: &Node, name: &str) -> String {
 }
 
 /// Starts a node that joins `obs` and waits until `obs` sees it.
-fn joined(obs: &Node, name: &str, session: bool) -> Node {
-    let node = Node::start(NodeOpts {
+fn joined(obs: &Daemon, name: &str, session: bool) -> Daemon {
+    let node = Daemon::start(DaemonOpts {
         name: name.into(),
         role: "web".into(),
         join: vec![obs.bind_addr()],
         session,
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     obs.wait_json(&format!("members/{name}.json"), T, |m| {
         m["status"] == "alive"
@@ -52,7 +53,7 @@ fn joined(obs: &Node, name: &str, session: bool) -> Node {
 /// What a clean stop leaves: exit 0, its agent's graceful leave, the
 /// mount point an ordinary directory again, the hosts block gone, and the
 /// node `left` for the others. Collects what did not hold.
-fn check_clean_stop(obs: &Node, node: &mut Node, how: &str, failed: &mut Vec<String>) {
+fn check_clean_stop(obs: &Daemon, node: &mut Daemon, how: &str, failed: &mut Vec<String>) {
     let status = node.wait_exit(T);
     let mut bad = Vec::new();
     if !status.success() {
@@ -73,7 +74,7 @@ fn check_clean_stop(obs: &Node, node: &mut Node, how: &str, failed: &mut Vec<Str
     if node.hosts_text().contains("# BEGIN serfnode") {
         bad.push("hosts block left".to_owned());
     }
-    let left = support::wait_until(T, || member(obs, &node.name) == "left");
+    let left = support::poll_for(T, || member(obs, &node.name) == "left").is_ok();
     if !left {
         bad.push(format!(
             "the observer sees it {:?}, not left",
@@ -98,7 +99,7 @@ fn every_stop_signal_ends_in_a_graceful_leave_also_from_a_terminal() {
         ("ctrl-backslash", true),
         ("ctrl-c-and-term", true),
     ];
-    let mut nodes: Vec<Node> = cases
+    let mut nodes: Vec<Daemon> = cases
         .iter()
         .map(|(name, session)| joined(&obs, name, *session))
         .collect();
@@ -141,7 +142,7 @@ fn status(mount: &Path) -> (Option<i32>, String) {
 fn a_clean_start_is_no_outage_and_status_fails_while_the_agent_is_unreachable() {
     // A clean start: the agent is not listening for a moment, which is no
     // outage.
-    let node = Node::start(NodeOpts::default());
+    let node = Daemon::start(DaemonOpts::default());
     let s = node.json("status.json");
     let mut failed = Vec::new();
     if s["agent"]["last_error"] != serde_json::Value::Null
@@ -160,9 +161,9 @@ fn a_clean_start_is_no_outage_and_status_fails_while_the_agent_is_unreachable() 
     // Attached to an agent that is not there yet: starting, not healthy,
     // still no outage.
     let ip = unique_ip();
-    let attached = Node::spawn(NodeOpts {
+    let attached = Daemon::spawn(DaemonOpts {
         attach: Some(std::net::SocketAddr::new(ip, 7373)),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let s = attached.wait_json("status.json", T, |s| s["agent"]["starting"] == true);
     let (code, out) = status(&attached.mount);
@@ -303,7 +304,7 @@ fn quickstart_ctrl_c_in_a_terminal_makes_every_node_leave() {
         &script,
     ]);
     assert!(started.status.success(), "tmux: {started:?}");
-    eventually(Duration::from_secs(60), "quickstart running", || {
+    wait_for(Duration::from_secs(60), "quickstart running", || {
         qs.out().contains("Ctrl-C stops all three nodes")
     });
     // An observer that stays: it sees how each node goes.
@@ -311,7 +312,7 @@ fn quickstart_ctrl_c_in_a_terminal_makes_every_node_leave() {
         join: Some(format!("{net}.1:7946").parse().unwrap()),
         ..AgentOpts::default()
     });
-    eventually(T, "the observer sees the three nodes", || {
+    wait_for(T, "the observer sees the three nodes", || {
         ["node1", "node2", "node3"]
             .iter()
             .all(|n| obs.member_status(n).as_deref() == Some("alive"))
@@ -320,7 +321,7 @@ fn quickstart_ctrl_c_in_a_terminal_makes_every_node_leave() {
     // Ctrl-C typed into the terminal.
     let keys = qs.tmux(&["send-keys", "-t", "qs", "C-c"]);
     assert!(keys.status.success(), "tmux send-keys: {keys:?}");
-    eventually(T, "quickstart to exit", || {
+    wait_for(T, "quickstart to exit", || {
         qs.dir.path().join("exit").exists()
     });
     let out = qs.out();
@@ -335,7 +336,8 @@ fn quickstart_ctrl_c_in_a_terminal_makes_every_node_leave() {
         if !log.contains("serf agent left the cluster and stopped (exit code 0)") {
             failed.push(format!("{name}: no graceful leave in its log"));
         }
-        let left = support::wait_until(T, || obs.member_status(&name).as_deref() == Some("left"));
+        let left =
+            support::poll_for(T, || obs.member_status(&name).as_deref() == Some("left")).is_ok();
         if !left {
             let seen = obs.member_status(&name);
             failed.push(format!("the observer sees {name} {seen:?}"));

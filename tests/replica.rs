@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::child::{parent, Wrapped};
-use support::node::{eventually, raw_write, Node, NodeOpts};
+use support::node::{raw_write, Daemon, DaemonOpts};
+use support::wait_for;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -19,11 +20,11 @@ const T: Duration = Duration::from_secs(30);
 fn a_child_mirrors_its_parent_and_writes_through_it() {
     let share = tempfile::tempdir().unwrap();
     let p = parent("mother", share.path());
-    let other = Node::start(NodeOpts {
+    let other = Daemon::start(DaemonOpts {
         name: "aunt".into(),
         role: "db".into(),
         join: vec![p.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     p.wait_json("serfnodes_by_id.json", T, |v| {
         v.as_object().unwrap().len() == 2
@@ -56,7 +57,7 @@ fn a_child_mirrors_its_parent_and_writes_through_it() {
     assert_eq!(raw_write(&node, big.as_bytes()), Err(libc::EMSGSIZE));
     let mixed = "[\"ok\",1]\nnot json\n";
     assert_eq!(raw_write(&node, mixed.as_bytes()), Ok(9));
-    eventually(T, "the parent logged the child's event", || {
+    wait_for(T, "the parent logged the child's event", || {
         p.log().contains("child kid")
     });
 }

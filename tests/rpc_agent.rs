@@ -10,7 +10,7 @@ use serfnode::cluster::rpc::{
     Subscription,
 };
 use support::serf::{Agent, AgentOpts};
-use support::{wait_until, wait_until_async};
+use support::{poll_for, poll_for_async};
 
 /// Bound on waiting for the cluster to converge or a record to arrive.
 const SETTLE: Duration = Duration::from_secs(15);
@@ -33,11 +33,12 @@ fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// Waits until `client`'s agent sees exactly `n` members, all alive.
 async fn converge(client: &Client, n: usize) {
-    let ok = wait_until_async(SETTLE, || async {
+    let ok = poll_for_async(SETTLE, || async {
         let members = client.members().await.expect("members");
         members.len() == n && members.iter().all(|m| m.status == MemberStatus::Alive)
     })
-    .await;
+    .await
+    .is_ok();
     assert!(ok, "cluster did not converge to {n} alive members");
 }
 
@@ -274,10 +275,11 @@ async fn join_tags_stats_and_coordinates() {
     assert_eq!(stats["tags"]["role"], "x");
     assert_eq!(stats["serf"]["members"], "2");
 
-    let known = wait_until_async(SETTLE, || async {
+    let known = poll_for_async(SETTLE, || async {
         client.get_coordinate("jt-b").await.unwrap().is_some()
     })
-    .await;
+    .await
+    .is_ok();
     assert!(known, "no coordinate for jt-b");
     let coord = client.get_coordinate("jt-b").await.unwrap().unwrap();
     assert_eq!(coord.vec.len(), 8);
@@ -312,9 +314,15 @@ async fn force_leave_turns_a_failed_node_left() {
             }
         }
     };
-    assert!(wait_until_async(Duration::from_secs(30), status(MemberStatus::Failed)).await);
+    assert!(
+        poll_for_async(Duration::from_secs(30), status(MemberStatus::Failed))
+            .await
+            .is_ok()
+    );
     client.force_leave("fl-b", false).await.unwrap();
-    assert!(wait_until_async(SETTLE, status(MemberStatus::Left)).await);
+    assert!(poll_for_async(SETTLE, status(MemberStatus::Left))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
@@ -375,16 +383,17 @@ async fn leave_shuts_the_agent_down() {
     tokio::time::timeout(SETTLE, client.closed())
         .await
         .expect("connection closed after leave");
-    let left = wait_until_async(SETTLE, || async {
+    let left = poll_for_async(SETTLE, || async {
         let members = watcher.members().await.unwrap();
         members
             .iter()
             .any(|m| m.name == "lv-a" && m.status == MemberStatus::Left)
     })
-    .await;
+    .await
+    .is_ok();
     assert!(left, "lv-a not seen as left");
     assert!(
-        wait_until(SETTLE, || !a.is_running()),
+        poll_for(SETTLE, || !a.is_running()).is_ok(),
         "agent still running"
     );
 }

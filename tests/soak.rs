@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serfnode::cluster::rpc::{Client, StreamRecord};
-use support::node::{raw_write, rss_kib, Node, NodeOpts};
+use support::node::{raw_write, rss_kib, Daemon, DaemonOpts};
 use support::serf::{Agent, AgentOpts};
 use tokio::runtime::Runtime;
 
@@ -344,7 +344,7 @@ struct Counter {
 }
 
 impl Counter {
-    fn on(node: &Node, origin: &str) -> Counter {
+    fn on(node: &Daemon, origin: &str) -> Counter {
         let rt = Runtime::new().unwrap();
         let counted = Arc::new(Mutex::new(Counted::default()));
         let dropped = Arc::new(AtomicU64::new(0));
@@ -542,16 +542,16 @@ fn eight_readers_writers_and_churn_for_a_minute_lose_nothing() {
     );
     let soak = Duration::from_secs(secs);
 
-    let mut a = Node::start(NodeOpts {
+    let mut a = Daemon::start(DaemonOpts {
         name: "soak-a".into(),
         role: "soak".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: "soak-b".into(),
         role: "count".into(),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     for n in [&a, &b] {
         n.wait_json("serfnodes_by_id.json", T, |v| {
@@ -657,9 +657,10 @@ fn eight_readers_writers_and_churn_for_a_minute_lose_nothing() {
     std::thread::sleep(GRACE);
     loop {
         repairs.run(&counter, &ledger, a.bind_addr());
-        let all = support::wait_until(REPAIR_EVERY, || {
+        let all = support::poll_for(REPAIR_EVERY, || {
             counter.missing(&ledger, Instant::now()).is_empty()
-        });
+        })
+        .is_ok();
         if all || drain_start.elapsed() > DRAIN {
             break;
         }

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::node::{operator, Node, NodeOpts};
+use support::node::{operator, Daemon, DaemonOpts};
 use support::serf::{Agent, AgentOpts};
 
 const T: Duration = Duration::from_secs(30);
@@ -21,7 +21,7 @@ const UPSTREAM: &str = r#"upstream web {
 # {{ by_role.web | length }} web of {{ status.total }} members, oldest {{ (alive | role("web") | oldest).id }}
 "#;
 
-fn web(node: &Node, name: &str, port: u16, timestamp: &str) -> Agent {
+fn web(node: &Daemon, name: &str, port: u16, timestamp: &str) -> Agent {
     Agent::start(AgentOpts {
         join: Some(node.bind_addr()),
         ..AgentOpts::named(name)
@@ -31,7 +31,7 @@ fn web(node: &Node, name: &str, port: u16, timestamp: &str) -> Agent {
     })
 }
 
-fn render(node: &Node, source: &Path, stdin: &str) -> (bool, String, String) {
+fn render(node: &Daemon, source: &Path, stdin: &str) -> (bool, String, String) {
     let mount = node.mount.to_str().unwrap();
     let source = source.to_str().unwrap();
     operator(&["render", source, "--mount", mount], stdin.as_bytes())
@@ -39,9 +39,9 @@ fn render(node: &Node, source: &Path, stdin: &str) -> (bool, String, String) {
 
 #[test]
 fn render_prints_a_template_against_the_live_view_and_names_errors() {
-    let node = Node::start(NodeOpts {
+    let node = Daemon::start(DaemonOpts {
         role: "lb".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let a = web(&node, "web-a", 8080, "100");
     let b = web(&node, "web-b", 8081, "200");

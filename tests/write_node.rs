@@ -9,59 +9,20 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use serfnode::cluster::rpc::{Client, StreamRecord};
-use support::node::{raw_write, Node, NodeOpts};
+use support::node::{raw_write, Daemon, DaemonOpts};
 use support::serf::{Agent, AgentOpts};
-use tokio::runtime::Runtime;
+use support::stream::Observer;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Collects the user events another member's agent receives.
-struct Observer {
-    rt: Runtime,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
-}
-
-impl Observer {
-    fn on(node: &Node) -> Observer {
-        let rt = Runtime::new().unwrap();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let addr = node.rpc_addr();
-        rt.block_on(async {
-            let client = Client::connect(addr, None).await.unwrap();
-            let mut sub = client.stream("user").await.unwrap();
-            tokio::spawn(async move {
-                let _keep = client;
-                while let Some(rec) = sub.recv().await {
-                    if let StreamRecord::User { name, payload, .. } = rec {
-                        // The payload travels in the envelope naming its origin.
-                        let (payload, from) = serfnode::event::unwrap(&payload);
-                        let from = from.expect("events from a write node carry their origin");
-                        assert_eq!((from.node.as_str(), from.child), ("writer", None));
-                        let _ = tx.send((name, payload.to_string()));
-                    }
-                }
-            });
-        });
-        Observer { rt, rx }
-    }
-
-    fn next(&mut self) -> (String, String) {
-        let rx = &mut self.rx;
-        self.rt
-            .block_on(async { tokio::time::timeout(T, rx.recv()).await })
-            .expect("event in time")
-            .expect("stream open")
-    }
-
-    /// Nothing more arrives within `d` (events gossip in ~100 ms here).
-    fn quiet_for(&mut self, d: Duration) {
-        let rx = &mut self.rx;
-        let got = self
-            .rt
-            .block_on(async { tokio::time::timeout(d, rx.recv()).await });
-        assert!(got.is_err(), "unexpected event {got:?}");
-    }
+/// The user events another member's agent receives: name and payload,
+/// each checked to travel in the envelope naming the write node's origin.
+fn observe(node: &Daemon) -> Observer<(String, String)> {
+    Observer::with(node, |name, payload, from| {
+        let from = from.expect("events from a write node carry their origin");
+        assert_eq!((from.node.as_str(), from.child), ("writer", None));
+        (name, payload.to_string())
+    })
 }
 
 /// Runs `script` in bash, which (unlike dash) names the errno of a failed write.
@@ -75,19 +36,19 @@ fn bash(script: &str) -> (bool, String) {
 
 #[test]
 fn lines_become_events_and_errors_reach_the_writer() {
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: "writer".into(),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
-    let b = Node::start(NodeOpts {
+    let b = Daemon::start(DaemonOpts {
         name: "reader".into(),
         join: vec![a.bind_addr()],
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     b.wait_json("serfnodes_by_id.json", T, |v| {
         v.as_object().unwrap().len() == 2
     });
-    let mut seen = Observer::on(&b);
+    let mut seen = observe(&b);
     let node = a.path("parent");
     let p = node.display();
 
@@ -174,10 +135,10 @@ fn lines_become_events_and_errors_reach_the_writer() {
 fn writes_fail_with_eagain_while_the_agent_is_unreachable() {
     let agent = Agent::start(AgentOpts::default());
     let rpc = agent.rpc_addr();
-    let a = Node::start(NodeOpts {
+    let a = Daemon::start(DaemonOpts {
         name: agent.name().to_owned(),
         attach: Some(rpc),
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     });
     let node = a.path("parent");
     assert_eq!(raw_write(&node, b"[\"up\",1]\n"), Ok(9));

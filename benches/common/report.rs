@@ -11,6 +11,13 @@ pub fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 
+/// The columns a [`Percentiles`] row with its mean fills, after those
+/// naming the row and before any the caller adds.
+pub fn with_stats<'a>(naming: &[&'a str], after: &[&'a str]) -> Vec<&'a str> {
+    let stats = ["n", "p50", "p90", "p99", "max", "mean"];
+    naming.iter().chain(&stats).chain(after).copied().collect()
+}
+
 pub fn table(title: &str, header: &[&str], rows: &[Vec<String>]) {
     println!("\n### {title}\n");
     println!("| {} |", header.join(" | "));

@@ -1,14 +1,13 @@
 //! Synthetic members, as a serfnode node announces itself (the original
-//! project's tags), and the msgpack the agent's `members` reply carries:
+//! project's tags), as the stand-in agent holds them and as its `members` reply carries them:
 //! what the benchmarks use for views larger than this machine can run as
 //! real agents.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{Context, Result};
-use serde::Serialize;
+use anyhow::Result;
 use serfnode::cluster::rpc::{Member, MemberStatus};
+use serfnode_testkit::fake_agent::{self, FakeMember};
 
 /// Member `i` of a synthetic cluster: `node-<i>` on 10.x.y.z, one of `roles`
 /// roles, started `start + i × 13 ms` (so each role has one oldest member).
@@ -35,48 +34,31 @@ pub fn synthetic_member(i: usize, start: f64, roles: usize) -> Member {
     }
 }
 
-/// A member as the agent's `members` reply and its stream records encode it.
-#[derive(Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct WireMember<'a> {
-    name: &'a str,
-    #[serde(with = "serde_bytes")]
-    addr: Vec<u8>,
-    port: u16,
-    tags: &'a BTreeMap<String, String>,
-    status: &'a str,
-    protocol_min: u8,
-    protocol_max: u8,
-    protocol_cur: u8,
-    delegate_min: u8,
-    delegate_max: u8,
-    delegate_cur: u8,
-}
-
-impl<'a> WireMember<'a> {
-    pub fn of(m: &'a Member) -> WireMember<'a> {
-        let addr = match m.addr {
-            IpAddr::V4(v4) => v4.octets().to_vec(),
-            IpAddr::V6(v6) => v6.octets().to_vec(),
-        };
-        WireMember {
-            name: &m.name,
-            addr,
-            port: m.port,
-            tags: &m.tags,
-            status: m.status.as_str(),
-            protocol_min: m.protocol[0],
-            protocol_max: m.protocol[1],
-            protocol_cur: m.protocol[2],
-            delegate_min: m.delegate[0],
-            delegate_max: m.delegate[1],
-            delegate_cur: m.delegate[2],
-        }
+/// Member `m` as the stand-in agent holds it (its status by name).
+pub fn fake_member(m: &Member) -> FakeMember {
+    let Member {
+        name,
+        addr,
+        port,
+        tags,
+        status,
+        protocol,
+        delegate,
+    } = m.clone();
+    let status = status.as_str().to_owned();
+    FakeMember {
+        status,
+        name,
+        addr,
+        port,
+        tags,
+        protocol,
+        delegate,
     }
 }
 
 /// The members as a msgpack array, as in the `Members` field of a reply.
 pub fn encode_members(members: &[Member]) -> Result<Vec<u8>> {
-    let wire: Vec<WireMember> = members.iter().map(WireMember::of).collect();
-    rmp_serde::to_vec_named(&wire).context("encode a members reply")
+    let fake: Vec<FakeMember> = members.iter().map(fake_member).collect();
+    fake_agent::encode_members(&fake)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::node::{detach, is_mounted, Node, NodeOpts, SERFNODE};
+use super::node::{detach, is_mounted, Daemon, DaemonOpts, SERFNODE};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -101,19 +101,19 @@ impl Drop for Wrapped {
 
 /// A parent daemon (role web) serving children over `share`'s socket, with
 /// further arguments and environment.
-pub fn parent_with(name: &str, share: &Path, args: &[&str], env: Vec<(String, String)>) -> Node {
+pub fn parent_with(name: &str, share: &Path, args: &[&str], env: Vec<(String, String)>) -> Daemon {
     let mut all = vec!["--share".to_string(), share.to_str().unwrap().to_string()];
     all.extend(args.iter().map(|a| a.to_string()));
-    Node::start(NodeOpts {
+    Daemon::start(DaemonOpts {
         name: name.into(),
         role: "web".into(),
         args: all,
         env,
-        ..NodeOpts::default()
+        ..DaemonOpts::default()
     })
 }
 
 /// A parent daemon (role web) serving children over `share`'s socket.
-pub fn parent(name: &str, share: &Path) -> Node {
+pub fn parent(name: &str, share: &Path) -> Daemon {
     parent_with(name, share, &[], Vec::new())
 }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use serfnode_testkit::wait_for_every;
 
 /// The child label of the parent's container id, and of the child's name.
 pub const LABEL_PARENT: &str = "serfnode.parent";
@@ -107,7 +108,8 @@ pub fn app_sh(container: &str, script: &str, timeout: Duration) -> Result<String
         "mkdir -p /tmp/app && cat > {n}.tmp <<'SERFNODE_TEST_EOF'\n{script}\nSERFNODE_TEST_EOF\nmv {n}.tmp {n}.run"
     );
     exec_sh(container, &drop_in).unwrap_or_else(|e| panic!("{e}"));
-    let rc = wait_for(
+    let rc = wait_for_every(
+        DOCKER_POLL,
         timeout,
         &format!("the application of {container} to run {script:?}"),
         || exec_sh(container, &format!("cat {n}.rc")),
@@ -164,7 +166,8 @@ pub fn member_status(container: &str, node: &str) -> Result<String, String> {
 
 /// Waits until `container` sees member `node` with status `want`.
 pub fn wait_status(container: &str, node: &str, want: &str, timeout: Duration) {
-    wait_for(
+    wait_for_every(
+        DOCKER_POLL,
         timeout,
         &format!("{node} {want} in {container}"),
         || match member_status(container, node)? {
@@ -174,32 +177,9 @@ pub fn wait_status(container: &str, node: &str, want: &str, timeout: Duration) {
     );
 }
 
-/// Polls `cond` every 200 ms until it holds; panics naming `what` past
-/// `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    wait_for(timeout, what, || {
-        if cond() {
-            Ok(())
-        } else {
-            Err(String::new())
-        }
-    })
-}
-
-/// Polls `f` every 200 ms until it gives Ok; panics with `what` and the
-/// last error past `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if start.elapsed() > timeout => {
-                panic!("timed out after {timeout:?} waiting for {what}; last: {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
+/// How often a condition on a container is re-checked: each look is a
+/// `docker` command.
+pub const DOCKER_POLL: Duration = Duration::from_millis(200);
 
 /// `<prefix>-<tag>` names that no other run (pid) or cluster (counter)
 /// uses: `snct-<pid>-<n>`.
@@ -736,7 +716,8 @@ impl Monitor {
         name: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> UserEvent {
-        wait_for(
+        wait_for_every(
+            DOCKER_POLL,
             timeout,
             &format!("user event {name} on {}", self.container),
             || {

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serfnode::cluster::rpc::{Client, StreamRecord};
+use serfnode::surface::events::From;
 use tokio::runtime::Runtime;
 
-use super::node::Node;
+use super::node::Daemon;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -16,14 +17,26 @@ const T: Duration = Duration::from_secs(30);
 /// its envelope) and the node that raised it.
 pub type Seen = (String, Value, Option<String>);
 
-/// Collects the user events one member's agent receives, over RPC.
-pub struct Observer {
+/// Collects the user events one member's agent receives, over RPC, each
+/// as `T` (a [`Seen`] unless the test says).
+pub struct Observer<T = Seen> {
     rt: Runtime,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
 }
 
 impl Observer {
-    pub fn on(node: &Node) -> Observer {
+    pub fn on(node: &Daemon) -> Observer {
+        Observer::with(node, |name, payload, from| {
+            (name, payload, from.map(|f| f.node))
+        })
+    }
+}
+
+impl<T: Send + std::fmt::Debug + 'static> Observer<T> {
+    /// Each event as `seen` makes it of its name, payload and origin (which
+    /// may check them: a panic there ends the stream, and the test's next
+    /// look fails).
+    pub fn with(node: &Daemon, seen: fn(String, Value, Option<From>) -> T) -> Observer<T> {
         let rt = Runtime::new().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let addr = node.rpc_addr();
@@ -35,7 +48,7 @@ impl Observer {
                 while let Some(rec) = sub.recv().await {
                     if let StreamRecord::User { name, payload, .. } = rec {
                         let (payload, from) = serfnode::event::unwrap(&payload);
-                        let _ = tx.send((name, payload, from.map(|f| f.node)));
+                        let _ = tx.send(seen(name, payload, from));
                     }
                 }
             });
@@ -43,7 +56,7 @@ impl Observer {
         Observer { rt, rx }
     }
 
-    pub fn next(&mut self) -> Seen {
+    pub fn next(&mut self) -> T {
         let rx = &mut self.rx;
         self.rt
             .block_on(async { tokio::time::timeout(T, rx.recv()).await })
@@ -61,7 +74,7 @@ impl Observer {
     }
 
     /// Everything that arrives until nothing did for `quiet` (or `T` passed).
-    pub fn drain(&mut self, quiet: Duration) -> Vec<Seen> {
+    pub fn drain(&mut self, quiet: Duration) -> Vec<T> {
         let rx = &mut self.rx;
         let deadline = Instant::now() + T;
         let mut out = Vec::new();
@@ -77,7 +90,7 @@ impl Observer {
     }
 
     /// Events until `want` of them arrived or nothing came for `quiet`.
-    pub fn collect(&mut self, want: usize, quiet: Duration) -> Vec<Seen> {
+    pub fn collect(&mut self, want: usize, quiet: Duration) -> Vec<T> {
         let rx = &mut self.rx;
         let deadline = Instant::now() + T;
         let mut out = Vec::new();

@@ -1,23 +1,22 @@
-//! Real `serf agent` processes for integration tests.
-//!
-//! Each agent gets its own loopback address (127.x.y.z, never 127.0.x.x) with
-//! the default ports, so agents of concurrently running test binaries never
-//! meet. Dropping an [`Agent`] kills and reaps it, also when the test panics,
-//! and then prints the agent's log.
+//! Raw `serf agent` processes: one [`Agent`] for a test (its own
+//! [`unique_ip`] with Serf's default ports, so agents of concurrently
+//! running test binaries never meet), a numbered fleet of [`Agents`]
+//! standing in for other hosts in a benchmark. Dropping either kills and
+//! reaps its processes, also when the test panics; a panicking test then
+//! gets the agent's log.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-/// Serf's default gossip (`-bind`) and RPC ports.
-pub const GOSSIP_PORT: u16 = 7946;
-pub const RPC_PORT: u16 = 7373;
+pub use crate::addr::{unique_ip, GOSSIP_PORT, RPC_PORT};
+use crate::process::{self, signal};
 
 /// How long an agent may take to answer RPC after its start.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,37 +211,6 @@ impl Drop for Agent {
     }
 }
 
-fn signal(child: &Child, sig: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-    // SAFETY: plain kill(2) on our own, not yet reaped, child.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
-/// A loopback address no other agent uses: derived from the pid and a
-/// counter, so concurrent test binaries get disjoint ranges, and checked
-/// free (a leftover agent of an earlier run may still hold one).
-pub fn unique_ip() -> IpAddr {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let pid = std::process::id();
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        // Second octet 1..=254 and third from the pid, fourth 1..=254 from
-        // the counter (rolling the third on wrap).
-        let b = 1 + pid % 254;
-        let c = (pid / 254 + n / 254) % 256;
-        let d = 1 + n % 254;
-        let ip = IpAddr::V4(Ipv4Addr::new(127, b as u8, c as u8, d as u8));
-        let free = TcpListener::bind((ip, GOSSIP_PORT)).is_ok()
-            && UdpSocket::bind((ip, GOSSIP_PORT)).is_ok()
-            && TcpListener::bind((ip, RPC_PORT)).is_ok();
-        if free {
-            return ip;
-        }
-    }
-}
-
 /// Whether the agent at `addr` answers the RPC handshake.
 fn handshake(addr: SocketAddr) -> bool {
     #[derive(Serialize)]
@@ -320,5 +288,103 @@ impl Agent {
         };
         agent.wait_for_rpc();
         agent
+    }
+}
+
+/// A fleet of agents numbered from 1, each with its log in one directory,
+/// at a lower priority than the node under test.
+pub struct Agents {
+    children: Vec<Child>,
+    dir: PathBuf,
+    name: fn(usize) -> String,
+    nice: Option<libc::c_int>,
+}
+
+impl Agents {
+    /// Agents named by `name` (numbered from 1), logging into `dir`
+    /// (created), at priority `nice` (`None`: the caller's own).
+    pub fn new(
+        dir: PathBuf,
+        name: fn(usize) -> String,
+        nice: Option<libc::c_int>,
+    ) -> Result<Agents> {
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(Agents {
+            children: Vec::new(),
+            dir,
+            name,
+            nice,
+        })
+    }
+
+    /// Spawns agent `len() + 1`: `serf` with the arguments `args` adds.
+    pub fn spawn(&mut self, args: impl FnOnce(&mut Command)) -> Result<()> {
+        let n = self.children.len() + 1;
+        let mut cmd = Command::new("serf");
+        args(&mut cmd);
+        let log = self.log(n);
+        process::new_log(&log)?;
+        process::set_death_signal_and_nice(&mut cmd, Some(libc::SIGKILL), self.nice);
+        let child = process::spawn_logged(&mut cmd, &log).with_context(|| {
+            format!("spawn `serf agent` {} (is serf installed?)", (self.name)(n))
+        })?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    pub fn log(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", (self.name)(n)))
+    }
+
+    pub fn pid(&self, n: usize) -> Result<u32> {
+        n.checked_sub(1)
+            .and_then(|i| self.children.get(i))
+            .map(Child::id)
+            .with_context(|| format!("no agent {}", (self.name)(n)))
+    }
+
+    pub fn pids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.children.iter().map(Child::id)
+    }
+
+    /// Fails, naming the agent and showing its log, once any exited.
+    pub fn check(&mut self) -> Result<()> {
+        for (i, agent) in self.children.iter_mut().enumerate() {
+            if let Some(status) = agent.try_wait().context("wait for a serf agent")? {
+                let n = i + 1;
+                bail!(
+                    "serf agent {} exited with {status}\n{}",
+                    (self.name)(n),
+                    process::tail(&(self.name)(n), &self.log(n), 40)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs every agent, then reaps them; how many there were.
+    pub fn kill_all(&mut self) -> usize {
+        let n = self.children.len();
+        for agent in &self.children {
+            signal(agent, libc::SIGKILL);
+        }
+        for mut agent in self.children.drain(..) {
+            let _ = agent.wait();
+        }
+        n
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }
