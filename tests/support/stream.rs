@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serfnode::cluster::rpc::{Client, StreamRecord};
-use serfnode::surface::events::From;
+use serfnode::event::Raiser;
 use tokio::runtime::Runtime;
 
 use super::node::Daemon;
@@ -36,7 +36,7 @@ impl<T: Send + std::fmt::Debug + 'static> Observer<T> {
     /// Each event as `seen` makes it of its name, payload and origin (which
     /// may check them: a panic there ends the stream, and the test's next
     /// look fails).
-    pub fn with(node: &Daemon, seen: fn(String, Value, Option<From>) -> T) -> Observer<T> {
+    pub fn with(node: &Daemon, seen: fn(String, Value, Option<Raiser>) -> T) -> Observer<T> {
         let rt = Runtime::new().unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let addr = node.rpc_addr();
