@@ -208,9 +208,11 @@ pub struct AgentArgs {
     /// Use the agent already running at --rpc-addr instead of starting one.
     #[arg(long)]
     pub attach: bool,
-    /// How often `members` is re-read to catch what the stream delays (ms).
-    #[arg(long, default_value_t = 50, value_name = "MS")]
-    pub poll_ms: u64,
+    /// Seconds between full `members` reads, the safety net under the
+    /// per-member re-reads the agent's log lines trigger (longer in a large
+    /// cluster: at least 400 times what one full read takes).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub reconcile_period: f64,
     /// User events this node may raise per second, in bursts of as many
     /// (0: no limit). Serf drops an event that arrives more than 512 events
     /// behind the newest it has seen, so an unpaced burst loses events on

@@ -35,7 +35,8 @@ pub struct Config {
     /// Gossip encryption the agent is started with.
     pub encryption: Encryption,
     pub attach: bool,
-    pub poll: Duration,
+    /// Period of the full `members` read under the per-member re-reads.
+    pub reconcile: Duration,
     /// User events raised per second at most, in bursts of as many (0: no
     /// limit).
     pub event_rate: u32,
@@ -121,8 +122,8 @@ pub const DEFAULT_SHARE: &str = "/serfnode-share";
 pub enum ConfigError {
     #[error("rpc address {0} is not a loopback address: the rpc port must not be reachable from other hosts")]
     RpcNotLoopback(SocketAddr),
-    #[error("--poll-ms must be at least 1")]
-    Poll,
+    #[error("--reconcile-period must be a positive number of seconds, at most a day")]
+    Reconcile,
     #[error("{0}")]
     Events(&'static str),
     #[error("no node name: --node is unset and the hostname is unreadable")]
@@ -197,8 +198,11 @@ impl Config {
         if !rpc.ip().is_loopback() {
             return Err(ConfigError::RpcNotLoopback(rpc));
         }
-        if args.poll_ms == 0 {
-            return Err(ConfigError::Poll);
+        if !(args.reconcile_period.is_finite()
+            && args.reconcile_period > 0.0
+            && args.reconcile_period <= 86_400.0)
+        {
+            return Err(ConfigError::Reconcile);
         }
         let node = match &args.node {
             Some(n) => n.clone(),
@@ -247,7 +251,7 @@ impl Config {
                 .clone()
                 .or(args.docker.then(|| PathBuf::from(DEFAULT_SNAPSHOT))),
             attach: args.attach,
-            poll: Duration::from_millis(args.poll_ms),
+            reconcile: Duration::from_secs_f64(args.reconcile_period),
             event_rate: args.event_rate,
             child_query_rate: args.child_query_rate,
             allow_other: args.allow_other,

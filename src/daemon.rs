@@ -151,7 +151,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             rpc: cfg.rpc,
             auth_key: auth,
             agent: agent_pid,
-            poll: cfg.poll,
+            reconcile: cfg.reconcile,
         },
         clients_tx,
         tasks.clone(),

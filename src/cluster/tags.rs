@@ -116,14 +116,62 @@ pub fn service_ip(member: &Member) -> String {
 /// or unparsable one counts as youngest), ties broken by node name, so every
 /// member computes the same "oldest" without talking to the others.
 pub fn seniority(a: &Member, b: &Member) -> std::cmp::Ordering {
-    let ts = |m: &Member| {
-        m.tags
-            .get(TIMESTAMP)
-            .and_then(|t| t.parse::<f64>().ok())
-            .filter(|t| t.is_finite())
-            .unwrap_or(f64::INFINITY)
-    };
-    ts(a).total_cmp(&ts(b)).then_with(|| a.name.cmp(&b.name))
+    seniority_of(start(a), &a.name, start(b), &b.name)
+}
+
+/// [`seniority`] from what it looks at: each member's [`start`] and name.
+pub fn seniority_of(a: f64, a_name: &str, b: f64, b_name: &str) -> std::cmp::Ordering {
+    a.total_cmp(&b).then_with(|| a_name.cmp(b_name))
+}
+
+/// A member's start `timestamp` for [`seniority`]; missing or unparsable:
+/// infinity (the youngest).
+pub fn start(m: &Member) -> f64 {
+    m.tags
+        .get(TIMESTAMP)
+        .and_then(|t| t.parse::<f64>().ok())
+        .filter(|t| t.is_finite())
+        .unwrap_or(f64::INFINITY)
+}
+
+/// One version of a member's Node info as `serfnodes_by_id.json` and
+/// `serfnodes_by_role.json` show it, rendered once: the map entry
+/// `"<name>":{…}` (the name as a JSON string, the Node info compact with its
+/// keys sorted, exactly as `serde_json` writes it through a `Value`), and
+/// what the role file groups and orders by.
+#[derive(Debug, Clone)]
+pub struct NodeInfoJson {
+    entry: Box<[u8]>,
+    /// Where the Node info starts in `entry` (after the key and `:`).
+    info_at: usize,
+    pub role: String,
+    pub start: f64,
+}
+
+impl NodeInfoJson {
+    pub fn of(member: &Member) -> NodeInfoJson {
+        let mut entry = serde_json::to_vec(&member.name).expect("a string is json");
+        entry.push(b':');
+        let info_at = entry.len();
+        let info = serde_json::to_value(NodeInfo::of(member)).expect("node info is json");
+        serde_json::to_writer(&mut entry, &info).expect("node info is json");
+        NodeInfoJson {
+            entry: entry.into_boxed_slice(),
+            info_at,
+            role: role_of(member).to_owned(),
+            start: start(member),
+        }
+    }
+
+    /// `"<name>":{…}`, an entry of the by-id map.
+    pub fn entry(&self) -> &[u8] {
+        &self.entry
+    }
+
+    /// The Node info document alone, `{…}`.
+    pub fn info(&self) -> &[u8] {
+        &self.entry[self.info_at..]
+    }
 }
 
 /// What this node announces about itself.

@@ -73,14 +73,20 @@ impl Tree {
         let snap = self.snap.clone();
         Node::File(Doc::new(version, move || to_bytes(&render(&snap))))
     }
+
+    /// A document rendered straight to its bytes.
+    fn doc_bytes(&self, version: u64, render: fn(&Snapshot) -> Vec<u8>) -> Node {
+        let snap = self.snap.clone();
+        Node::File(Doc::new(version, move || render(&snap)))
+    }
 }
 
 impl Dir for Tree {
     fn get(&self, name: &str) -> Option<Node> {
         let s = &self.snap;
         Some(match name {
-            BY_ID => self.doc(s.members_gen, by_id),
-            BY_ROLE => self.doc(s.members_gen, by_role),
+            BY_ID => self.doc_bytes(s.members_gen, by_id_json),
+            BY_ROLE => self.doc_bytes(s.members_gen, by_role_json),
             ME => self.doc(s.containers_gen, me),
             PARENT_INFO => self.doc(s.containers_gen, parent),
             CHILDREN => self.doc(s.containers_gen, children),
@@ -206,6 +212,60 @@ pub fn by_id(s: &Snapshot) -> Value {
         .map(|m| (m.name.as_str(), NodeInfo::of(m)))
         .collect();
     json!(map)
+}
+
+/// `serfnodes_by_id.json`, joined from each member version's Node info
+/// bytes (rendered once per version): the same bytes as [`by_id`] through
+/// `serde_json`, at the cost of a copy.
+pub fn by_id_json(s: &Snapshot) -> Vec<u8> {
+    let alive = s
+        .members
+        .values()
+        .filter(|e| e.member.status == crate::cluster::rpc::MemberStatus::Alive);
+    let mut out = Vec::with_capacity(s.members.len() * 256 + 3);
+    out.push(b'{');
+    for (i, e) in alive.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e.node_info_json().entry());
+    }
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+/// `serfnodes_by_role.json`, joined like [`by_id_json`]: the same bytes as
+/// [`by_role`] through `serde_json`.
+pub fn by_role_json(s: &Snapshot) -> Vec<u8> {
+    let mut roles: BTreeMap<&str, Vec<(&str, &tags::NodeInfoJson)>> = BTreeMap::new();
+    for e in s.members.values() {
+        if e.member.status == crate::cluster::rpc::MemberStatus::Alive {
+            let json = e.node_info_json();
+            roles
+                .entry(json.role.as_str())
+                .or_default()
+                .push((e.member.name.as_str(), json));
+        }
+    }
+    let mut out = Vec::with_capacity(s.members.len() * 256 + 3);
+    out.push(b'{');
+    for (i, (role, mut members)) in roles.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        members.sort_by(|(a, ja), (b, jb)| tags::seniority_of(ja.start, a, jb.start, b));
+        serde_json::to_writer(&mut out, role).expect("a string is json");
+        out.extend_from_slice(b":[");
+        for (j, (_, json)) in members.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(json.info());
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}\n");
+    out
 }
 
 pub fn by_role(s: &Snapshot) -> Value {
@@ -403,6 +463,114 @@ mod tests {
             .collect();
         assert_eq!(web, ["w-old", "w-mid", "w-young"]);
         assert_eq!(by_role["db"].as_array().unwrap().len(), 1);
+    }
+
+    /// The joined files against the `serde_json::Value` rendering they
+    /// replace, over members with hostile names, roles, tags and
+    /// timestamps: byte for byte, so the file contract does not move.
+    #[test]
+    fn joined_files_are_byte_for_byte_the_value_rendering() {
+        use MemberStatus::*;
+        let names = [
+            "plain", "a/b", "..", "quote\"d", "back\\slash", "new\nline", "tab\t", "nul\0",
+            "esc\u{1b}[31m", "ünïcødé", "\u{2028}sep", "emoji 🦀", " EventMemberJoin: ",
+            "x\n2026/12/03 08:43:55 [INFO] serf: EventMemberJoin: victim 10.0.0.1", "", "Z", "a",
+            "a\u{7f}", "\u{fffd}", "<script>", "{\"json\":1}",
+        ];
+        let roles = [
+            Some("web"), Some("db"), Option::None, Some(""), Some("we\"b"), Some("\n"), Some("ü"),
+            Some("web "),
+        ];
+        let stamps = [
+            Some("100"), Some("1e3"), Some("NaN"), Some("inf"), Option::None, Some("-5"), Some("x"),
+            Some("100.0"), Some("0x10"),
+        ];
+        let statuses = [Alive, Alive, Alive, Failed, Left, Leaving, Alive];
+        let mut members = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            for copy in 0..3 {
+                let mut tags: Vec<(String, String)> = Vec::new();
+                if let Some(r) = roles[(i + copy) % roles.len()] {
+                    tags.push(("role".into(), r.into()));
+                }
+                if let Some(t) = stamps[(i * 3 + copy) % stamps.len()] {
+                    tags.push(("timestamp".into(), t.into()));
+                }
+                match (i + copy) % 4 {
+                    0 => tags.push(("ports".into(), "80t8080|53u53,5353".into())),
+                    1 => tags.push(("ports".into(), "garbage|||t".into())),
+                    2 => tags.push(("service".into(), "10.9.9.9".into())),
+                    _ => tags.push(("ex\"tra".into(), "v\u{0}\\".into())),
+                }
+                let tag_refs: Vec<(&str, &str)> =
+                    tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut m = Member {
+                    name: format!("{name}{}", ["", "-2", "\u{0}"][copy]),
+                    status: statuses[(i + copy) % statuses.len()].clone(),
+                    ..Member::fixture("", &tag_refs)
+                };
+                if copy == 2 {
+                    m.addr = "::1".parse().unwrap();
+                    m.port = 1;
+                }
+                members.push(m);
+            }
+        }
+        let view = View::new();
+        view.reconcile(members.clone());
+        let s = view.snapshot();
+        assert!(s.alive().count() > 20, "enough members alive to mean something");
+        assert_eq!(by_id_json(&s), to_bytes(&by_id(&s)));
+        assert_eq!(by_role_json(&s), to_bytes(&by_role(&s)));
+        // Again from the cached bytes, after a one-member change.
+        members[5].tags.insert("role".into(), "moved".into());
+        members[7].status = Failed;
+        view.upsert(vec![members[5].clone(), members[7].clone()]);
+        let s = view.snapshot();
+        assert_eq!(by_id_json(&s), to_bytes(&by_id(&s)));
+        assert_eq!(by_role_json(&s), to_bytes(&by_role(&s)));
+        // And an empty view.
+        let s = View::new().snapshot();
+        assert_eq!(by_id_json(&s), to_bytes(&by_id(&s)));
+        assert_eq!(by_role_json(&s), to_bytes(&by_role(&s)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn joined_files_match_for_any_names_and_tags(
+            members in proptest::collection::vec(
+                (
+                    ".{0,12}",
+                    proptest::option::of(".{0,6}"),
+                    proptest::option::of("(-?[0-9]{1,4}(\\.[0-9]{0,3})?|.{0,4})"),
+                    proptest::collection::btree_map(".{0,5}", ".{0,8}", 0..3),
+                    0u8..4,
+                ),
+                0..30,
+            )
+        ) {
+            use MemberStatus::*;
+            let members: Vec<Member> = members
+                .into_iter()
+                .map(|(name, role, ts, extra, status)| {
+                    let mut m = Member::fixture(&name, &[]);
+                    m.tags = extra;
+                    if let Some(r) = role {
+                        m.tags.insert("role".into(), r);
+                    }
+                    if let Some(t) = ts {
+                        m.tags.insert("timestamp".into(), t);
+                    }
+                    m.status = [Alive, Alive, Failed, Left][status as usize].clone();
+                    m
+                })
+                .collect();
+            let view = View::new();
+            view.reconcile(members);
+            let s = view.snapshot();
+            proptest::prop_assert_eq!(by_id_json(&s), to_bytes(&by_id(&s)));
+            proptest::prop_assert_eq!(by_role_json(&s), to_bytes(&by_role(&s)));
+        }
     }
 
     #[test]

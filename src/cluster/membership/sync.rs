@@ -1,11 +1,21 @@
 //! Keeps the view in step with the local agent over RPC.
 //!
-//! The stream alone is not enough: the agent coalesces member events for
-//! about a second and drops records when a subscriber's buffer fills. So a
-//! stream record is only a trigger to re-read `members` (0.1 ms on a kept
-//! connection), and a short timer re-reads it too, catching what the stream
-//! holds back; records are never applied themselves, since they are older
-//! than what `members` says and could move the view backwards. The stream is
+//! The agent's event stream alone is not enough: it coalesces member events
+//! for about a second and drops records when a subscriber's buffer fills.
+//! The agent's log is as early as `members` itself (it logs each change the
+//! moment memberlist reports it), so its `monitor` lines are the trigger:
+//! each line about a member (see [`super::trigger`]) has just that member
+//! re-read with `members-filtered`, and the re-read, never the line, is
+//! applied. Stream records are a second trigger of the same kind. Under
+//! both, a full `members` read reconciles everything: every
+//! `reconcile` period (at least [`PERIODIC_SPACING`] times what the last
+//! full read took, so it stays a small fraction of a core at any size),
+//! after every (re)connect, and whenever a trigger cannot be trusted: a line
+//! that mentions members but does not parse, lines or records lost, a
+//! re-read that does not find the member a line named (reaped, or the line
+//! was not what it seemed). Those on-demand reads wait at least
+//! [`DEMAND_SPACING`] times the last one's cost, so a flood of doubtful
+//! lines costs at most a fifth of a core. The stream and the monitor are
 //! subscribed before the first `members` read, so nothing falls between.
 //!
 //! While the agent is unreachable the view keeps its members and is marked
@@ -16,22 +26,35 @@
 //! "starting" then, and becomes stale only if the agent is still
 //! unreachable after it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::trigger::{self, Named, Trigger};
 use super::View;
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::cluster::rpc::peer::AgentPid;
-use crate::cluster::rpc::{Client, RpcError};
+use crate::cluster::rpc::{Client, RpcError, StreamRecord};
 
 const MEMBER_EVENTS: &str = "member-join,member-leave,member-failed,member-update,member-reap";
 
 /// How long an agent that was never reached may stay unreachable before
 /// that counts as an outage.
 pub const START_GRACE: Duration = Duration::from_secs(10);
+
+/// A periodic full read waits at least this many times what the last one
+/// took: at 10,000 members (~40 ms a read) every ~16 s, a quarter percent
+/// of a core.
+pub const PERIODIC_SPACING: u32 = 400;
+/// A full read a doubtful trigger asks for waits at least this many times
+/// what the last one took.
+pub const DEMAND_SPACING: u32 = 4;
+/// Members re-read in one `members-filtered` request at most.
+const REREAD_BATCH: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -40,9 +63,9 @@ pub struct SyncConfig {
     /// The agent this daemon runs, the only peer it talks to (`None` with
     /// `--attach`: whatever listens at `rpc` is trusted).
     pub agent: Option<AgentPid>,
-    /// Period of the `members` re-read that catches what the stream delays
-    /// (at least four times what one re-read takes).
-    pub poll: Duration,
+    /// Period of the full `members` read under the per-member re-reads
+    /// (at least [`PERIODIC_SPACING`] times what one takes).
+    pub reconcile: Duration,
 }
 
 /// The next live agent connection `clients` publishes, or `None` at
@@ -106,6 +129,79 @@ pub async fn run(
     }
 }
 
+/// What the triggers ask the follower to read next.
+#[derive(Default)]
+struct Wanted {
+    /// Members to re-read, in the order named (each name once).
+    names: Vec<Named>,
+    /// A full read.
+    full: bool,
+}
+
+impl Wanted {
+    fn name(&mut self, named: Named) {
+        if let Some(n) = self.names.iter_mut().find(|n| n.name == named.name) {
+            // The same name from two lines: ask for what either asked.
+            n.maybe_newline |= named.maybe_newline;
+            if n.addr != named.addr {
+                n.addr = None;
+            }
+        } else {
+            self.names.push(named);
+        }
+    }
+
+    fn line(&mut self, line: Result<String, RpcError>) {
+        match line {
+            Ok(line) => match trigger::parse(&line) {
+                Some(Trigger::Member(named)) => self.name(named),
+                Some(Trigger::Reconcile) => {
+                    tracing::debug!(line, "agent log line asks for a full reconcile");
+                    self.full = true;
+                }
+                None => {}
+            },
+            Err(e) => {
+                tracing::warn!("agent log record undecodable, reconciling fully: {e}");
+                self.full = true;
+            }
+        }
+    }
+
+    fn record(&mut self, lost: u64, record: StreamRecord) {
+        if lost > 0 {
+            self.full = true;
+        }
+        if let StreamRecord::Member { members, .. } = record {
+            for m in members {
+                // The record is a second old: its address is no check.
+                self.name(Named {
+                    name: m.name,
+                    addr: None,
+                    maybe_newline: false,
+                });
+            }
+        }
+    }
+}
+
+/// When the next full reads may run.
+struct Schedule {
+    period: Duration,
+    /// The periodic one.
+    next: Instant,
+    /// The earliest an asked-for one may.
+    earliest: Instant,
+}
+
+impl Schedule {
+    fn after_full(&mut self, cost: Duration) {
+        let now = Instant::now();
+        self.earliest = now + cost * DEMAND_SPACING;
+        self.next = now + self.period.max(cost * PERIODIC_SPACING);
+    }
+}
+
 /// Follows one connection until it fails (returning why) or shutdown (None).
 async fn follow(
     view: &View,
@@ -116,14 +212,16 @@ async fn follow(
 ) -> Option<RpcError> {
     let setup = async {
         let stream = client.stream(MEMBER_EVENTS).await?;
+        let monitor = client.monitor("INFO").await?;
         let stats = client.stats().await?;
         if let Some(name) = stats.get("agent").and_then(|a| a.get("name")) {
             view.set_local(name);
         }
+        let began = Instant::now();
         view.reconcile(client.members().await?);
-        Ok::<_, RpcError>(stream)
+        Ok::<_, RpcError>((stream, monitor, began.elapsed()))
     };
-    let mut stream = match setup.await {
+    let (mut stream, mut monitor, cost) = match setup.await {
         Ok(s) => s,
         Err(e) => return Some(e),
     };
@@ -131,39 +229,79 @@ async fn follow(
     clients.send_replace(Some(client.clone()));
     tracing::info!(rpc = %cfg.rpc, "following the agent");
 
-    // The re-read is the daemon's one cost that grows with the cluster
-    // (O(members) to decode and diff). After each one the next waits at
-    // least four times as long as it took, whether a record or the timer
-    // asks, so at any size and any rate of change re-reads take at most a
-    // fifth of a core; a change costs the daemon only what differs, plus
-    // rendering the files that are read. With 100 members the wait is under
-    // 1 ms; with 10,000, ~100 ms.
-    let mut next = tokio::time::Instant::now() + cfg.poll;
-    let mut earliest = tokio::time::Instant::now();
+    let mut schedule = Schedule {
+        period: cfg.reconcile,
+        next: Instant::now(),
+        earliest: Instant::now(),
+    };
+    schedule.after_full(cost);
+    let mut wanted = Wanted::default();
+    let mut lost_lines = monitor.dropped();
     loop {
-        tokio::select! {
-            rec = stream.recv() => {
-                if rec.is_none() {
-                    return Some(RpcError::Closed { addr: cfg.rpc });
-                }
-                next = next.min(earliest);
-                if next > tokio::time::Instant::now() {
-                    continue;
-                }
+        while let Some(line) = monitor.try_recv() {
+            wanted.line(line);
+        }
+        if monitor.dropped() != lost_lines {
+            lost_lines = monitor.dropped();
+            wanted.full = true;
+        }
+        if wanted.full && Instant::now() >= schedule.earliest {
+            let began = Instant::now();
+            match client.members().await {
+                Ok(members) => view.reconcile(members),
+                Err(e) => return Some(e),
+            };
+            // Everything named so far is covered by this read.
+            wanted = Wanted::default();
+            schedule.after_full(began.elapsed());
+            continue;
+        }
+        if !wanted.names.is_empty() {
+            if let Err(e) = reread(view, client, &mut wanted).await {
+                return Some(e);
             }
-            _ = tokio::time::sleep_until(next) => {}
+            continue;
+        }
+        tokio::select! {
+            line = monitor.recv() => match line {
+                Some(line) => wanted.line(line),
+                None => return Some(RpcError::Closed { addr: cfg.rpc }),
+            },
+            rec = stream.next() => match rec {
+                Some((lost, rec)) => wanted.record(lost, rec),
+                None => return Some(RpcError::Closed { addr: cfg.rpc }),
+            },
+            _ = tokio::time::sleep_until(schedule.next) => wanted.full = true,
+            _ = tokio::time::sleep_until(schedule.earliest), if wanted.full => {}
             _ = shutdown.cancelled() => return None,
         }
-        let began = tokio::time::Instant::now();
-        match client.members().await {
-            Ok(members) => {
-                view.reconcile(members);
-            }
-            Err(e) => return Some(e),
-        }
-        let spacing = began.elapsed() * 4;
-        let now = tokio::time::Instant::now();
-        earliest = now + spacing;
-        next = now + cfg.poll.max(spacing);
     }
+}
+
+/// Re-reads the next batch of named members and applies what the agent
+/// says of them; asks for a full read when one is not found as named.
+async fn reread(view: &View, client: &Client, wanted: &mut Wanted) -> Result<(), RpcError> {
+    let batch: Vec<Named> = wanted
+        .names
+        .drain(..wanted.names.len().min(REREAD_BATCH))
+        .collect();
+    let pattern = trigger::name_pattern(&batch);
+    let found = client
+        .members_filtered(&BTreeMap::new(), None, Some(&pattern))
+        .await?;
+    let complete = batch.iter().all(|n| {
+        found
+            .iter()
+            .any(|m| n.matches(&m.name) && n.addr.is_none_or(|a| trigger::unmap(m.addr) == a))
+    });
+    if !complete {
+        tracing::debug!(
+            named = batch.len(),
+            found = found.len(),
+            "a re-read did not find every member as named, reconciling fully"
+        );
+        wanted.full = true;
+    }
+    view.upsert(found);
+    Ok(())
 }

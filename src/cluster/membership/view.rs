@@ -4,13 +4,14 @@
 //! a reconcile that changes nothing publishes nothing.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use imbl::OrdMap;
 use tokio::sync::watch;
 
 use crate::cluster::rpc::Member;
+use crate::cluster::tags::NodeInfoJson;
 use crate::names::member_file_name;
 
 /// A member and the generation at which its record last changed (the version
@@ -19,6 +20,25 @@ use crate::names::member_file_name;
 pub struct Entry {
     pub member: Arc<Member>,
     pub changed: u64,
+    /// This version's Node info as JSON, rendered by the first reader that
+    /// needs it and shared by every later snapshot holding this version.
+    json: Arc<OnceLock<NodeInfoJson>>,
+}
+
+impl Entry {
+    fn new(member: Member, changed: u64) -> Entry {
+        Entry {
+            member: Arc::new(member),
+            changed,
+            json: Arc::default(),
+        }
+    }
+
+    /// This version's Node info as the by-id and by-role files show it,
+    /// rendered once.
+    pub fn node_info_json(&self) -> &NodeInfoJson {
+        self.json.get_or_init(|| NodeInfoJson::of(&self.member))
+    }
 }
 
 /// Whether the local agent is reachable; while it is not, the last known
@@ -139,6 +159,22 @@ impl View {
         self.update(|snap| snap.apply_members(members))
     }
 
+    /// Sets these members as the agent now reports them (a re-read of a
+    /// few), leaving every other member as it is. Returns whether anything
+    /// changed.
+    pub fn upsert(&self, members: Vec<Member>) -> bool {
+        self.update(|snap| {
+            let mut changed = false;
+            for member in members {
+                changed |= snap.apply_member(member);
+            }
+            if changed {
+                snap.members_gen = snap.generation;
+            }
+            changed
+        })
+    }
+
     pub fn set_local(&self, name: &str) {
         self.update(|snap| snap.apply_local(Some(name)));
     }
@@ -198,23 +234,7 @@ impl Snapshot {
         let mut seen = std::collections::HashSet::with_capacity(members.len());
         for member in members {
             seen.insert(member.name.clone());
-            if self
-                .members
-                .get(&member.name)
-                .is_some_and(|e| *e.member == member)
-            {
-                continue;
-            }
-            changed = true;
-            if !self.members.contains_key(&member.name) {
-                self.files
-                    .insert(member_file_name(&member.name), member.name.clone());
-            }
-            let entry = Entry {
-                member: Arc::new(member),
-                changed: gen,
-            };
-            self.members.insert(entry.member.name.clone(), entry);
+            changed |= self.apply_member(member);
         }
         if seen.len() != self.members.len() {
             let gone: Vec<String> = self
@@ -233,6 +253,21 @@ impl Snapshot {
             self.members_gen = gen;
         }
         changed
+    }
+
+    /// Sets one member; whether it differed (`members_gen` is the caller's).
+    fn apply_member(&mut self, member: Member) -> bool {
+        match self.members.get(&member.name) {
+            Some(e) if *e.member == member => return false,
+            Some(_) => {}
+            None => {
+                self.files
+                    .insert(member_file_name(&member.name), member.name.clone());
+            }
+        }
+        let entry = Entry::new(member, self.generation);
+        self.members.insert(entry.member.name.clone(), entry);
+        true
     }
 
     fn apply_local(&mut self, name: Option<&str>) -> bool {

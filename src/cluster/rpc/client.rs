@@ -105,6 +105,7 @@ enum Waiter {
 enum Kind {
     Stream,
     Query,
+    Monitor,
 }
 
 /// One record for a subscriber, with the count of records dropped for it
@@ -167,7 +168,7 @@ impl Shared {
                 },
             }
         };
-        if kind == Some(Kind::Stream) {
+        if matches!(kind, Some(Kind::Stream | Kind::Monitor)) {
             let (tx, _) = oneshot::channel();
             let waiter = Waiter::Reply {
                 command: "stop",
@@ -441,6 +442,27 @@ impl Client {
         })
     }
 
+    /// Subscribes to the agent's log at `level` (`"INFO"`, …): the agent
+    /// first replays its recent lines (up to 512), then sends each new one.
+    /// One per connection (the agent refuses a second). Lines are dropped
+    /// by the agent when this subscriber lags (its 512-line buffer), and
+    /// here past [`RECORD_BUFFER`]: a log line is a hint, never a record.
+    pub async fn monitor(&self, level: &str) -> Result<LogSubscription> {
+        let (seq, rx, dropped) = self
+            .subscribe(
+                "monitor",
+                &proto::Monitor { log_level: level },
+                Kind::Monitor,
+            )
+            .await?;
+        Ok(LogSubscription {
+            client: self.clone(),
+            seq,
+            rx,
+            dropped,
+        })
+    }
+
     /// Starts a query; its acks and responses arrive on the subscription,
     /// which ends at the query's timeout.
     pub async fn query(&self, params: QueryParams) -> Result<QuerySubscription> {
@@ -677,6 +699,44 @@ impl Subscription {
 }
 
 impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.client.shared().unsubscribe(self.seq);
+    }
+}
+
+/// The agent's log lines, from a [`Client::monitor`]. Dropping it stops
+/// the monitor at the agent.
+pub struct LogSubscription {
+    client: Client,
+    seq: u64,
+    rx: mpsc::Receiver<Queued>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSubscription {
+    /// The next log line (one call of the agent's logger, which may span
+    /// lines), or why a record could not be decoded; `None` once the
+    /// connection closed. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Result<String>> {
+        let (_, body) = self.rx.recv().await?;
+        Some(decode::<proto::LogRecord>("log record", &body).map(|r| r.log))
+    }
+
+    /// A line already queued, without waiting; `None` when none is (or the
+    /// connection closed: [`LogSubscription::recv`] tells).
+    pub fn try_recv(&mut self) -> Option<Result<String>> {
+        let (_, body) = self.rx.try_recv().ok()?;
+        Some(decode::<proto::LogRecord>("log record", &body).map(|r| r.log))
+    }
+
+    /// Lines lost so far on serfnode's side because this subscriber fell
+    /// behind (the agent's own drops are not counted here).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for LogSubscription {
     fn drop(&mut self) {
         self.client.shared().unsubscribe(self.seq);
     }

@@ -19,7 +19,9 @@ mod proto;
 
 use std::net::SocketAddr;
 
-pub use client::{Client, QuerySubscription, Subscription, DEFAULT_SLOW_TIMEOUT, DEFAULT_TIMEOUT};
+pub use client::{
+    Client, LogSubscription, QuerySubscription, Subscription, DEFAULT_SLOW_TIMEOUT, DEFAULT_TIMEOUT,
+};
 pub use proto::{
     Coordinate, KeyResponse, Member, MemberEvent, MemberStatus, QueryParams, QueryRecord,
     StreamRecord,

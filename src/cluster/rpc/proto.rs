@@ -137,6 +137,21 @@ pub(crate) struct Stream<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
+pub(crate) struct Monitor<'a> {
+    pub log_level: &'a str,
+}
+
+/// One record of a `monitor` subscription: one call of the agent's logger,
+/// its final newline stripped (it may hold more lines: a member name can).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct LogRecord {
+    #[serde(default, deserialize_with = "lossy_string")]
+    pub log: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub(crate) struct Stop {
     pub stop: u64,
 }
