@@ -472,18 +472,48 @@ mod tests {
     fn joined_files_are_byte_for_byte_the_value_rendering() {
         use MemberStatus::*;
         let names = [
-            "plain", "a/b", "..", "quote\"d", "back\\slash", "new\nline", "tab\t", "nul\0",
-            "esc\u{1b}[31m", "ünïcødé", "\u{2028}sep", "emoji 🦀", " EventMemberJoin: ",
-            "x\n2026/12/03 08:43:55 [INFO] serf: EventMemberJoin: victim 10.0.0.1", "", "Z", "a",
-            "a\u{7f}", "\u{fffd}", "<script>", "{\"json\":1}",
+            "plain",
+            "a/b",
+            "..",
+            "quote\"d",
+            "back\\slash",
+            "new\nline",
+            "tab\t",
+            "nul\0",
+            "esc\u{1b}[31m",
+            "ünïcødé",
+            "\u{2028}sep",
+            "emoji 🦀",
+            " EventMemberJoin: ",
+            "x\n2026/12/03 08:43:55 [INFO] serf: EventMemberJoin: victim 10.0.0.1",
+            "",
+            "Z",
+            "a",
+            "a\u{7f}",
+            "\u{fffd}",
+            "<script>",
+            "{\"json\":1}",
         ];
         let roles = [
-            Some("web"), Some("db"), Option::None, Some(""), Some("we\"b"), Some("\n"), Some("ü"),
+            Some("web"),
+            Some("db"),
+            Option::None,
+            Some(""),
+            Some("we\"b"),
+            Some("\n"),
+            Some("ü"),
             Some("web "),
         ];
         let stamps = [
-            Some("100"), Some("1e3"), Some("NaN"), Some("inf"), Option::None, Some("-5"), Some("x"),
-            Some("100.0"), Some("0x10"),
+            Some("100"),
+            Some("1e3"),
+            Some("NaN"),
+            Some("inf"),
+            Option::None,
+            Some("-5"),
+            Some("x"),
+            Some("100.0"),
+            Some("0x10"),
         ];
         let statuses = [Alive, Alive, Alive, Failed, Left, Leaving, Alive];
         let mut members = Vec::new();
@@ -519,7 +549,10 @@ mod tests {
         let view = View::new();
         view.reconcile(members.clone());
         let s = view.snapshot();
-        assert!(s.alive().count() > 20, "enough members alive to mean something");
+        assert!(
+            s.alive().count() > 20,
+            "enough members alive to mean something"
+        );
         assert_eq!(by_id_json(&s), to_bytes(&by_id(&s)));
         assert_eq!(by_role_json(&s), to_bytes(&by_role(&s)));
         // Again from the cached bytes, after a one-member change.

@@ -2,11 +2,13 @@
 //! 127.0.0.1, for unit tests and for views larger than this machine can
 //! run as real agents. It holds a member list it is told to change and
 //! answers `handshake`, `auth`, `stats`, `members`, `members-filtered`
-//! (status, name and tag filters as regular-expression-free exact or `.*`
-//! matches), `join`, `stream` (member events: a record per change; other
-//! filters acknowledged and silent), `monitor` (acknowledged; lines pushed
-//! with [`FakeAgent::log_line`]), and acknowledges `event`, `tags`, `stop`,
-//! `respond`, `force-leave` and `leave`.
+//! (status, name and tag filters as regular expressions the agent anchors,
+//! `^…$`, with an RE2-like engine; an invalid one drops the connection
+//! without a reply, as Serf does), `join`, `stream` (member events: a
+//! record per change; other filters acknowledged and silent), `monitor`
+//! (acknowledged; a change logs the line Serf logs, and
+//! [`FakeAgent::log_line`] pushes any), and acknowledges `event`, `tags`,
+//! `stop`, `respond`, `force-leave` and `leave`.
 //!
 //! Built on rmpv/rmp-serde and types of its own, not serfnode's, so that
 //! serfnode's unit tests can use it (see the kit's Cargo.toml).
@@ -144,6 +146,14 @@ struct JoinBody {
 }
 
 impl State {
+    fn change_tag(&mut self, i: usize, key: &str, value: &str) -> Result<String> {
+        let m = &mut self.members[i];
+        m.tags.insert(key.into(), value.into());
+        let name = m.name.clone();
+        self.encode()?;
+        Ok(name)
+    }
+
     fn encode(&mut self) -> Result<()> {
         let body = MembersBody {
             members: self.members.iter().map(WireMember::of).collect(),
@@ -229,20 +239,36 @@ impl FakeAgent {
         self.state.lock().reply.len()
     }
 
-    /// Sets tag `key` on member `i`, then tells every member stream
-    /// (`member-update`); the member's name.
+    /// Sets tag `key` on member `i`, logs it as Serf does
+    /// (`[INFO] serf: EventMemberUpdate: NAME` to every monitor), then tells
+    /// every member stream (`member-update`); the member's name.
     pub fn set_tag(&self, i: usize, key: &str, value: &str) -> Result<String> {
         let mut s = self.state.lock();
-        let m = &mut s.members[i];
-        m.tags.insert(key.into(), value.into());
-        let name = m.name.clone();
-        s.encode()?;
+        let name = s.change_tag(i, key, value)?;
+        let line = format!("{} [INFO] serf: EventMemberUpdate: {name}", log_date());
+        publish(&mut s.monitors, &msgpack(&LogRecord { log: &line }));
         let record = msgpack(&MemberRecord {
             event: "member-update",
             members: vec![WireMember::of(&s.members[i])],
         });
         publish(&mut s.streams, &record);
         Ok(name)
+    }
+
+    /// Sets tag `key` on member `i` and tells no one: no log line, no
+    /// stream record (a lost trigger); only a `members` read shows it.
+    pub fn set_tag_quietly(&self, i: usize, key: &str, value: &str) -> Result<String> {
+        self.state.lock().change_tag(i, key, value)
+    }
+
+    /// `members` requests (full reads) answered so far.
+    pub fn full_reads(&self) -> u64 {
+        self.state
+            .lock()
+            .commands
+            .iter()
+            .filter(|c| *c == "members")
+            .count() as u64
     }
 
     /// Sends `line` to every `monitor` subscriber.
@@ -294,26 +320,80 @@ fn field<'v>(map: &'v rmpv::Value, key: &str) -> Option<&'v rmpv::Value> {
         .map(|(_, v)| v)
 }
 
-/// Whether `m` passes a `members-filtered` request: exact values, or `.*`
-/// (or absent) for anything.
-fn passes(m: &FakeMember, body: Option<&rmpv::Value>) -> bool {
-    let want = |key: &str, have: &str| {
-        body.and_then(|b| field(b, key))
-            .and_then(rmpv::Value::as_str)
-            .is_none_or(|w| w.is_empty() || w == ".*" || w == have)
-    };
-    let tags_ok = body
-        .and_then(|b| field(b, "Tags"))
-        .and_then(rmpv::Value::as_map)
-        .is_none_or(|tags| {
-            tags.iter().all(|(k, v)| {
+/// Go's `log.LstdFlags` date of now (UTC), `YYYY/MM/DD HH:MM:SS`.
+fn log_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// A `members-filtered` request's expressions, compiled as the agent
+/// compiles them (`^EXPR$`); `None` for a field left empty (no filter).
+struct Filter {
+    status: Option<regex_automata::meta::Regex>,
+    name: Option<regex_automata::meta::Regex>,
+    tags: Vec<(String, regex_automata::meta::Regex)>,
+}
+
+impl Filter {
+    /// `Err`: an expression the agent could not compile.
+    fn of(body: Option<&rmpv::Value>) -> Result<Filter> {
+        let compile = |expr: &str| {
+            regex_automata::meta::Regex::new(&format!("^{expr}$"))
+                .with_context(|| format!("members-filtered: bad expression {expr:?}"))
+        };
+        let text = |key: &str| {
+            body.and_then(|b| field(b, key))
+                .and_then(rmpv::Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let mut tags = Vec::new();
+        if let Some(map) = body
+            .and_then(|b| field(b, "Tags"))
+            .and_then(rmpv::Value::as_map)
+        {
+            for (k, v) in map {
                 let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
-                    return false;
+                    bail!("members-filtered: a tag filter that is not text");
                 };
-                v == ".*" || m.tags.get(k).is_some_and(|have| have == v)
-            })
-        });
-    want("Status", &m.status) && want("Name", &m.name) && tags_ok
+                tags.push((k.to_owned(), compile(v)?));
+            }
+        }
+        Ok(Filter {
+            status: text("Status").map(compile).transpose()?,
+            name: text("Name").map(compile).transpose()?,
+            tags,
+        })
+    }
+
+    fn passes(&self, m: &FakeMember) -> bool {
+        let ok = |re: &Option<regex_automata::meta::Regex>, have: &str| {
+            re.as_ref().is_none_or(|re| re.is_match(have))
+        };
+        ok(&self.status, &m.status)
+            && ok(&self.name, &m.name)
+            && self
+                .tags
+                .iter()
+                .all(|(k, re)| re.is_match(m.tags.get(k).map_or("", String::as_str)))
+    }
 }
 
 /// One connection: requests in order, each answered in full under the
@@ -347,12 +427,20 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> Result<()> {
                 out.extend_from_slice(&s.reply);
             }
             "members-filtered" => {
+                // Serf drops the connection, without a reply, on a bad one.
+                let filter = match Filter::of(body.as_ref()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = reader.get_ref().shutdown(Shutdown::Both);
+                        return Err(e);
+                    }
+                };
                 let mut s = state.lock();
                 s.reads += 1;
                 let members = s
                     .members
                     .iter()
-                    .filter(|m| passes(m, body.as_ref()))
+                    .filter(|m| filter.passes(m))
                     .map(WireMember::of)
                     .collect();
                 out.extend_from_slice(&msgpack(&MembersBody { members }));
