@@ -73,8 +73,16 @@ const CLUSTER_EVENTS: usize = 500;
 /// Synthetic view: members and distinct roles.
 const SYNTH_MEMBERS: usize = 10_000;
 const SYNTH_ROLES: usize = 50;
-/// The daemon's `members` re-read period (its `--poll-ms` default).
-const POLL_MS: f64 = 50.0;
+/// The daemon's full reconcile period (its `--reconcile-period` default)
+/// and the spacing it keeps at least (times what one full read takes).
+const RECONCILE_MS: f64 = 5000.0;
+const PERIODIC_SPACING: f64 = 400.0;
+
+/// The share of a core full reconciles costing `ms` each take at the
+/// daemon's default period (at least [`PERIODIC_SPACING`] times their cost).
+fn reconcile_share(ms: f64) -> f64 {
+    ms * 100.0 / RECONCILE_MS.max(ms * PERIODIC_SPACING)
+}
 
 fn main() -> Result<()> {
     let _reaper = Reaper::new()?;
@@ -820,6 +828,44 @@ fn synthetic(summary: &mut Rows) -> Result<()> {
     });
     let by_role = by_role.context("render serfnodes_by_role.json")?;
 
+    // What the files cost now: joined from each member's Node info bytes,
+    // rendered on first use (cold: a fresh view) or already made (warm).
+    let fresh: Vec<View> = (0..REPEAT)
+        .map(|_| {
+            let v = View::new();
+            v.reconcile(snap.members.values().map(|e| (*e.member).clone()).collect());
+            v
+        })
+        .collect();
+    let (by_id_cold_ms, joined) = best_ms(fresh.iter().map(View::snapshot).collect(), |s| {
+        files::by_id_json(&s)
+    });
+    let mut value_bytes = by_id.clone();
+    value_bytes.push(b'\n');
+    ensure!(
+        joined == value_bytes,
+        "the joined by_id differs from the Value rendering"
+    );
+    let (by_id_warm_ms, _) = best_ms(vec![&snap; REPEAT], |s| files::by_id_json(s));
+    let (by_role_warm_ms, joined) = best_ms(vec![&snap; REPEAT], |s| files::by_role_json(s));
+    let mut value_bytes = by_role.clone();
+    value_bytes.push(b'\n');
+    ensure!(
+        joined == value_bytes,
+        "the joined by_role differs from the Value rendering"
+    );
+    // A trigger's work: one re-read member applied.
+    let one: Vec<Vec<Member>> = (0..REPEAT)
+        .map(|round| {
+            let mut m = (*snap.members.values().nth(SYNTH_MEMBERS / 3).unwrap().member).clone();
+            m.tags
+                .insert("service_port".into(), format!("91{round:02}"));
+            vec![m]
+        })
+        .collect();
+    let (upsert_ms, changed) = best_ms(one, |m| view.upsert(m));
+    ensure!(changed, "a re-read member did not change the view");
+
     // What each 50 ms poll costs at this size: decode the agent's reply, then
     // a reconcile that finds nothing changed, or one member changed.
     let current: Vec<Member> = snap.members.values().map(|e| (*e.member).clone()).collect();
@@ -867,8 +913,17 @@ fn synthetic(summary: &mut Rows) -> Result<()> {
             row(["reconcile, nothing changed", &format!("{same_ms:.1} ms")]),
             row(["reconcile, one member changed", &format!("{one_ms:.1} ms")]),
             row([
-                "one 50 ms poll at this size (decode + unchanged reconcile)",
-                &format!("{poll:.1} ms = {:.0} % of a core", poll * 100.0 / POLL_MS),
+                "render serfnodes_by_id.json joined (`files::by_id_json`), cold / warm per-member bytes",
+                &format!("{by_id_cold_ms:.1} / {by_id_warm_ms:.1} ms"),
+            ]),
+            row([
+                "render serfnodes_by_role.json joined (`files::by_role_json`), warm",
+                &format!("{by_role_warm_ms:.1} ms"),
+            ]),
+            row(["apply one re-read member (`View::upsert`)", &format!("{upsert_ms:.3} ms")]),
+            row([
+                "one full reconcile at this size (decode + unchanged reconcile)",
+                &format!("{poll:.1} ms = {:.2} % of a core at its period", reconcile_share(poll)),
             ]),
             row(["process RSS growth holding the view", &format!("{held:.1} MiB")]),
         ],
@@ -876,21 +931,26 @@ fn synthetic(summary: &mut Rows) -> Result<()> {
     raw_lines(&[format!(
         "reconcile full {full:.3} ms / unchanged {same_ms:.3} ms / one changed {one_ms:.3} ms; \
          by_id {by_id_ms:.3} ms {} B; by_role {by_role_ms:.3} ms {} B; decode {decode_ms:.3} ms {} B; \
+         joined by_id cold {by_id_cold_ms:.3} ms warm {by_id_warm_ms:.3} ms, by_role warm {by_role_warm_ms:.3} ms; \
+         upsert {upsert_ms:.4} ms; \
          RSS {rss_before} → {rss_after} KiB",
         by_id.len(),
         by_role.len(),
         reply.len()
     )]);
     summary.push(row([
-        "synthetic 10,000 members: render by_id / by_role",
-        &format!("{by_id_ms:.1} / {by_role_ms:.1} ms"),
-        "—",
-        "—",
+        "synthetic 10,000 members: render by_id / by_role, joined (warm)",
+        &format!("{by_id_warm_ms:.1} / {by_role_warm_ms:.1} ms"),
+        &format!("{by_id_ms:.1} / {by_role_ms:.1} ms (Value tree)"),
+        &format!("{:.1}×", by_id_ms / by_id_warm_ms.max(1e-3)),
         "—",
     ]));
     summary.push(row([
-        "synthetic 10,000 members: one 50 ms poll (decode + reconcile)",
-        &format!("{poll:.1} ms ({:.0} % of a core)", poll * 100.0 / POLL_MS),
+        "synthetic 10,000 members: one full reconcile (decode + reconcile)",
+        &format!(
+            "{poll:.1} ms ({:.2} % of a core at its period)",
+            reconcile_share(poll)
+        ),
         "—",
         "—",
         "—",

@@ -59,7 +59,9 @@ const SYNTH_ROLES: usize = 50;
 /// After convergence, before anything is measured: joins still gossiping.
 const SETTLE_REAL: Duration = Duration::from_secs(10);
 const SETTLE_SYNTH: Duration = Duration::from_secs(2);
-const REST: Duration = Duration::from_secs(10);
+/// At rest the daemon only reads `members` in full every 5 s (every ~16 s
+/// with 10,000 members): long enough for two of those at any size.
+const REST: Duration = Duration::from_secs(32);
 /// Unread changes: this many, one every `UNREAD_EVERY`, then `UNREAD_TAIL`
 /// for the last to arrive (the agent's stream coalesces for ~1 s).
 const UNREAD: usize = 40;
