@@ -35,8 +35,13 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::cluster::membership::Snapshot;
+use imbl::ordmap::DiffItem;
+use imbl::OrdMap;
+
+use crate::cluster::membership::{Entry, Snapshot};
+use crate::cluster::rpc::{Member, MemberStatus};
 use crate::cluster::tags;
 use crate::names::is_host_name;
 
@@ -76,19 +81,96 @@ pub enum HostsError {
     Busy { path: PathBuf },
 }
 
-/// What the block should say for this snapshot, plus the roles and addresses
-/// that cannot be written safely.
-pub fn desired(snap: &Snapshot) -> (RoleMap, Vec<String>) {
-    let mut oldest: BTreeMap<&str, &crate::cluster::rpc::Member> = BTreeMap::new();
-    for m in snap.alive() {
-        let role = tags::role_of(m);
-        match oldest.get(role) {
-            Some(cur) if tags::seniority(cur, m).is_le() => {}
-            _ => {
-                oldest.insert(role, m);
+/// Each role's alive members in seniority order, kept across snapshots:
+/// a new snapshot is applied as its difference from the last one (imbl
+/// skips the subtrees they share), so a change costs the members it
+/// touched, not a pass over the cluster.
+#[derive(Default)]
+pub struct RoleIndex {
+    roles: BTreeMap<String, BTreeMap<Senior, Arc<Member>>>,
+    last: OrdMap<String, Entry>,
+}
+
+/// A member's place in its role: [`tags::seniority`] as a key.
+#[derive(PartialEq)]
+struct Senior(f64, String);
+
+impl Eq for Senior {}
+
+impl PartialOrd for Senior {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Senior {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        tags::seniority_of(self.0, &self.1, other.0, &other.1)
+    }
+}
+
+impl RoleIndex {
+    /// Brings the index to `snap`'s members.
+    pub fn update(&mut self, snap: &Snapshot) {
+        let last = std::mem::take(&mut self.last);
+        for item in last.diff(&snap.members) {
+            match item {
+                DiffItem::Add(_, e) => self.add(e),
+                DiffItem::Update { old, new } => {
+                    self.remove(old.1);
+                    self.add(new.1);
+                }
+                DiffItem::Remove(_, e) => self.remove(e),
+            }
+        }
+        self.last = snap.members.clone();
+    }
+
+    fn add(&mut self, e: &Entry) {
+        if e.member.status != MemberStatus::Alive {
+            return;
+        }
+        let json = e.node_info_json();
+        self.roles
+            .entry(json.role.clone())
+            .or_default()
+            .insert(Senior(json.start, e.member.name.clone()), e.member.clone());
+    }
+
+    fn remove(&mut self, e: &Entry) {
+        if e.member.status != MemberStatus::Alive {
+            return;
+        }
+        let json = e.node_info_json();
+        if let Some(members) = self.roles.get_mut(&json.role) {
+            members.remove(&Senior(json.start, e.member.name.clone()));
+            if members.is_empty() {
+                self.roles.remove(&json.role);
             }
         }
     }
+
+    /// What the block should say, plus the roles and addresses that cannot
+    /// be written safely.
+    pub fn desired(&self) -> (RoleMap, Vec<String>) {
+        let oldest = self
+            .roles
+            .iter()
+            .filter_map(|(role, members)| members.values().next().map(|m| (role.as_str(), &**m)));
+        block_of(oldest)
+    }
+}
+
+/// What the block should say for this snapshot, plus the roles and addresses
+/// that cannot be written safely.
+pub fn desired(snap: &Snapshot) -> (RoleMap, Vec<String>) {
+    let mut index = RoleIndex::default();
+    index.update(snap);
+    index.desired()
+}
+
+/// The block for each role's oldest alive member.
+fn block_of<'a>(oldest: impl Iterator<Item = (&'a str, &'a Member)>) -> (RoleMap, Vec<String>) {
     let mut map = RoleMap::new();
     let mut refused = Vec::new();
     for (role, m) in oldest {
@@ -349,6 +431,7 @@ fn reserve(file: &File, len: usize) -> std::io::Result<()> {
 pub struct Hosts {
     path: PathBuf,
     written: Option<RoleMap>,
+    index: RoleIndex,
     reported: HashSet<String>,
 }
 
@@ -358,13 +441,15 @@ impl Hosts {
             path,
             written: None,
             reported: HashSet::new(),
+            index: RoleIndex::default(),
         }
     }
 
     /// Brings the file in line with `snap`; touches it only when the role →
     /// address map differs from what was last written.
     pub fn apply(&mut self, snap: &Snapshot) -> Result<(), HostsError> {
-        let (roles, refused) = desired(snap);
+        self.index.update(snap);
+        let (roles, refused) = self.index.desired();
         for why in refused {
             if self.reported.insert(why.clone()) {
                 tracing::warn!(path = %self.path.display(), "not written to hosts file: {why}");
@@ -392,7 +477,6 @@ impl Hosts {
 mod tests {
     use super::*;
     use crate::cluster::membership::View;
-    use crate::cluster::rpc::{Member, MemberStatus};
 
     fn member(name: &str, role: &str, ts: &str, service: &str, status: MemberStatus) -> Member {
         let tags = [("role", role), ("timestamp", ts), ("service", service)];
@@ -407,6 +491,68 @@ mod tests {
             .iter()
             .map(|(r, ip)| (r.to_string(), ip.parse().unwrap()))
             .collect()
+    }
+
+    /// The index kept across snapshots says what a fresh one says, through
+    /// joins, failures, role moves, seniority changes, reaps and returns.
+    #[test]
+    fn the_kept_index_agrees_with_a_fresh_one_at_every_step() {
+        use MemberStatus::*;
+        let view = View::new();
+        let mut index = RoleIndex::default();
+        let mut members: Vec<Member> = (0..40)
+            .map(|i| {
+                member(
+                    &format!("n{i}"),
+                    ["web", "db", "bad role", "cache"][i % 4],
+                    &format!("{}", 100 - i),
+                    &format!("10.0.0.{i}"),
+                    Alive,
+                )
+            })
+            .collect();
+        let mut rng = 7u64;
+        for step in 0..300 {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let i = (rng >> 33) as usize % members.len();
+            let m = &mut members[i];
+            match step % 6 {
+                0 => m.status = Failed,
+                1 => m.status = Alive,
+                2 => {
+                    m.tags.insert(
+                        "role".into(),
+                        ["web", "db", "x"][(rng >> 40) as usize % 3].into(),
+                    );
+                }
+                3 => {
+                    m.tags
+                        .insert("timestamp".into(), format!("{}", (rng >> 45) % 50));
+                }
+                4 => {
+                    m.tags
+                        .insert("service".into(), format!("10.1.0.{}", (rng >> 50) % 200));
+                }
+                _ => {}
+            }
+            let mut now = members.clone();
+            if step % 7 == 0 {
+                now.remove(i); // reaped, back at the next step
+            }
+            if step % 2 == 0 {
+                view.reconcile(now);
+            } else {
+                view.upsert(vec![members[i].clone()]);
+            }
+            let snap = view.snapshot();
+            if step % 3 != 0 {
+                // Some snapshots are skipped, as the watch channel does.
+                index.update(&snap);
+                assert_eq!(index.desired(), desired(&snap), "step {step}");
+            }
+        }
     }
 
     #[test]

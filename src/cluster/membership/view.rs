@@ -25,6 +25,14 @@ pub struct Entry {
     json: Arc<OnceLock<NodeInfoJson>>,
 }
 
+/// The same version of the same member: what a snapshot's difference
+/// from an earlier one compares (shared versions are one allocation).
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.changed == other.changed && Arc::ptr_eq(&self.member, &other.member)
+    }
+}
+
 impl Entry {
     fn new(member: Member, changed: u64) -> Entry {
         Entry {
