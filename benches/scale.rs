@@ -62,6 +62,9 @@ const SETTLE_SYNTH: Duration = Duration::from_secs(2);
 /// At rest the daemon only reads `members` in full every 5 s (every ~16 s
 /// with 10,000 members): long enough for two of those at any size.
 const REST: Duration = Duration::from_secs(32);
+/// How long a full read may take to come (the period is at least 400 times
+/// what one takes: ~40 s with 10,000 members here).
+const FULL_READ_WAIT: Duration = Duration::from_secs(120);
 /// Unread changes: this many, one every `UNREAD_EVERY`, then `UNREAD_TAIL`
 /// for the last to arrive (the agent's stream coalesces for ~1 s).
 const UNREAD: usize = 40;
@@ -271,6 +274,12 @@ trait Changes {
     fn reads(&self) -> Option<u64> {
         None
     }
+
+    /// Full `members` reads (the daemon's reconcile) so far, where the
+    /// agent can tell.
+    fn full_reads(&self) -> Option<u64> {
+        None
+    }
 }
 
 struct RealChanges<'a> {
@@ -328,6 +337,23 @@ impl Changes for SynthChanges<'_> {
     fn reads(&self) -> Option<u64> {
         Some(self.fake.reads())
     }
+
+    fn full_reads(&self) -> Option<u64> {
+        Some(self.fake.full_reads())
+    }
+}
+
+/// Waits (at most `limit`) until the agent answered a full read after
+/// `since` of them; whether it did.
+fn next_full_read(changes: &dyn Changes, since: u64, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if changes.full_reads().is_some_and(|n| n > since) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
 }
 
 // ---- measuring -------------------------------------------------------------------
@@ -372,11 +398,34 @@ fn measure(
         .iter()
         .filter_map(|(w, p)| Some(((*w).to_owned(), (*p)?)))
         .collect();
+    // Where the agent counts full reads, the rest is measured from just
+    // after one to just after the next: exactly one reconcile period (at
+    // 10,000 members longer than any fixed window), else over `REST`.
+    let periods = changes.full_reads().map(|n0| {
+        next_full_read(changes, n0, FULL_READ_WAIT) && {
+            let n1 = changes.full_reads().unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(100));
+            changes.full_reads() == Some(n1)
+        }
+    });
     let t = Instant::now();
     let c0 = cpu_ms(&[pid]);
     let r0 = changes.reads();
     let o0: Vec<f64> = other_pids.iter().map(|(_, p)| cpu_ms(&[*p])).collect();
-    std::thread::sleep(REST);
+    match (periods, changes.full_reads()) {
+        (Some(true), Some(n)) => {
+            if !next_full_read(changes, n, FULL_READ_WAIT) {
+                progress!("{what}: no full read within {FULL_READ_WAIT:?}");
+            }
+            // Its decode and reconcile, after the agent's answer went out.
+            std::thread::sleep(Duration::from_millis(300));
+            progress!(
+                "{what}: at rest over one reconcile period, {:?}",
+                t.elapsed()
+            );
+        }
+        _ => std::thread::sleep(REST),
+    }
     let secs = t.elapsed().as_secs_f64();
     let rest_reads = r0.zip(changes.reads()).map(|(a, b)| (b - a) as f64 / secs);
     let rest_rate = (cpu_ms(&[pid]) - c0) / secs; // ms per s
