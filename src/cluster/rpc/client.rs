@@ -830,6 +830,11 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>) {
             }
         }
         buf.drain(..start);
+        // A full `members` reply grows the buffer to megabytes; between
+        // those rare reads it holds a few small records.
+        if buf.is_empty() && buf.capacity() > 1 << 20 {
+            buf = Vec::with_capacity(16 * 1024);
+        }
         tokio::select! {
             () = wait_closed(&mut closed) => break "closed by the client".to_owned(),
             n = read.read_buf(&mut buf) => match n {
