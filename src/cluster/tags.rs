@@ -11,16 +11,16 @@ use serde::Serialize;
 use crate::cluster::rpc::Member;
 
 pub const ROLE: &str = "role";
-pub const IP: &str = "ip";
-pub const SERF_PORT: &str = "serf_port";
+pub(crate) const IP: &str = "ip";
+pub(crate) const SERF_PORT: &str = "serf_port";
 pub const RPC: &str = "rpc";
-pub const TIMESTAMP: &str = "timestamp";
-pub const SERVICE: &str = "service";
-pub const SERVICE_PORT: &str = "service_port";
+pub(crate) const TIMESTAMP: &str = "timestamp";
+pub(crate) const SERVICE: &str = "service";
+pub(crate) const SERVICE_PORT: &str = "service_port";
 pub const PORTS: &str = "ports";
 
 /// The role of a member that carries no `role` tag, as in the original.
-pub const NO_ROLE: &str = "no_role";
+pub(crate) const NO_ROLE: &str = "no_role";
 
 /// Container port (`"80/tcp"`) → host ports, as Docker reports them.
 pub type PortMap = BTreeMap<String, Vec<String>>;
@@ -70,7 +70,7 @@ pub fn encode_ports(ports: &PortMap) -> String {
 /// *Node info*: one member as the file API shows it. Field names and string
 /// values follow the original project's documents.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NodeInfo {
+pub(crate) struct NodeInfo {
     pub id: String,
     pub role: String,
     pub ports: PortMap,
@@ -100,7 +100,7 @@ impl NodeInfo {
     }
 }
 
-pub fn role_of(member: &Member) -> &str {
+pub(crate) fn role_of(member: &Member) -> &str {
     member.tags.get(ROLE).map_or(NO_ROLE, String::as_str)
 }
 

@@ -57,10 +57,10 @@ const ATTEMPTS: usize = 50;
 const SLACK: usize = 4096;
 
 /// role → service address of its oldest alive member.
-pub type RoleMap = BTreeMap<String, IpAddr>;
+pub(crate) type RoleMap = BTreeMap<String, IpAddr>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HostsError {
+pub(crate) enum HostsError {
     #[error("hosts file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -78,7 +78,7 @@ pub enum HostsError {
 
 /// What the block should say for this snapshot, plus the roles and addresses
 /// that cannot be written safely.
-pub fn desired(snap: &Snapshot) -> (RoleMap, Vec<String>) {
+pub(crate) fn desired(snap: &Snapshot) -> (RoleMap, Vec<String>) {
     let mut oldest: BTreeMap<&str, &crate::cluster::rpc::Member> = BTreeMap::new();
     for m in snap.alive() {
         let role = tags::role_of(m);
@@ -281,7 +281,7 @@ fn io(path: &Path, source: std::io::Error) -> HostsError {
 
 /// Brings the block in `path` in line with `roles`, in place; returns
 /// whether bytes changed.
-pub fn write_block(path: &Path, roles: &RoleMap) -> Result<bool, HostsError> {
+pub(crate) fn write_block(path: &Path, roles: &RoleMap) -> Result<bool, HostsError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -346,7 +346,7 @@ fn reserve(file: &File, len: usize) -> std::io::Result<()> {
 
 /// The hook's state across view changes: what it last wrote, and which bad
 /// roles it has already reported (each is logged once, not on every change).
-pub struct Hosts {
+pub(crate) struct Hosts {
     path: PathBuf,
     written: Option<RoleMap>,
     reported: HashSet<String>,
