@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     max: Duration,
     next: Duration,
@@ -33,7 +33,7 @@ impl Backoff {
 }
 
 /// Sleeps for `d`; true if shutdown came first.
-pub async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.cancelled() => true,

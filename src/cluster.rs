@@ -3,7 +3,7 @@
 //! the in-memory view of the members and its sync ([`membership`]), gossip
 //! encryption keys ([`keys`]) and the tags a member carries ([`tags`]).
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod keys;
 pub mod membership;
 pub mod rpc;

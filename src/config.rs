@@ -16,7 +16,7 @@ use crate::containers::child::ChildConfig;
 use crate::containers::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
 use crate::surface::EventsConfig;
 
-pub const DEFAULT_SERF_PORT: u16 = 7946;
+pub(crate) const DEFAULT_SERF_PORT: u16 = 7946;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -50,12 +50,12 @@ pub struct Config {
     pub events: EventsConfig,
 }
 
-pub const DEFAULT_HANDLERS: &str = "/etc/serfnode/handlers";
+pub(crate) const DEFAULT_HANDLERS: &str = "/etc/serfnode/handlers";
 
 /// The handlers and journal settings of `args`. `manifest`: the manifest's
 /// `handlers:` (or a child entry's), used when the flag and its variable are
 /// unset.
-pub fn events_config(
+pub(crate) fn events_config(
     args: &crate::cli::HandlerArgs,
     manifest: Option<PathBuf>,
 ) -> Result<EventsConfig, ConfigError> {
@@ -113,10 +113,10 @@ pub fn child_config(args: crate::cli::ChildArgs) -> anyhow::Result<ChildConfig> 
 
 /// Where a parent's agent keeps its snapshot (inside the parent container,
 /// so it survives a daemon restart).
-pub const DEFAULT_SNAPSHOT: &str = "/var/lib/serfnode/serf.snapshot";
+pub(crate) const DEFAULT_SNAPSHOT: &str = "/var/lib/serfnode/serf.snapshot";
 
 /// Where a parent's children and the binary they run are shared.
-pub const DEFAULT_SHARE: &str = "/serfnode-share";
+pub(crate) const DEFAULT_SHARE: &str = "/serfnode-share";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

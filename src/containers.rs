@@ -6,10 +6,10 @@
 //! and its reaping of orphans ([`init`]).
 
 pub mod child;
-pub mod docker;
-pub mod grants;
-pub mod init;
-pub mod manifest;
+pub(crate) mod docker;
+pub(crate) mod grants;
+pub(crate) mod init;
+pub(crate) mod manifest;
 pub mod replica;
 pub mod secrets;
 pub mod supervisor;

@@ -20,7 +20,7 @@
 //!
 //! See README.md for the file contract.
 
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod event;
 pub mod names;
 

@@ -25,13 +25,13 @@
 //!    stop: the mount is detached).
 
 pub mod files;
-pub mod follower;
-pub mod handlers;
+pub(crate) mod follower;
+pub(crate) mod handlers;
 pub mod hosts;
-pub mod journal;
+pub(crate) mod journal;
 pub mod query;
-pub mod restrict;
-pub mod router;
+pub(crate) mod restrict;
+pub(crate) mod router;
 pub mod templates;
 pub mod upstream;
 pub mod write_node;

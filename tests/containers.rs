@@ -193,13 +193,17 @@ fn getent(container: &str, name: &str) -> Result<String, String> {
 }
 
 /// The `container` events of child `child` of `p` seen by the monitor.
+/// The `container` events `p` raised about `child`, in the order `p` raised
+/// them (their Lamport times; gossip brings them in any order).
 fn container_events<'a>(events: &'a [UserEvent], p: &Parent, child: &str) -> Vec<&'a Value> {
-    events
+    let mut seen: Vec<(u64, &Value)> = events
         .iter()
         .filter(|e| e.name == "container")
-        .filter_map(|e| e.payload.as_ref())
-        .filter(|v| v["node"] == p.name.as_str() && v["child"] == child)
-        .collect()
+        .filter_map(|e| Some((e.ltime.expect("a user event's LTime"), e.payload.as_ref()?)))
+        .filter(|(_, v)| v["node"] == p.name.as_str() && v["child"] == child)
+        .collect();
+    seen.sort_by_key(|(ltime, _)| *ltime);
+    seen.into_iter().map(|(_, v)| v).collect()
 }
 
 #[test]

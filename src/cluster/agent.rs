@@ -20,14 +20,14 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::cluster::rpc::peer::AgentPid;
 
-pub const DEFAULT_RPC_PORT: u16 = 7373;
+pub(crate) const DEFAULT_RPC_PORT: u16 = 7373;
 
 /// Where a parent keeps its agent's RPC key: not in the share, so children
 /// (who share the parent's loopback) cannot use the RPC port.
-pub const DEFAULT_RPC_AUTH_FILE: &str = "/var/lib/serfnode/rpc-auth";
+pub(crate) const DEFAULT_RPC_AUTH_FILE: &str = "/var/lib/serfnode/rpc-auth";
 
 #[derive(Debug, Clone)]
-pub struct AgentConfig {
+pub(crate) struct AgentConfig {
     /// The `serf` executable.
     pub serf: PathBuf,
     pub node: String,
@@ -59,7 +59,7 @@ pub struct AgentConfig {
 /// ipc.client: ADDR` right after the event's `Received event: …` line; drops
 /// of queries (not journaled) are not reported. Bounded: a burst of drops
 /// needs only one report to be noticed.
-pub type Drops = mpsc::Sender<SocketAddr>;
+pub(crate) type Drops = mpsc::Sender<SocketAddr>;
 
 /// The agent's log line for a dropped stream record.
 const DROPPED: &str = "agent.ipc: Dropping event to ipc.client: ";
@@ -135,7 +135,7 @@ fn hex(bytes: &[u8]) -> String {
 /// on disk, not even by a crash. Keep it for as long as the agent may be
 /// (re)started.
 #[derive(Debug)]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     path: PathBuf,
     memfd: Option<std::os::fd::OwnedFd>,
 }
@@ -218,7 +218,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub(crate) enum AgentError {
     #[error("rpc auth key {path}: {what} it: {source}")]
     Auth {
         path: String,
@@ -241,7 +241,7 @@ pub enum AgentError {
 
 /// Runs the agent until `shutdown`, restarting it whenever it exits. Returns
 /// after the agent left (or was killed past `leave_timeout`).
-pub async fn supervise(cfg: AgentConfig, shutdown: CancellationToken) {
+pub(crate) async fn supervise(cfg: AgentConfig, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let started = Instant::now();

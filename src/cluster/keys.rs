@@ -57,7 +57,7 @@ fn invalid(origin: &str, problem: impl Into<String>) -> KeyError {
 
 /// Checks that `text` (surrounding white space ignored) is a Serf key: base64
 /// of 16, 24 or 32 bytes. Returns it trimmed.
-pub fn check_key(text: &str, origin: &str) -> Result<String, KeyError> {
+pub(crate) fn check_key(text: &str, origin: &str) -> Result<String, KeyError> {
     let key = text.trim();
     if key.is_empty() {
         return Err(invalid(
@@ -78,29 +78,8 @@ pub fn check_key(text: &str, origin: &str) -> Result<String, KeyError> {
     Ok(key.to_owned())
 }
 
-/// Standard base64 with padding, as Go's `base64.StdEncoding` writes it: a
-/// key as Serf takes it, from its bytes (for tests and tools that make keys).
-pub fn encode_base64(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                A[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
 /// Standard base64 with padding, as Go's `base64.StdEncoding` reads it.
-pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
     let b = text.as_bytes();
     if !b.len().is_multiple_of(4) {
         return Err(format!("length {} is not a multiple of 4", b.len()));
@@ -147,7 +126,7 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
 
 /// Reads and checks a keyring file; `Ok(None)` when it does not exist (or
 /// is empty, as a file made with `touch`).
-pub fn read_keyring(path: &Path) -> Result<Option<Vec<String>>, KeyError> {
+pub(crate) fn read_keyring(path: &Path) -> Result<Option<Vec<String>>, KeyError> {
     let origin = format!("keyring file {}", path.display());
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -296,7 +275,7 @@ fn write_keyring(path: &Path, keys: &[String]) -> std::io::Result<()> {
 
 /// Logged at start when gossip is not encrypted (`attached`: by an agent
 /// started by someone else, with `--attach`).
-pub fn warn_unencrypted(attached: bool) {
+pub(crate) fn warn_unencrypted(attached: bool) {
     const RISK: &str =
         "anyone who reaches the gossip port can join the cluster and read its traffic";
     if attached {
@@ -312,7 +291,7 @@ pub fn warn_unencrypted(attached: bool) {
 }
 
 /// Whether an agent encrypts its gossip, from its `stats` (`serf.encrypted`).
-pub async fn agent_encrypted(client: &Client) -> Option<bool> {
+pub(crate) async fn agent_encrypted(client: &Client) -> Option<bool> {
     let stats = client.stats().await.ok()?;
     stats.get("serf")?.get("encrypted")?.parse().ok()
 }
@@ -320,16 +299,13 @@ pub async fn agent_encrypted(client: &Client) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serfnode_testkit::keys::base64;
 
     #[test]
     fn base64_round_trips_every_length() {
         for len in 0..40 {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            assert_eq!(
-                decode_base64(&encode_base64(&bytes)).unwrap(),
-                bytes,
-                "{len}"
-            );
+            assert_eq!(decode_base64(&base64(&bytes)).unwrap(), bytes, "{len}");
         }
         assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
         assert!(decode_base64("aGVsbG8").is_err());
@@ -341,10 +317,10 @@ mod tests {
     #[test]
     fn keys_are_16_24_or_32_bytes_and_errors_name_their_origin() {
         for len in [16, 24, 32] {
-            let key = encode_base64(&vec![7u8; len]);
+            let key = base64(&vec![7u8; len]);
             assert_eq!(check_key(&format!(" {key}\n"), "x").unwrap(), key);
         }
-        let err = check_key(&encode_base64(&[1u8; 20]), "SERF_ENCRYPT_KEY").unwrap_err();
+        let err = check_key(&base64(&[1u8; 20]), "SERF_ENCRYPT_KEY").unwrap_err();
         assert_eq!(
             err.to_string(),
             "SERF_ENCRYPT_KEY: the key is 20 bytes; it must be 16, 24 or 32 (make one with: head -c32 /dev/urandom | base64)"
@@ -364,7 +340,7 @@ mod tests {
     #[test]
     fn resolving_checks_the_key_file_and_the_keyring() {
         let dir = tempfile::tempdir().unwrap();
-        let key = encode_base64(&[9u8; 32]);
+        let key = base64(&[9u8; 32]);
         let key_file = dir.path().join("key");
         std::fs::write(&key_file, format!("{key}\n")).unwrap();
         let e = Encryption::resolve(Some(&key_file), None, None).unwrap();

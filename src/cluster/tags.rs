@@ -11,16 +11,16 @@ use serde::Serialize;
 use crate::cluster::rpc::Member;
 
 pub const ROLE: &str = "role";
-pub const IP: &str = "ip";
-pub const SERF_PORT: &str = "serf_port";
+pub(crate) const IP: &str = "ip";
+pub(crate) const SERF_PORT: &str = "serf_port";
 pub const RPC: &str = "rpc";
-pub const TIMESTAMP: &str = "timestamp";
-pub const SERVICE: &str = "service";
-pub const SERVICE_PORT: &str = "service_port";
+pub(crate) const TIMESTAMP: &str = "timestamp";
+pub(crate) const SERVICE: &str = "service";
+pub(crate) const SERVICE_PORT: &str = "service_port";
 pub const PORTS: &str = "ports";
 
 /// The role of a member that carries no `role` tag, as in the original.
-pub const NO_ROLE: &str = "no_role";
+pub(crate) const NO_ROLE: &str = "no_role";
 
 /// Container port (`"80/tcp"`) → host ports, as Docker reports them.
 pub type PortMap = BTreeMap<String, Vec<String>>;
@@ -70,7 +70,7 @@ pub fn encode_ports(ports: &PortMap) -> String {
 /// *Node info*: one member as the file API shows it. Field names and string
 /// values follow the original project's documents.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NodeInfo {
+pub(crate) struct NodeInfo {
     pub id: String,
     pub role: String,
     pub ports: PortMap,
@@ -100,7 +100,7 @@ impl NodeInfo {
     }
 }
 
-pub fn role_of(member: &Member) -> &str {
+pub(crate) fn role_of(member: &Member) -> &str {
     member.tags.get(ROLE).map_or(NO_ROLE, String::as_str)
 }
 
@@ -120,13 +120,13 @@ pub fn seniority(a: &Member, b: &Member) -> std::cmp::Ordering {
 }
 
 /// [`seniority`] from what it looks at: each member's [`start`] and name.
-pub fn seniority_of(a: f64, a_name: &str, b: f64, b_name: &str) -> std::cmp::Ordering {
+pub(crate) fn seniority_of(a: f64, a_name: &str, b: f64, b_name: &str) -> std::cmp::Ordering {
     a.total_cmp(&b).then_with(|| a_name.cmp(b_name))
 }
 
 /// A member's start `timestamp` for [`seniority`]; missing or unparsable:
 /// infinity (the youngest).
-pub fn start(m: &Member) -> f64 {
+pub(crate) fn start(m: &Member) -> f64 {
     m.tags
         .get(TIMESTAMP)
         .and_then(|t| t.parse::<f64>().ok())
@@ -140,16 +140,16 @@ pub fn start(m: &Member) -> f64 {
 /// keys sorted, exactly as `serde_json` writes it through a `Value`), and
 /// what the role file groups and orders by.
 #[derive(Debug, Clone)]
-pub struct NodeInfoJson {
+pub(crate) struct NodeInfoJson {
     entry: Box<[u8]>,
     /// Where the Node info starts in `entry` (after the key and `:`).
     info_at: usize,
-    pub role: String,
-    pub start: f64,
+    pub(crate) role: String,
+    pub(crate) start: f64,
 }
 
 impl NodeInfoJson {
-    pub fn of(member: &Member) -> NodeInfoJson {
+    pub(crate) fn of(member: &Member) -> NodeInfoJson {
         let mut entry = serde_json::to_vec(&member.name).expect("a string is json");
         entry.push(b':');
         let info_at = entry.len();
@@ -164,12 +164,12 @@ impl NodeInfoJson {
     }
 
     /// `"<name>":{…}`, an entry of the by-id map.
-    pub fn entry(&self) -> &[u8] {
+    pub(crate) fn entry(&self) -> &[u8] {
         &self.entry
     }
 
     /// The Node info document alone, `{…}`.
-    pub fn info(&self) -> &[u8] {
+    pub(crate) fn info(&self) -> &[u8] {
         &self.entry[self.info_at..]
     }
 }

@@ -33,12 +33,12 @@ use crate::surface::upstream::Upstream;
 
 /// Where children find the parent's share (the static binary and the
 /// replica socket), read-only.
-pub const SHARE_IN_CHILD: &str = "/serfnode-share";
+pub(crate) const SHARE_IN_CHILD: &str = "/serfnode-share";
 pub const LABEL_PARENT: &str = "serfnode.parent";
 pub const LABEL_CHILD: &str = "serfnode.child";
 
 #[derive(Debug, thiserror::Error)]
-pub enum DockerError {
+pub(crate) enum DockerError {
     #[error("docker: {0}")]
     Api(#[from] bollard::errors::Error),
     #[error(
@@ -54,7 +54,7 @@ pub enum DockerError {
 }
 
 /// The parent container as Docker sees it.
-pub struct ParentContainer {
+pub(crate) struct ParentContainer {
     docker: Docker,
     id: String,
     name: String,
@@ -122,7 +122,7 @@ fn container_id_in(mountinfo: &str) -> Option<String> {
 }
 
 /// The container of child `child` of parent container `parent`.
-pub fn container_name(parent: &str, child: &str) -> String {
+pub(crate) fn container_name(parent: &str, child: &str) -> String {
     format!("{parent}-{child}")
 }
 
@@ -246,7 +246,7 @@ impl Shared {
 }
 
 /// Publishes the parent's container info into the view at once.
-pub fn announce(parent: &ParentContainer, view: &View) {
+pub(crate) fn announce(parent: &ParentContainer, view: &View) {
     let inspect = parent.redactor.redact(&parent.inspect, false);
     view.set_containers(Containers {
         me: Some(inspect.clone()),
@@ -256,7 +256,7 @@ pub fn announce(parent: &ParentContainer, view: &View) {
 }
 
 /// Runs the children until `stop`, then stops and removes them (bounded).
-pub async fn run_children<U: Upstream>(
+pub(crate) async fn run_children<U: Upstream>(
     parent: ParentContainer,
     specs: Vec<ChildSpec>,
     node: String,

@@ -26,7 +26,7 @@ use crate::surface::restrict::TOKEN_ENV;
 
 /// Names only serfnode (`container`) or Serf (the member events) raise; no
 /// child may raise or ask them.
-pub const RESERVED: &[&str] = &[
+pub(crate) const RESERVED: &[&str] = &[
     "container",
     "member-join",
     "member-leave",
@@ -87,7 +87,7 @@ fn permits(patterns: Option<&[String]>, name: &str) -> bool {
 
 /// One child's identity and permissions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub token: String,
     pub allow: Allow,
 }
@@ -95,7 +95,7 @@ pub struct Grant {
 /// The grants of a parent's children, by child name; shared by the Docker
 /// side (which knows tokens and manifests) and the replica socket.
 #[derive(Debug, Clone, Default)]
-pub struct Grants(Arc<RwLock<HashMap<String, Grant>>>);
+pub(crate) struct Grants(Arc<RwLock<HashMap<String, Grant>>>);
 
 impl Grants {
     pub fn set(&self, child: &str, grant: Grant) {
@@ -117,7 +117,7 @@ impl Grants {
 }
 
 /// A fresh random token.
-pub fn new_token() -> std::io::Result<String> {
+pub(crate) fn new_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
@@ -125,7 +125,7 @@ pub fn new_token() -> std::io::Result<String> {
 }
 
 /// The token in a container's inspect (`Config.Env`), if any.
-pub fn token_of(inspect: &Value) -> Option<String> {
+pub(crate) fn token_of(inspect: &Value) -> Option<String> {
     let prefix = format!("{TOKEN_ENV}=");
     inspect["Config"]["Env"]
         .as_array()?
@@ -135,7 +135,7 @@ pub fn token_of(inspect: &Value) -> Option<String> {
 }
 
 /// Removes the token from an inspect that files will show.
-pub fn scrub(inspect: &mut Value) {
+pub(crate) fn scrub(inspect: &mut Value) {
     let prefix = format!("{TOKEN_ENV}=");
     if let Some(env) = inspect["Config"]["Env"].as_array_mut() {
         env.retain(|e| !e.as_str().is_some_and(|e| e.starts_with(&prefix)));

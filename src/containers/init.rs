@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 /// How the main child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exit {
+pub(crate) struct Exit {
     /// Its exit code, or 128 + the signal that killed it.
     pub code: i32,
     /// Whether we forwarded a terminating signal (SIGTERM, SIGINT, SIGHUP,
@@ -30,7 +30,7 @@ const FORWARDED: [fn() -> SignalKind; 7] = [
 ];
 
 /// Waits for `main` to exit, forwarding signals to it and reaping others.
-pub async fn wait_forwarding(main: libc::pid_t) -> anyhow::Result<Exit> {
+pub(crate) async fn wait_forwarding(main: libc::pid_t) -> anyhow::Result<Exit> {
     let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("reaper".into())

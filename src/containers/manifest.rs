@@ -63,14 +63,14 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer};
 
-pub use docker_run::parse_docker_run;
+pub(crate) use docker_run::parse_docker_run;
 
 use crate::containers::grants::Allow;
 use crate::surface::templates::TemplateSpec;
 
 /// `/serfnode.yml`: the parent's own settings and the children it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub serfnode: NodeSection,
     /// In start order.
     pub children: Vec<ChildSpec>,
@@ -84,7 +84,7 @@ pub struct Manifest {
 /// go into every child (see [`Manifest::effective_children`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the serfnode settings")]
-pub struct NodeSection {
+pub(crate) struct NodeSection {
     pub role: Option<String>,
     /// Join addresses: a list, or one string of addresses separated by
     /// commas or spaces.

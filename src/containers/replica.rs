@@ -20,13 +20,16 @@
 //! [`wire`] is the format, [`server`] the parent's side, [`client`] the
 //! child's side.
 
-pub mod client;
-pub mod server;
-pub mod wire;
+pub(crate) mod client;
+pub(crate) mod server;
+pub(crate) mod wire;
 
-pub use client::{follow, ChildSide, ParentLink, Request};
-pub use server::{bind, serve, DEFAULT_CHILD_QUERY_RATE};
-pub use wire::{ToChild, ToParent, WireEvent, WireView, MAX_CHILD_FRAME, MAX_HELLO, SOCKET};
+pub(crate) use client::follow;
+pub(crate) use client::{ChildSide, ParentLink};
+pub use server::bind;
+pub(crate) use server::{serve, DEFAULT_CHILD_QUERY_RATE};
+pub(crate) use wire::SOCKET;
+pub use wire::{ToParent, WireEvent, MAX_CHILD_FRAME, MAX_HELLO};
 
 #[doc(hidden)]
 pub mod fuzz {

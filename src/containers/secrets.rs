@@ -17,7 +17,7 @@ use crate::cluster::keys::KEY_ENV;
 use crate::surface::restrict::TOKEN_ENV;
 
 /// What a redacted value reads as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// Name parts that make an environment variable's value secret.
 const SECRET_NAMES: [&str; 4] = ["KEY", "SECRET", "TOKEN", "PASSWORD"];
@@ -26,7 +26,7 @@ const SECRET_NAMES: [&str; 4] = ["KEY", "SECRET", "TOKEN", "PASSWORD"];
 const OWN_ENV: [&str; 2] = [TOKEN_ENV, KEY_ENV];
 
 /// Whether a variable named `name` holds a secret by its name.
-pub fn looks_secret(name: &str) -> bool {
+pub(crate) fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     SECRET_NAMES.iter().any(|s| upper.contains(s))
 }
@@ -63,7 +63,7 @@ pub fn take_env(name: &str) -> Option<String> {
 /// Prepares inspects for the files: serfnode's own secrets out, and the
 /// secret-looking environment values unless shown.
 #[derive(Debug, Clone, Default)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     /// Values never shown wherever they appear (the gossip key and the
     /// keyring's keys, the RPC key).
     known: Vec<String>,

@@ -14,7 +14,7 @@ use crate::backoff::Backoff;
 use crate::containers::init;
 
 /// `argv` with the `parent` subcommand replaced by `agent --docker`.
-pub fn daemon_args(argv: &[OsString]) -> Vec<OsString> {
+pub(crate) fn daemon_args(argv: &[OsString]) -> Vec<OsString> {
     let mut out = Vec::with_capacity(argv.len() + 1);
     let mut replaced = false;
     for a in argv.iter().skip(1) {

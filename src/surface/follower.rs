@@ -64,7 +64,7 @@ pub fn decode(rec: StreamRecord) -> ClusterEvent {
 }
 
 /// The stream filter for everything this module decodes.
-pub fn stream_filter() -> String {
+pub(crate) fn stream_filter() -> String {
     let members: Vec<&str> = [
         MemberEvent::Join,
         MemberEvent::Leave,

@@ -40,12 +40,12 @@ use crate::names::is_event_name;
 use crate::surface::restrict::Restrictions;
 
 /// Where handlers live unless configured otherwise.
-pub const DEFAULT_DIR: &str = "/etc/serfnode/handlers";
+pub(crate) const DEFAULT_DIR: &str = "/etc/serfnode/handlers";
 
 /// Each of a handler's stdout and stderr is kept up to this many bytes (the
 /// head of stdout, which is a query's answer; the tail of stderr, where the
 /// error usually is); the rest is read and counted, not kept.
-pub const OUTPUT_CAP: usize = 64 * 1024;
+pub(crate) const OUTPUT_CAP: usize = 64 * 1024;
 
 /// Output lines logged per stream and run, and bytes logged per line: enough
 /// to see what a handler said without letting a chatty one flood the log.
@@ -189,7 +189,7 @@ pub struct Stats {
 /// this module's safety does not hang on that character set: one path
 /// component (no '/'), not hidden or a dot entry (no leading '.'), no NUL,
 /// within a file name's 255 bytes.
-pub fn is_handler_name(name: &str) -> bool {
+pub(crate) fn is_handler_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
@@ -617,7 +617,7 @@ static OWN: std::sync::LazyLock<parking_lot::RwLock<std::collections::HashSet<li
 /// Whether `pid` is a handler this process started and will reap itself.
 /// A spawn registers its pid before anyone can see it, so a reaper that
 /// asks about a zombie it found gets a true answer.
-pub fn is_handler_pid(pid: libc::pid_t) -> bool {
+pub(crate) fn is_handler_pid(pid: libc::pid_t) -> bool {
     OWN.read().contains(&pid)
 }
 
@@ -802,7 +802,8 @@ fn stderr_tail(stderr: &[u8]) -> String {
 /// saying how much was cut when it is, e.g. `"\n…[truncated 1234 bytes]"`.
 /// Cuts at a UTF-8 character boundary where the output is text. A limit
 /// too small for the marker gets the output's first `limit` bytes.
-pub fn truncate_response(out: Vec<u8>, limit: usize) -> Vec<u8> {
+#[cfg(test)]
+fn truncate_response(out: Vec<u8>, limit: usize) -> Vec<u8> {
     truncate_with(out, 0, limit)
 }
 

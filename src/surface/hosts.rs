@@ -62,10 +62,10 @@ const ATTEMPTS: usize = 50;
 const SLACK: usize = 4096;
 
 /// role → service address of its oldest alive member.
-pub type RoleMap = BTreeMap<String, IpAddr>;
+pub(crate) type RoleMap = BTreeMap<String, IpAddr>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HostsError {
+pub(crate) enum HostsError {
     #[error("hosts file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -86,7 +86,7 @@ pub enum HostsError {
 /// skips the subtrees they share), so a change costs the members it
 /// touched, not a pass over the cluster.
 #[derive(Default)]
-pub struct RoleIndex {
+pub(crate) struct RoleIndex {
     roles: BTreeMap<String, BTreeMap<Senior, Arc<Member>>>,
     last: OrdMap<String, Entry>,
 }
@@ -111,7 +111,7 @@ impl Ord for Senior {
 
 impl RoleIndex {
     /// Brings the index to `snap`'s members.
-    pub fn update(&mut self, snap: &Snapshot) {
+    pub(crate) fn update(&mut self, snap: &Snapshot) {
         let last = std::mem::take(&mut self.last);
         for item in last.diff(&snap.members) {
             match item {
@@ -152,7 +152,7 @@ impl RoleIndex {
 
     /// What the block should say, plus the roles and addresses that cannot
     /// be written safely.
-    pub fn desired(&self) -> (RoleMap, Vec<String>) {
+    pub(crate) fn desired(&self) -> (RoleMap, Vec<String>) {
         let oldest = self
             .roles
             .iter()
@@ -162,8 +162,9 @@ impl RoleIndex {
 }
 
 /// What the block should say for this snapshot, plus the roles and addresses
-/// that cannot be written safely.
-pub fn desired(snap: &Snapshot) -> (RoleMap, Vec<String>) {
+/// that cannot be written safely (a fresh index: what the kept one must say).
+#[cfg(test)]
+pub(crate) fn desired(snap: &Snapshot) -> (RoleMap, Vec<String>) {
     let mut index = RoleIndex::default();
     index.update(snap);
     index.desired()
@@ -363,7 +364,7 @@ fn io(path: &Path, source: std::io::Error) -> HostsError {
 
 /// Brings the block in `path` in line with `roles`, in place; returns
 /// whether bytes changed.
-pub fn write_block(path: &Path, roles: &RoleMap) -> Result<bool, HostsError> {
+pub(crate) fn write_block(path: &Path, roles: &RoleMap) -> Result<bool, HostsError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -428,7 +429,7 @@ fn reserve(file: &File, len: usize) -> std::io::Result<()> {
 
 /// The hook's state across view changes: what it last wrote, and which bad
 /// roles it has already reported (each is logged once, not on every change).
-pub struct Hosts {
+pub(crate) struct Hosts {
     path: PathBuf,
     written: Option<RoleMap>,
     index: RoleIndex,

@@ -76,9 +76,9 @@ use crate::event::ClusterEvent;
 /// The whole ring, as a file in the root.
 pub const EVENTS: &str = "events";
 /// The directory of `<N>` files, each the lines after sequence N.
-pub const EVENTS_SINCE: &str = "events_since";
+pub(crate) const EVENTS_SINCE: &str = "events_since";
 /// Lines kept when no capacity is configured.
-pub const DEFAULT_CAPACITY: usize = 1024;
+pub(crate) const DEFAULT_CAPACITY: usize = 1024;
 
 /// One journaled event. Serialised flat: `seq`, `time`, then the event's own
 /// fields with its `type` first.

@@ -37,13 +37,13 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a query read waits in a parent, in all: the query's own
 /// timeout plus a second for the agent to take and end it, with any wait
 /// for a lost agent connection taken out of the query's time.
-pub const MAX_WAIT: Duration = Duration::from_secs(6);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(6);
 /// The wait when the reader names none: long enough for handlers to answer
 /// on a loopback or LAN cluster, short enough for a `cat`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serf's `QueryResponseSizeLimit` counts the encoded response (node name,
 /// ids, framing); this leaves room for that.
-pub const RESPONSE_LIMIT: usize = 1024 - 128;
+pub(crate) const RESPONSE_LIMIT: usize = 1024 - 128;
 
 pub const WHERE: &str = "where";
 pub const PORTS: &str = "ports";
@@ -244,7 +244,7 @@ pub async fn ask(
 }
 
 /// Whether `name` is a query serfnode answers itself.
-pub fn is_builtin(name: &str) -> bool {
+pub(crate) fn is_builtin(name: &str) -> bool {
     name == WHERE || name == PORTS
 }
 

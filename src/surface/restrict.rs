@@ -27,7 +27,7 @@ use std::path::Path;
 /// The variable that carries a child's token into its container: it proves
 /// to the parent which child the wrapper is, and is removed from the
 /// environment of every process serfnode starts (handlers, the application).
-pub const TOKEN_ENV: &str = "SERFNODE_CHILD_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "SERFNODE_CHILD_TOKEN";
 
 /// CAP_SYS_ADMIN, from linux/capability.h.
 const CAP_SYS_ADMIN: u32 = 21;

@@ -20,7 +20,7 @@ use crate::surface::query;
 
 /// Journals `ev`, starts its handler, answers a query. Nothing here waits on
 /// a handler, so the follower always drains the stream.
-pub fn route(
+pub(crate) fn route(
     client: &Client,
     snap: &Snapshot,
     journal: &Journal,
@@ -152,7 +152,7 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 /// A child's handlers: runs the handler of every journal entry the parent
 /// sends after `start` is known (the entries already in the parent's ring
 /// when the child connected are history, not news).
-pub async fn dispatch_journal(
+pub(crate) async fn dispatch_journal(
     journal: Journal,
     view: View,
     handlers: Handlers,

@@ -22,30 +22,33 @@ use crate::cluster::rpc::{Client, RpcError};
 use crate::event::{self, Event, Origin, Raiser};
 use crate::surface::query::{self, Answers, Ask, MAX_WAIT};
 
-/// User events raised per second by default, in bursts of as many: half of
-/// Serf's event buffer (512 Lamport times), so that what is in flight at
-/// once stays well inside the window in which receivers accept events.
-pub const DEFAULT_EVENT_RATE: u32 = 256;
+/// User events raised per second by default, in bursts of as many: the
+/// burst and the second after it are half of Serf's event buffer (512
+/// Lamport times), so that what is in flight at once stays inside the
+/// window in which receivers accept events even when gossip drains at half
+/// the rate (256, the whole window in that time, lost events on a loaded
+/// machine: `hostile::every_event_of_a_thousand_writers_reaches_another_member`).
+pub(crate) const DEFAULT_EVENT_RATE: u32 = 128;
 
 /// Serf's default `UserEventSizeLimit`: name + payload, before encoding.
 pub const DEFAULT_EVENT_LIMIT: usize = 512;
 
 /// The errno of a write whose events may have been raised (the request was
 /// sent and no verdict came): the writer checks the journal before retrying.
-pub const UNKNOWN: i32 = libc::ETIMEDOUT;
+pub(crate) const UNKNOWN: i32 = libc::ETIMEDOUT;
 
 /// How long a write waits for the local agent in all (the FUSE request is
 /// held open meanwhile, and fuser ignores interrupts).
-pub const RAISE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const RAISE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Of [`RAISE_TIMEOUT`], how long a write or a query waits for a lost agent
 /// connection to come back (nothing is sent meanwhile).
-pub const CONNECT_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_WAIT: Duration = Duration::from_secs(3);
 
 /// Serf applies the same limit again to the encoded gossip message, whose
 /// framing (type, field names, Lamport time) takes at most this much: so
 /// the name plus the enveloped payload may use the rest.
-pub const WIRE_OVERHEAD: usize = 40;
+pub(crate) const WIRE_OVERHEAD: usize = 40;
 
 /// Of [`MAX_WAIT`], what is left for the agent beyond the query's timeout.
 const AGENT_SLACK: Duration = Duration::from_secs(1);
@@ -85,7 +88,7 @@ impl<U: Upstream> Upstream for Arc<U> {
 /// any other. Anything else (the connection closed, a timeout, a garbled
 /// reply) is `unanswered`: [`UNKNOWN`] for an event request that went out
 /// (it may yet be raised), EAGAIN for a query (asking again is harmless).
-pub fn errno_of(e: &RpcError, unanswered: i32) -> i32 {
+pub(crate) fn errno_of(e: &RpcError, unanswered: i32) -> i32 {
     match e {
         RpcError::Agent { message, .. } if message.contains("exceeds") => libc::EMSGSIZE,
         RpcError::Agent { .. } => libc::EIO,
@@ -96,7 +99,7 @@ pub fn errno_of(e: &RpcError, unanswered: i32) -> i32 {
 /// The parent's upstream: raises events on and asks queries of the local agent through whichever RPC connection is
 /// current, waiting (bounded) through a reconnect, each in the envelope that
 /// names this node and the writing child.
-pub struct AgentUpstream {
+pub(crate) struct AgentUpstream {
     clients: watch::Receiver<Option<Client>>,
     view: View,
     pace: Option<parking_lot::Mutex<Bucket>>,

@@ -60,7 +60,7 @@ pub fn parse_line(line: &[u8], limit: usize) -> Result<Event, LineError> {
 
 /// The write node: parses lines and hands the valid prefix of each write to
 /// its [`Raise`].
-pub struct WriteNode<U> {
+pub(crate) struct WriteNode<U> {
     inner: Arc<Shared<U>>,
 }
 
@@ -96,7 +96,7 @@ impl<U: Upstream> WriteNode<U> {
 }
 
 /// The events of the lines up to the first bad one, and that one's errno.
-pub fn parse_prefix(origin: &Origin, lines: &[Vec<u8>]) -> (Vec<Event>, Option<i32>) {
+pub(crate) fn parse_prefix(origin: &Origin, lines: &[Vec<u8>]) -> (Vec<Event>, Option<i32>) {
     let mut events = Vec::with_capacity(lines.len());
     for line in lines {
         match parse_line(line, DEFAULT_EVENT_LIMIT) {

@@ -615,6 +615,9 @@ pub struct UserEvent {
     /// Who raised it, from the envelope.
     pub from: Option<serfnode::event::Raiser>,
     pub raw: Vec<u8>,
+    /// Its Lamport time: the order its raiser raised it in (gossip brings
+    /// events in any order).
+    pub ltime: Option<u64>,
 }
 
 /// `serf monitor -log-level=debug` on a parent's agent, its output kept in a
@@ -767,7 +770,7 @@ pub fn parse_event_infos(text: &str) -> Vec<UserEvent> {
         if line.trim() != "Event Info:" {
             continue;
         }
-        let (mut name, mut kind, mut raw) = (None, None, Vec::new());
+        let (mut name, mut kind, mut raw, mut ltime) = (None, None, Vec::new(), None);
         while let Some(field) = lines.peek() {
             if !field.starts_with('\t') {
                 break;
@@ -779,6 +782,12 @@ pub fn parse_event_infos(text: &str) -> Vec<UserEvent> {
                 kind = Some(v.trim_matches('"').to_owned());
             } else if let Some(v) = field.strip_prefix("Payload: ") {
                 raw = parse_go_bytes(v);
+            } else if let Some(v) = field.strip_prefix("LTime: ") {
+                // `%#v` of a uint64: `0x1a`.
+                ltime = match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => v.parse().ok(),
+                };
             }
         }
         if let (Some(name), Some("user")) = (name, kind.as_deref()) {
@@ -789,6 +798,7 @@ pub fn parse_event_infos(text: &str) -> Vec<UserEvent> {
                 payload: json.then_some(payload),
                 from,
                 raw,
+                ltime,
             });
         }
     }

@@ -44,7 +44,7 @@ impl Entry {
 
     /// This version's Node info as the by-id and by-role files show it,
     /// rendered once.
-    pub fn node_info_json(&self) -> &NodeInfoJson {
+    pub(crate) fn node_info_json(&self) -> &NodeInfoJson {
         self.json.get_or_init(|| NodeInfoJson::of(&self.member))
     }
 }

@@ -984,8 +984,8 @@ impl Reader<'_> {
 
 #[cfg(test)]
 mod tests {
-    //! The connection task against a scripted agent on an in-memory pipe,
-    //! replaying recorded bodies.
+    //! The connection task against a scripted wire ([`Script`]) on an
+    //! in-memory pipe, replaying recorded bodies.
 
     use super::*;
     use crate::cluster::rpc::MemberStatus;
@@ -997,14 +997,14 @@ mod tests {
     const RECORD_JOIN: &[u8] = include_bytes!("testdata/record_member_join.bin");
     const RECORD_QUERY: &[u8] = include_bytes!("testdata/record_query.bin");
 
-    fn pair() -> (Client, FakeAgent) {
+    fn pair() -> (Client, Script) {
         // A small pipe, so long replies arrive in pieces.
         let (ours, theirs) = tokio::io::duplex(64);
         let (read, write) = tokio::io::split(ours);
         let addr = SocketAddr::from(([127, 0, 0, 9], 7373));
         (
             Client::spawn(addr, None, None, read, write),
-            FakeAgent {
+            Script {
                 io: theirs,
                 buf: Vec::new(),
             },
@@ -1032,13 +1032,17 @@ mod tests {
         ]))
     }
 
-    /// The agent's side of the pipe.
-    struct FakeAgent {
+    /// The agent's side of the pipe, scripted byte by byte by each test:
+    /// replies cut at any byte, stray records, error headers. Not a second
+    /// fake agent: the one fake agent with cluster behaviour (members, the
+    /// stream, monitor, over TCP) is the test kit's `FakeAgent`; this is the
+    /// wire under the client, which no agent can be made to misbehave on.
+    struct Script {
         io: DuplexStream,
         buf: Vec<u8>,
     }
 
-    impl FakeAgent {
+    impl Script {
         /// Answers a `list-keys` as an agent without encryption does: an
         /// error header, and the per-node report all the same.
         async fn list_keys_failed_with_report(&mut self) {
@@ -1109,7 +1113,7 @@ mod tests {
         }
     }
 
-    async fn stream(client: &Client, agent: &mut FakeAgent) -> (Subscription, u64) {
+    async fn stream(client: &Client, agent: &mut Script) -> (Subscription, u64) {
         let (sub, seq) = tokio::join!(client.stream("*"), agent.subscribe("stream"));
         (sub.unwrap(), seq)
     }

@@ -14,7 +14,7 @@ mod client;
 mod codec;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod peer;
+pub(crate) mod peer;
 mod proto;
 
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@ const SUPPORTED: &str = "-e/--env, -v/--volume, --volumes-from, -w/--workdir, --
 /// image, command), split as a shell would. Flags take their value as
 /// `--flag value` or `--flag=value`; any other flag than those supported is
 /// an error. `name` (`DOCKER_NAME`) wins over `--name`; one of them is needed.
-pub fn parse_docker_run(args: &str, name: Option<&str>) -> Result<ChildSpec, ManifestError> {
+pub(crate) fn parse_docker_run(args: &str, name: Option<&str>) -> Result<ChildSpec, ManifestError> {
     parse(args, name).map_err(ManifestError::DockerRun)
 }
 

@@ -26,14 +26,14 @@ use super::wire::*;
 /// How long a child's write waits for its parent's verdict: longer than the
 /// parent waits for its agent ([`RAISE_TIMEOUT`]), so that the child hears
 /// the parent's verdict, "unknown" included, rather than guessing.
-pub const CHILD_RAISE_WAIT: Duration = Duration::from_secs(RAISE_TIMEOUT.as_secs() + 2);
+pub(crate) const CHILD_RAISE_WAIT: Duration = Duration::from_secs(RAISE_TIMEOUT.as_secs() + 2);
 
 /// How long a child's query read waits for its parent: past the parent's
 /// own bound ([`MAX_WAIT`]).
-pub const CHILD_QUERY_WAIT: Duration = Duration::from_secs(MAX_WAIT.as_secs() + 1);
+pub(crate) const CHILD_QUERY_WAIT: Duration = Duration::from_secs(MAX_WAIT.as_secs() + 1);
 
 /// What a child's mount asks of the parent, and where the answer goes.
-pub enum Request {
+pub(crate) enum Request {
     /// A write: the writer's pid, its events; the answer is (events raised,
     /// errno).
     Events {
@@ -82,7 +82,7 @@ impl Request {
 /// parent, or the writer, giving up on it. Only a request the writer gave up
 /// on before it was sent is certainly not raised.
 #[derive(Clone, Default)]
-pub struct Handoff(Arc<std::sync::atomic::AtomicU8>);
+pub(crate) struct Handoff(Arc<std::sync::atomic::AtomicU8>);
 
 pub(super) const QUEUED: u8 = 0;
 pub(super) const SENT: u8 = 1;
@@ -109,7 +109,7 @@ impl Handoff {
 }
 
 /// The child's side of the write node: events go to the parent's daemon.
-pub struct ParentLink {
+pub(crate) struct ParentLink {
     requests: mpsc::Sender<Request>,
 }
 
@@ -183,7 +183,7 @@ impl Upstream for ParentLink {
 
 /// Where a child keeps what the parent sends besides the view.
 #[derive(Clone)]
-pub struct ChildSide {
+pub(crate) struct ChildSide {
     pub journal: Journal,
     /// The seq of the last backlog entry of the first link: the child's
     /// handlers run for entries after it.

@@ -25,11 +25,11 @@ use super::wire::*;
 
 /// Connections served as one child: a newer one (a reconnect) closes the
 /// oldest beyond this.
-pub const MAX_PER_CHILD: usize = 2;
+pub(crate) const MAX_PER_CHILD: usize = 2;
 
 /// Connections served in all; only reachable without grants (a bare
 /// `--share`, where any name is taken).
-pub const MAX_SERVED: usize = 256;
+pub(crate) const MAX_SERVED: usize = 256;
 
 /// Requests of one connection answered at once; beyond, its next frame is
 /// not read until one is done.
@@ -38,7 +38,7 @@ pub(super) const MAX_IN_FLIGHT: usize = 64;
 /// Queries each child may ask per second, in bursts of as many, unless
 /// `--child-query-rate` says otherwise: every query runs a handler on every
 /// member it reaches.
-pub const DEFAULT_CHILD_QUERY_RATE: u32 = 10;
+pub(crate) const DEFAULT_CHILD_QUERY_RATE: u32 = 10;
 
 /// Binds the parent's socket at `path`, replacing a stale one left by an
 /// earlier run.
@@ -56,7 +56,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ReplicaError> {
 
 /// The parent's side: serves every child that connects until `stop`.
 /// `query_rate`: queries each child may ask per second (0: no limit).
-pub async fn serve<U: Upstream>(
+pub(crate) async fn serve<U: Upstream>(
     listener: UnixListener,
     view: View,
     journal: Journal,

@@ -17,7 +17,7 @@ use crate::cluster::rpc::Member;
 use crate::surface::journal::Entry;
 use crate::surface::query::{Answers, Ask};
 
-pub const SOCKET: &str = "replica.sock";
+pub(crate) const SOCKET: &str = "replica.sock";
 
 /// Bound on one line from the parent: a view of tens of thousands of
 /// members fits.
@@ -29,8 +29,8 @@ pub(super) const MAX_FRAME: u64 = 256 << 20;
 /// theirs (a newer one pushes out the oldest, so a real child, which sends
 /// its hello at once, gets through a flood of silent ones).
 pub const MAX_HELLO: usize = 4096;
-pub const HELLO_DEADLINE: Duration = Duration::from_secs(2);
-pub const MAX_PENDING: usize = 64;
+pub(crate) const HELLO_DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const MAX_PENDING: usize = 64;
 
 /// Bound on a frame from a child after its hello. One write(2) reaches the
 /// write node in WRITEs of at most 1 MiB (the kernel's largest), plus a
@@ -74,7 +74,7 @@ pub enum ToParent {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ToChild {
+pub(crate) enum ToChild {
     View(Box<WireView>),
     Outcome {
         id: u64,
@@ -101,7 +101,7 @@ pub struct WireEvent {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct WireView {
+pub(crate) struct WireView {
     pub local: Option<String>,
     pub agent_error: Option<String>,
     pub members: Vec<WireMember>,
@@ -110,7 +110,7 @@ pub struct WireView {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct WireMember {
+pub(crate) struct WireMember {
     pub name: String,
     pub addr: IpAddr,
     pub port: u16,
