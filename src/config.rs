@@ -14,6 +14,7 @@ use crate::cluster::keys::{Encryption, KeyError};
 use crate::cluster::tags::OwnTags;
 use crate::containers::child::ChildConfig;
 use crate::containers::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
+use crate::surface::templates::TemplateSpec;
 use crate::surface::EventsConfig;
 
 pub const DEFAULT_SERF_PORT: u16 = 7946;
@@ -47,9 +48,14 @@ pub struct Config {
     /// Children to launch with Docker (`--docker`), in order.
     pub docker: Option<Vec<ChildSpec>>,
     pub events: EventsConfig,
+    /// The manifest's `templates:`: the node's.
+    pub templates: Vec<TemplateSpec>,
 }
 
 pub const DEFAULT_HANDLERS: &str = "/etc/serfnode/handlers";
+
+/// A parent's manifest when `--manifest` is not given.
+pub const DEFAULT_MANIFEST: &str = "/serfnode.yml";
 
 /// The handlers and journal settings of `args`. `manifest`: the manifest's
 /// `handlers:` (or a child entry's), used when the flag and its variable are
@@ -105,6 +111,11 @@ pub fn child_config(args: crate::cli::ChildArgs) -> anyhow::Result<ChildConfig> 
         me_link: (args.me_link != "none").then(|| PathBuf::from(args.me_link)),
         restrict,
         events: events_config(&args.events, None)?,
+        templates: match &args.templates {
+            Some(json) => serde_json::from_str(json)
+                .context("--templates: not the parent's list of templates")?,
+            None => Vec::new(),
+        },
         token: args.token,
         command: args.command,
     })
@@ -137,10 +148,20 @@ impl Config {
     /// Flags and environment win over the manifest's `serfnode:` section
     /// (read only with `--docker`), which wins over the defaults.
     pub fn resolve(args: &AgentArgs) -> Result<Config, ConfigError> {
-        let manifest = if args.docker {
-            Manifest::load(&args.manifest)?
-        } else {
-            None
+        let manifest = match (&args.manifest, args.docker) {
+            (None, true) => Manifest::load(Path::new(DEFAULT_MANIFEST))?,
+            (None, false) => None,
+            // Named on a host: it must be there.
+            (Some(path), docker) => match Manifest::load(path)? {
+                None if !docker => {
+                    return Err(ManifestError::Read {
+                        path: path.clone(),
+                        error: std::io::ErrorKind::NotFound.into(),
+                    }
+                    .into())
+                }
+                m => m,
+            },
         };
         let section = manifest
             .as_ref()
@@ -257,6 +278,7 @@ impl Config {
                 &args.events,
                 manifest.as_ref().and_then(|m| m.handlers.clone()),
             )?,
+            templates: manifest.map(|m| m.templates).unwrap_or_default(),
         })
     }
 }
