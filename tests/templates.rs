@@ -510,3 +510,69 @@ fn commands_are_serialized_and_coalesced_under_a_burst_of_50_changes() {
     assert_eq!(status["templates"]["v"]["command"]["runs"], 2);
     assert_eq!(status["templates"]["v"]["command"]["last_exit"], 0);
 }
+
+#[test]
+fn a_childs_template_is_rendered_in_the_child_and_signals_its_application() {
+    use serfnode::surface::templates::{Body, Signal, TemplateSpec};
+    let share = tempfile::tempdir().unwrap();
+    let parent = support::child::parent("mother", share.path());
+    let dir = tempfile::tempdir().unwrap();
+    let (dest, got) = (dir.path().join("peers"), dir.path().join("got"));
+    let spec = TemplateSpec {
+        name: "peers".into(),
+        body: Body::Inline {
+            text: "{% for m in alive | sort_by('name') %}{{ m.id }} {% endfor %}\n".into(),
+            placement: None,
+        },
+        destination: Some(dest.clone()),
+        mode: None,
+        command: None,
+        signal: Some(Signal::try_from("HUP".to_string()).unwrap()),
+        wait: None,
+    };
+    let json = serde_json::to_string(&[spec]).unwrap();
+    // The application records each signal and what the file says then.
+    let app = format!(
+        "trap 'echo \"HUP $(cat {})\" >> {}' HUP; while :; do sleep 0.05; done",
+        dest.display(),
+        got.display()
+    );
+    let child = support::child::Wrapped::start(
+        share.path(),
+        "kid",
+        &[&format!("--templates={json}")],
+        &["sh", "-c", &app],
+    );
+    wait_for(T, "the child's live file", || {
+        let got = std::fs::read_to_string(child.path("templates/peers"));
+        match got {
+            Ok(t) if t == "mother " => Ok(()),
+            other => Err(format!(
+                "{other:?} {:?} {:?}",
+                std::fs::read_dir(&child.mount)
+                    .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>()),
+                std::fs::read_dir(child.path("templates"))
+                    .map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
+            )),
+        }
+    });
+    wait_for(T, "the destination written in the child", || {
+        text(&dest) == "mother "
+    });
+    let _other = Agent::start(AgentOpts {
+        join: Some(parent.bind_addr()),
+        ..AgentOpts::named("other").tag("role", "db")
+    });
+    wait_for(T, "the application told of the change", || {
+        text(&got).lines().last() == Some("HUP mother other ")
+    });
+    let status = child.wait_json("status.json", |s| {
+        s["templates"]["peers"]["command"]["runs"].as_u64() >= Some(1)
+    });
+    assert_eq!(status["templates"]["peers"]["ok"], true, "{status}");
+    assert!(
+        text(&got).lines().all(|l| l.starts_with("HUP ")),
+        "{}",
+        text(&got)
+    );
+}

@@ -14,7 +14,7 @@
 //!   command runs as a handler does ([`crate::surface::handlers`]: its own
 //!   process group, killed at the timeout, output logged, in a child with
 //!   the application's restrictions); a signal goes to the child's
-//!   application.
+//!   application (none before it started: it reads its files then).
 
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -166,16 +166,16 @@ impl Actor {
     /// Runs the command or sends the signal, to its end.
     async fn act(&self) {
         let name = &self.spec.name;
-        self.update(|r| {
-            r.last_run = Some(SystemTime::now());
-            r.runs += 1;
-        });
         if let Some(signal) = self.spec.signal {
             return self.signal(signal);
         }
         let Some(command) = &self.spec.command else {
             return;
         };
+        self.update(|r| {
+            r.last_run = Some(SystemTime::now());
+            r.runs += 1;
+        });
         let (program, args) = command.split_first().expect("a command has a word");
         let label = format!("template {name}");
         tracing::info!(template = %name, command = ?command, "template changed: running its command");
@@ -233,14 +233,18 @@ impl Actor {
         let name = &self.spec.name;
         let pid = self.shared.application.load(Ordering::Acquire);
         let error = if pid <= 1 {
-            Some(format!(
-                "template `{name}`: signal {}: the application is not running",
-                signal.name()
-            ))
+            // Not started yet: it reads the destination as it is when it
+            // starts, and is told of the changes after that.
+            tracing::debug!(template = %name, "template changed before the application started: no signal");
+            None
         } else {
-            // SAFETY: kill(2) of the application, our own unreaped child
-            // (the wrapper reaps it only when it exits, and then the pid
-            // is cleared first).
+            self.update(|r| {
+                r.last_run = Some(SystemTime::now());
+                r.runs += 1;
+            });
+            // SAFETY: kill(2) of the application, the wrapper's child: it
+            // is cleared as soon as the wrapper's wait for it returns (a
+            // pid reused in that instant is the one gap).
             match unsafe { libc::kill(pid, signal.number()) } {
                 0 => {
                     tracing::info!(template = %name, pid, signal = signal.name(), "template changed: application signalled");
