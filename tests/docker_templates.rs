@@ -20,7 +20,8 @@ use support::docker::{debian_image, exec_sh, Cluster, DOCKER_POLL};
 const START: Duration = Duration::from_secs(90);
 
 /// Records each HUP and what the destination says at that moment.
-const APP: &str = "trap 'echo \"HUP $(cat /tmp/peers)\" >> /tmp/got' HUP; while :; do sleep 0.1; done";
+const APP: &str =
+    "trap 'echo \"HUP $(cat /tmp/peers)\" >> /tmp/got' HUP; while :; do sleep 0.1; done";
 
 fn manifest() -> String {
     format!(
@@ -62,10 +63,15 @@ fn a_childs_template_is_rendered_in_the_child_and_hups_its_application() {
     let mut names = [first.name.clone(), second.name.clone()];
     names.sort();
     let both = format!("HUP {} {}", names[0], names[1]);
-    wait_for_every(DOCKER_POLL, START, "the application's HUP with both nodes", || {
-        exec_sh(&child, "cat /tmp/got")
-            .and_then(|t| t.lines().any(|l| l.trim() == both).then_some(()).ok_or(t))
-    });
+    wait_for_every(
+        DOCKER_POLL,
+        START,
+        "the application's HUP with both nodes",
+        || {
+            exec_sh(&child, "cat /tmp/got")
+                .and_then(|t| t.lines().any(|l| l.trim() == both).then_some(()).ok_or(t))
+        },
+    );
     let got = exec_sh(&child, "cat /tmp/got").unwrap();
     assert!(got.lines().all(|l| l.starts_with("HUP ")), "{got}");
     let status = exec_sh(&child, "cat /serfnode/status.json").unwrap();
