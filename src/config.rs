@@ -415,6 +415,26 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_named_on_a_host_gives_its_templates_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lb.yml");
+        std::fs::write(
+            &path,
+            "serfnode:\n  role: lb\ntemplates:\n  - name: up\n    template: x\n",
+        )
+        .unwrap();
+        let c = resolve(&["--node", "n", "--manifest", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.tags.role, "lb");
+        assert_eq!(c.templates.len(), 1);
+        assert!(c.docker.is_none(), "children only with --docker");
+        let missing = dir.path().join("nope.yml");
+        let err = resolve(&["--node", "n", "--manifest", missing.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("nope.yml"), "{err}");
+        // Without --manifest, a host reads none.
+        assert!(resolve(&["--node", "n"]).unwrap().templates.is_empty());
+    }
+
+    #[test]
     fn defaults_are_the_originals() {
         let c = resolve(&["--node", "n", "--hosts-file", "none"]).unwrap();
         assert_eq!(c.bind, "0.0.0.0:7946".parse().unwrap());
