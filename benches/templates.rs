@@ -14,8 +14,17 @@
 //! machine does not inflate by preempting the bench), a step's drop not
 //! included; the render
 //! rows also give the output's size and the fuel the render consumed (of
-//! `templates::FUEL`). Prints figures, asserts nothing about timing.
-//! BENCHMARKS.md explains the method and keeps the latest figures.
+//! `templates::FUEL`).
+//!
+//! Then **a change through a real daemon**: a `serfnode agent` with its
+//! `serf agent` on loopback, a manifest template showing a tag of every
+//! member, with a destination and a command (`sh -c 'date +%s.%N >> ...'`,
+//! which records when it started). Each trial sets the tag on the local
+//! agent (`serf tags`, timed from its return) and times, by wall clock, the
+//! change's arrival in `members/<node>.json` (the files' own freshness: the
+//! baseline), the destination's rewrite (its mtime) and the command's
+//! start. Prints figures, asserts nothing about timing. BENCHMARKS.md
+//! explains the method and keeps the latest figures.
 
 // In process: none of the helpers for processes and mounts is needed.
 #[macro_use]
@@ -24,13 +33,13 @@ mod common;
 
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use serfnode::cluster::membership::View;
 use serfnode::surface::templates::{Context, Documents, Origin, Source, TemplateSet, FUEL};
 
 use common::report::*;
 use common::synth::synthetic_member;
-use serfnode_testkit::progress;
+use serfnode_testkit::{progress, Daemon, DaemonOpts};
 
 const MEMBERS: usize = 10_000;
 const BUILD_TRIALS: usize = 15;
@@ -173,5 +182,115 @@ fn main() -> Result<()> {
         &rows,
     );
     raw_lines(&raw);
+    through_a_daemon()
+}
+
+const DAEMON_TRIALS: usize = 40;
+
+/// A change in the local agent → the file, the destination, the command.
+fn through_a_daemon() -> Result<()> {
+    progress!("a change through a real daemon, {DAEMON_TRIALS} trials");
+    let dir = tempfile::tempdir()?;
+    let (dest, started) = (dir.path().join("v.conf"), dir.path().join("started"));
+    let manifest = dir.path().join("serfnode.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "templates:\n  - name: v\n    template: \"{{% for m in members %}}{{{{ m.tags.v | default('') }}}}{{% endfor %}}\\n\"\n    destination: {}\n    command: [sh, -c, 'date +%s.%N >> {}']\n",
+            dest.display(),
+            started.display()
+        ),
+    )?;
+    let ip = serfnode_testkit::unique_ip();
+    let daemon = Daemon::try_start(DaemonOpts {
+        args: vec!["--manifest".into(), manifest.display().to_string()],
+        ..DaemonOpts::bench("tpl-bench", ip, "bench")
+    })?;
+    let member = daemon.path(&format!("members/{}.json", daemon.name));
+    let starts = || -> Vec<f64> {
+        std::fs::read_to_string(&started)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let mtime = |p: &std::path::Path| -> Option<f64> {
+        let m = std::fs::metadata(p).ok()?;
+        Some(
+            m.modified()
+                .ok()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64(),
+        )
+    };
+    // The output of the start (no tag yet) has run its command.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while starts().is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the template's first command never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (mut file_ms, mut dest_ms, mut cmd_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for trial in 0..DAEMON_TRIALS {
+        let value = format!("t{trial}");
+        let runs = starts().len();
+        let out = std::process::Command::new("serf")
+            .arg("tags")
+            .arg(format!("-rpc-addr={}", daemon.rpc_addr()))
+            .args(["-set", &format!("v={value}")])
+            .output()
+            .context("serf tags")?;
+        ensure!(out.status.success(), "serf tags failed");
+        let t0 = unix_now();
+        let (mut file_at, mut cmd_at) = (None, None);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while file_at.is_none() || cmd_at.is_none() {
+            ensure!(Instant::now() < deadline, "trial {trial}: no change seen");
+            if file_at.is_none()
+                && std::fs::read_to_string(&member).is_ok_and(|t| t.contains(&value))
+            {
+                file_at = Some(unix_now());
+            }
+            if cmd_at.is_none() {
+                cmd_at = starts().get(runs).copied();
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        let dest_at = mtime(&dest).context("destination")?;
+        file_ms.push((file_at.unwrap() - t0) * 1e3);
+        dest_ms.push((dest_at - t0) * 1e3);
+        cmd_ms.push((cmd_at.unwrap() - t0) * 1e3);
+        // Spaced, so the agent's coalescing of member updates starts over.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let mut rows = Vec::new();
+    for (what, ms) in [
+        (
+            "members/<node>.json shows it (baseline: the files)",
+            &mut file_ms,
+        ),
+        ("destination rewritten (its mtime)", &mut dest_ms),
+        ("command started (its own clock)", &mut cmd_ms),
+    ] {
+        let p = Percentiles::of(ms);
+        rows.push(vec![
+            what.to_owned(),
+            format!("{:.1}", p.p50),
+            format!("{:.1}", p.p99),
+        ]);
+    }
+    table(
+        "Templates: a tag set on the local agent → ... (ms after `serf tags` returned, loopback)",
+        &["step", "p50", "p99"],
+        &rows,
+    );
+    raw_lines(&[
+        format!("file ms {}", list(&file_ms, 1)),
+        format!("destination ms {}", list(&dest_ms, 1)),
+        format!("command ms {}", list(&cmd_ms, 1)),
+    ]);
     Ok(())
 }

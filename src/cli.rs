@@ -231,9 +231,11 @@ pub struct AgentArgs {
     /// --manifest (and DOCKER_RUN) with Docker and share the view with them.
     #[arg(long)]
     pub docker: bool,
-    /// The parent's manifest: `serfnode:` settings and `children:`.
-    #[arg(long, env = "SERFNODE_MANIFEST", default_value = "/serfnode.yml")]
-    pub manifest: PathBuf,
+    /// The manifest: `serfnode:` settings, `handlers:`, `templates:` (read
+    /// on a host too when given) and, with --docker, `children:`
+    /// [default with --docker: /serfnode.yml].
+    #[arg(long, env = "SERFNODE_MANIFEST", value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
     /// One more child, as `docker run` arguments (with --docker).
     #[arg(long, env = "DOCKER_RUN", hide = true)]
     pub docker_run: Option<String>,
@@ -273,6 +275,9 @@ pub struct ChildArgs {
     /// `name:group`, `uid:gid`), with its groups as `docker run --user` gives them.
     #[arg(long)]
     pub user: Option<String>,
+    /// The child's templates, as JSON (the parent passes its manifest's).
+    #[arg(long, env = "SERFNODE_TEMPLATES", value_name = "JSON", hide = true)]
+    pub templates: Option<String>,
     /// The token proving to the parent which child this is: taken out of
     /// SERFNODE_CHILD_TOKEN at start (see `child::prepare`).
     #[arg(skip)]

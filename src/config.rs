@@ -14,6 +14,7 @@ use crate::cluster::keys::{Encryption, KeyError};
 use crate::cluster::tags::OwnTags;
 use crate::containers::child::ChildConfig;
 use crate::containers::manifest::{parse_docker_run, ChildSpec, Manifest, ManifestError};
+use crate::surface::templates::TemplateSpec;
 use crate::surface::EventsConfig;
 
 pub(crate) const DEFAULT_SERF_PORT: u16 = 7946;
@@ -48,9 +49,14 @@ pub struct Config {
     /// Children to launch with Docker (`--docker`), in order.
     pub docker: Option<Vec<ChildSpec>>,
     pub events: EventsConfig,
+    /// The manifest's `templates:`: the node's.
+    pub templates: Vec<TemplateSpec>,
 }
 
 pub(crate) const DEFAULT_HANDLERS: &str = "/etc/serfnode/handlers";
+
+/// A parent's manifest when `--manifest` is not given.
+pub const DEFAULT_MANIFEST: &str = "/serfnode.yml";
 
 /// The handlers and journal settings of `args`. `manifest`: the manifest's
 /// `handlers:` (or a child entry's), used when the flag and its variable are
@@ -106,6 +112,11 @@ pub fn child_config(args: crate::cli::ChildArgs) -> anyhow::Result<ChildConfig> 
         me_link: (args.me_link != "none").then(|| PathBuf::from(args.me_link)),
         restrict,
         events: events_config(&args.events, None)?,
+        templates: match &args.templates {
+            Some(json) => serde_json::from_str(json)
+                .context("--templates: not the parent's list of templates")?,
+            None => Vec::new(),
+        },
         token: args.token,
         command: args.command,
     })
@@ -138,10 +149,20 @@ impl Config {
     /// Flags and environment win over the manifest's `serfnode:` section
     /// (read only with `--docker`), which wins over the defaults.
     pub fn resolve(args: &AgentArgs) -> Result<Config, ConfigError> {
-        let manifest = if args.docker {
-            Manifest::load(&args.manifest)?
-        } else {
-            None
+        let manifest = match (&args.manifest, args.docker) {
+            (None, true) => Manifest::load(Path::new(DEFAULT_MANIFEST))?,
+            (None, false) => None,
+            // Named on a host: it must be there.
+            (Some(path), docker) => match Manifest::load(path)? {
+                None if !docker => {
+                    return Err(ManifestError::Read {
+                        path: path.clone(),
+                        error: std::io::ErrorKind::NotFound.into(),
+                    }
+                    .into())
+                }
+                m => m,
+            },
         };
         let section = manifest
             .as_ref()
@@ -261,6 +282,7 @@ impl Config {
                 &args.events,
                 manifest.as_ref().and_then(|m| m.handlers.clone()),
             )?,
+            templates: manifest.map(|m| m.templates).unwrap_or_default(),
         })
     }
 }
@@ -394,6 +416,26 @@ mod tests {
     fn rpc_must_stay_on_loopback() {
         let err = resolve(&["--node", "n", "--rpc-addr", "0.0.0.0:7373"]).unwrap_err();
         assert!(err.to_string().contains("not a loopback"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_named_on_a_host_gives_its_templates_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lb.yml");
+        std::fs::write(
+            &path,
+            "serfnode:\n  role: lb\ntemplates:\n  - name: up\n    template: x\n",
+        )
+        .unwrap();
+        let c = resolve(&["--node", "n", "--manifest", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.tags.role, "lb");
+        assert_eq!(c.templates.len(), 1);
+        assert!(c.docker.is_none(), "children only with --docker");
+        let missing = dir.path().join("nope.yml");
+        let err = resolve(&["--node", "n", "--manifest", missing.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("nope.yml"), "{err}");
+        // Without --manifest, a host reads none.
+        assert!(resolve(&["--node", "n"]).unwrap().templates.is_empty());
     }
 
     #[test]

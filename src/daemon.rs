@@ -54,6 +54,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             allow_other: cfg.allow_other,
             events: cfg.events.clone(),
             restrict: Restrictions::none(),
+            templates: cfg.templates.clone(),
         },
     )
     .await?;

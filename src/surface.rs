@@ -9,16 +9,18 @@
 //!
 //! [`Surface`] is the one construction of it, for a parent daemon (whose
 //! upstream is its agent) and a child wrapper (whose upstream is the parent)
-//! alike: view → journal → file tree → write node and querier → mount →
-//! publisher → handlers. Its teardown runs in one order, the reverse of what
-//! depends on what:
+//! alike: templates compiled (one that does not parse stops the start) →
+//! view → journal → file tree → write node and querier → mount → publisher
+//! → handlers → templates stage. Its teardown runs in one order, the
+//! reverse of what depends on what:
 //!
 //! 1. [`Surface::close`]: the write node refuses every later write (EAGAIN),
 //!    so nothing new is raised while the caller stops what feeds the view
 //!    and the journal (a parent's children, agent and follower; a child's
 //!    replica link);
-//! 2. [`Surface::finish`]: the handlers are stopped (running ones killed
-//!    with their process groups), so none outlives the daemon; then the
+//! 2. [`Surface::finish`]: the handlers and the templates' commands are
+//!    stopped (running ones killed with their process groups), so none
+//!    outlives the daemon; then the
 //!    caller's last step before the files go (a parent clears its hosts
 //!    block); then the publisher stops and the mount goes last, so the files
 //!    say what happens until the end (a file still open does not fail the
@@ -47,10 +49,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::View;
-use files::{Nodes, Querier, Tree};
+use files::{Nodes, Querier, TemplateFiles, Tree};
 use handlers::{HandlerConfig, Handlers};
 use journal::Journal;
 use restrict::Restrictions;
+use templates::{StageConfig, TemplateSet, TemplateSpec, Templates};
 use upstream::Upstream;
 use write_node::WriteNode;
 
@@ -70,8 +73,11 @@ pub struct SurfaceConfig {
     /// Whether users other than root may read the files.
     pub allow_other: bool,
     pub events: EventsConfig,
-    /// Applied to every handler: in a child, the application's restrictions.
+    /// Applied to every handler and template command: in a child, the
+    /// application's restrictions.
     pub restrict: Restrictions,
+    /// The node's templates (a child's own, in a child).
+    pub templates: Vec<TemplateSpec>,
 }
 
 /// A running surface: its files mounted and published, its handlers ready.
@@ -80,6 +86,7 @@ pub struct Surface<U> {
     pub journal: Journal,
     pub upstream: Arc<U>,
     pub handlers: Handlers,
+    pub templates: Templates,
     write_node: WriteNode<Arc<U>>,
     mount: Mount,
     publisher: JoinHandle<()>,
@@ -97,17 +104,40 @@ impl<U: Upstream> Surface<U> {
         upstream: Arc<U>,
         cfg: &SurfaceConfig,
     ) -> anyhow::Result<Surface<U>> {
+        // Before anything is served: a template that cannot be read or
+        // parsed stops the start, naming its file, line and column.
+        let specs = cfg.templates.clone();
+        let set = tokio::task::spawn_blocking(move || TemplateSet::load(&specs)).await??;
         let runtime = tokio::runtime::Handle::current();
         let write_node = WriteNode::new(upstream.clone(), runtime.clone());
         let nodes = Nodes {
             sink: Arc::new(write_node.clone()),
             queries: Arc::new(Querier::new(upstream.clone(), runtime)),
         };
-        let root = Tree::new(view.snapshot(), journal.snapshot(), nodes.clone());
+        let no_templates = Arc::new(TemplateFiles {
+            enabled: !cfg.templates.is_empty(),
+            ..TemplateFiles::default()
+        });
+        let root = Tree::new(
+            view.snapshot(),
+            journal.snapshot(),
+            nodes.clone(),
+            no_templates,
+        );
         let mount = mount(cfg.mount.clone(), cfg.allow_other, root).await?;
+        let templates = Templates::start(
+            set,
+            view.clone(),
+            StageConfig {
+                specs: cfg.templates.clone(),
+                timeout: cfg.events.timeout,
+                restrict: cfg.restrict.clone(),
+            },
+        );
         let publisher = tokio::spawn(publish(
             view.clone(),
             journal.clone(),
+            templates.files(),
             mount.publisher(),
             nodes,
         ));
@@ -127,6 +157,7 @@ impl<U: Upstream> Surface<U> {
             journal,
             upstream,
             handlers,
+            templates,
             write_node,
             mount,
             publisher,
@@ -148,6 +179,7 @@ impl<U: Upstream> Surface<U> {
         self.close();
         self.handlers_stop.cancel();
         self.handlers.stopped().await;
+        self.templates.stop().await;
         before_unmount.await?;
         self.publisher.abort();
         let mount = self.mount;
@@ -186,11 +218,18 @@ async fn mount(path: PathBuf, allow_other: bool, root: Arc<Tree>) -> anyhow::Res
     .await?
 }
 
-/// Publishes each new snapshot of the view or the journal to the mount.
+/// Publishes each new snapshot of the view, the journal or the templates'
+/// outputs to the mount.
 /// Publishing invalidates kernel caches (blocking writes to /dev/fuse), so
 /// it runs on a blocking thread; the watch channels hand over only the
 /// latest snapshots, so a burst of changes costs one publish.
-async fn publish(view: View, journal: Journal, publisher: Publisher, nodes: Nodes) {
+async fn publish(
+    view: View,
+    journal: Journal,
+    mut templates: tokio::sync::watch::Receiver<Arc<TemplateFiles>>,
+    publisher: Publisher,
+    nodes: Nodes,
+) {
     let mut rx = view.subscribe();
     let mut entries = journal.subscribe();
     // Whatever changed between the mount and this subscription is published.
@@ -199,11 +238,14 @@ async fn publish(view: View, journal: Journal, publisher: Publisher, nodes: Node
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             r = entries.changed() => if r.is_err() { return },
+            // Closed when there are no templates: nothing more to wait for.
+            r = templates.changed(), if templates.has_changed().is_ok() => if r.is_err() { continue },
         }
         let tree = Tree::new(
             rx.borrow_and_update().clone(),
             entries.borrow_and_update().clone(),
             nodes.clone(),
+            templates.borrow_and_update().clone(),
         );
         let p = publisher.clone();
         if tokio::task::spawn_blocking(move || p.publish(tree))

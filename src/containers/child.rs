@@ -32,6 +32,7 @@ use crate::containers::replica::{self, ChildSide, ParentLink};
 use crate::surface::journal::Journal;
 use crate::surface::restrict::Restrictions;
 use crate::surface::restrict::TOKEN_ENV;
+use crate::surface::templates::TemplateSpec;
 use crate::surface::{EventsConfig, Surface, SurfaceConfig};
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct ChildConfig {
     pub restrict: Restrictions,
     /// The child's own handlers (run in the child for the parent's events).
     pub events: EventsConfig,
+    /// The child's templates, rendered here.
+    pub templates: Vec<TemplateSpec>,
     /// Proves to the parent which child this is (never given to the
     /// application).
     pub token: Option<String>,
@@ -86,6 +89,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
             allow_other: true,
             events: cfg.events.clone(),
             restrict: cfg.restrict.clone(),
+            templates: cfg.templates.clone(),
         },
     )
     .await?;
@@ -110,14 +114,19 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     }
 
     let mut cmd = Command::new(program);
-    cmd.args(args).env_remove(TOKEN_ENV);
+    cmd.args(args)
+        .env_remove(TOKEN_ENV)
+        .env_remove("SERFNODE_TEMPLATES");
     cfg.restrict.on_std(&mut cmd);
     let app = cmd
         .spawn()
         .with_context(|| format!("start {}", program.to_string_lossy()))?;
     let pid = app.id() as libc::pid_t;
     tracing::info!(pid, command = ?cfg.command, "application started");
-    let status = crate::containers::init::wait_forwarding(pid).await?.code;
+    surface.templates.set_application(pid);
+    let status = crate::containers::init::wait_forwarding(pid).await;
+    surface.templates.set_application(0);
+    let status = status?.code;
     tracing::info!(status, "application exited");
 
     surface.close();

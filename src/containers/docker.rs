@@ -583,6 +583,10 @@ async fn create(
     if let Some(dir) = &spec.handlers {
         wrapper.push(format!("--handlers={dir}"));
     }
+    if !spec.templates.is_empty() {
+        let json = serde_json::to_string(&spec.templates).expect("specs serialize");
+        wrapper.push(format!("--templates={json}"));
+    }
     wrapper.push("--".into());
     for ignored in [
         ("links", &spec.links),

@@ -14,6 +14,7 @@
 //! | `parent` | write node: `["event", payload]` lines → Serf user events |
 //! | `events`, `events_since/<seq>` | the event journal (see [`crate::surface::journal`]) |
 //! | `query/<name>/<arg>` | a query's answers, asked per read (see [`crate::surface::query`]) |
+//! | `templates/<name>` | a template's last good output (see [`crate::surface::templates`]) |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use serfnode_fs::{ControlSink, Dir, Doc, Node, NodeKind, Resolve, Resolved};
+use serfnode_fs::{ControlSink, Dir, Doc, Node, NodeKind, Parts, Resolve, Resolved};
 
 use crate::cluster::membership::Snapshot;
 use crate::cluster::rpc::Member;
@@ -41,6 +42,7 @@ pub const STATUS: &str = "status.json";
 pub const MEMBERS: &str = "members";
 pub const WRITE_NODE: &str = "parent";
 pub const QUERY: &str = "query";
+pub const TEMPLATES: &str = "templates";
 
 /// The root directory for one snapshot of the view and of the journal;
 /// cheap to build per generation.
@@ -49,6 +51,25 @@ pub struct Tree {
     pub snap: Arc<Snapshot>,
     pub journal: Arc<JournalSnap>,
     pub nodes: Nodes,
+    pub templates: Arc<TemplateFiles>,
+}
+
+/// The templates' files and their part of `status.json`, as the templates
+/// stage last published them (it renders; the tree only shows).
+#[derive(Debug, Clone, Default)]
+pub struct TemplateFiles {
+    /// Whether the node has templates: `templates/` and the `templates`
+    /// key of `status.json` exist.
+    pub enabled: bool,
+    /// name → the version (the view generation at which it last changed)
+    /// and bytes of its last good output.
+    pub outputs: BTreeMap<String, (u64, Arc<Vec<u8>>)>,
+    /// `status.json`'s `templates` object.
+    pub status: Value,
+    /// Counts the changes of `status`. `status.json`'s version is the
+    /// view's generation plus this: both only grow, so no two of the
+    /// versions published stand for different bytes.
+    pub revision: u64,
 }
 
 /// The nodes that act rather than show state, the same in every tree.
@@ -61,12 +82,30 @@ pub struct Nodes {
 }
 
 impl Tree {
-    pub fn new(snap: Arc<Snapshot>, journal: Arc<JournalSnap>, nodes: Nodes) -> Arc<Tree> {
+    pub fn new(
+        snap: Arc<Snapshot>,
+        journal: Arc<JournalSnap>,
+        nodes: Nodes,
+        templates: Arc<TemplateFiles>,
+    ) -> Arc<Tree> {
         Arc::new(Tree {
             snap,
             journal,
             nodes,
+            templates,
         })
+    }
+
+    fn status(&self) -> Node {
+        let (snap, t) = (self.snap.clone(), self.templates.clone());
+        let version = snap.generation + t.revision;
+        Node::File(Doc::new(version, move || {
+            let mut doc = status(&snap);
+            if t.enabled {
+                doc["templates"] = t.status.clone();
+            }
+            to_bytes(&doc)
+        }))
     }
 
     fn doc(&self, version: u64, render: fn(&Snapshot) -> Value) -> Node {
@@ -90,11 +129,14 @@ impl Dir for Tree {
             ME => self.doc(s.containers_gen, me),
             PARENT_INFO => self.doc(s.containers_gen, parent),
             CHILDREN => self.doc(s.containers_gen, children),
-            STATUS => self.doc(s.generation, status),
+            STATUS => self.status(),
             MEMBERS => Node::Dir(Arc::new(MembersDir(s.clone()))),
             WRITE_NODE => Node::Control(self.nodes.sink.clone()),
             QUERY => Node::Dir(Arc::new(QueryDir(self.nodes.queries.clone()))),
             EVENTS | EVENTS_SINCE => return self.journal.node(name),
+            TEMPLATES if self.templates.enabled => {
+                Node::Dir(Arc::new(TemplatesDir(self.templates.clone())))
+            }
             _ => return None,
         })
     }
@@ -108,6 +150,9 @@ impl Dir for Tree {
         out.push((MEMBERS.into(), NodeKind::Dir));
         out.push((WRITE_NODE.into(), NodeKind::Control));
         out.push((QUERY.into(), NodeKind::Dir));
+        if self.templates.enabled {
+            out.push((TEMPLATES.into(), NodeKind::Dir));
+        }
         out.extend(
             JournalSnap::listing()
                 .into_iter()
@@ -177,6 +222,27 @@ struct QueryFile {
 impl Resolve for QueryFile {
     fn resolve(&self, done: Resolved) {
         self.files.resolve(&self.name, &self.segment, done);
+    }
+}
+
+/// `templates/`: each template's last good output (none before its first
+/// good render).
+struct TemplatesDir(Arc<TemplateFiles>);
+
+impl Dir for TemplatesDir {
+    fn get(&self, name: &str) -> Option<Node> {
+        let (version, bytes) = self.0.outputs.get(name)?.clone();
+        Some(Node::File(Doc::parts(version, move || {
+            Parts::whole(bytes.clone())
+        })))
+    }
+
+    fn entries(&self) -> Vec<(String, NodeKind)> {
+        self.0
+            .outputs
+            .keys()
+            .map(|n| (n.clone(), NodeKind::File))
+            .collect()
     }
 }
 
@@ -433,7 +499,7 @@ mod tests {
             queries: Arc::new(NoQueries),
         };
         let journal = crate::surface::journal::Journal::new(4).snapshot();
-        Tree::new(view.snapshot(), journal, nodes)
+        Tree::new(view.snapshot(), journal, nodes, Default::default())
     }
 
     #[test]

@@ -450,24 +450,67 @@ async fn run_one(
     shared: &Shared,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let begun = Instant::now();
     let path = shared.dir.join(name);
+    let run = Run {
+        program: path.as_os_str(),
+        args: &[],
+        name,
+        label,
+        env,
+        stdin,
+        timeout: shared.timeout,
+        restrict: &shared.restrict,
+    };
+    run_process(run, shutdown).await
+}
+
+/// One process to run as a handler runs: in its own process group, with
+/// the restrictions, killed with its group at the timeout or at shutdown,
+/// its output captured and logged (the templates' commands run so too).
+pub(crate) struct Run<'a> {
+    /// A path, or a name looked up in PATH.
+    pub program: &'a std::ffi::OsStr,
+    pub args: &'a [String],
+    /// How logs name it (`handler = ...`) and what it ran for.
+    pub name: &'a str,
+    pub label: &'a str,
+    pub env: Vec<(String, String)>,
+    pub stdin: Vec<u8>,
+    pub timeout: Duration,
+    pub restrict: &'a Restrictions,
+}
+
+/// Runs `run` to its end (see [`Run`]).
+pub(crate) async fn run_process(run: Run<'_>, shutdown: &CancellationToken) -> Outcome {
+    let Run {
+        program,
+        args,
+        name,
+        label,
+        env,
+        stdin,
+        timeout,
+        restrict,
+    } = run;
+    let begun = Instant::now();
+    let path = std::path::Path::new(program);
     let mut outcome = Outcome::default();
     if shutdown.is_cancelled() {
         outcome.error = Some("not started: shutting down".into());
         return outcome;
     }
-    let mut cmd = Command::new(&path);
+    let mut cmd = Command::new(program);
     // A child wrapper's token proves its identity to the parent; handlers
     // have no use for it.
-    cmd.env_remove(crate::surface::restrict::TOKEN_ENV)
+    cmd.args(args)
+        .env_remove(crate::surface::restrict::TOKEN_ENV)
         .envs(env)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group, so the timeout kills whatever it started too.
         .process_group(0);
-    shared.restrict.on_tokio(&mut cmd);
+    restrict.on_tokio(&mut cmd);
     let mut child = match spawn(&mut cmd).await {
         Ok(c) => c,
         Err(e) => {
@@ -512,7 +555,7 @@ async fn run_one(
 
     let end = tokio::select! {
         s = child.wait() => End::Exited(s),
-        _ = tokio::time::sleep(shared.timeout) => End::TimedOut,
+        _ = tokio::time::sleep(timeout) => End::TimedOut,
         _ = shutdown.cancelled() => End::Shutdown,
     };
     let status = match end {

@@ -405,7 +405,7 @@ pub(crate) fn write_block(path: &Path, roles: &RoleMap) -> Result<bool, HostsErr
 /// Claims the disk space a longer file needs before a byte of it changes:
 /// on a full disk the write would otherwise stop part-way and leave a torn
 /// line. Where the file system cannot preallocate, the write goes ahead.
-fn reserve(file: &File, len: usize) -> std::io::Result<()> {
+pub(crate) fn reserve(file: &File, len: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate(2) on an open fd; KEEP_SIZE leaves its length (and
     // so what readers see) unchanged.

@@ -210,6 +210,45 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Ids, RestrictErr
     })
 }
 
+/// Runs `f` on a thread of its own whose file-system identity is `ids`'
+/// (fsuid, fsgid, supplementary groups): files it opens, creates and
+/// renames are checked and owned as the application's would be, and the
+/// file capabilities of root (CAP_DAC_OVERRIDE and the others) are gone
+/// from that thread once its fsuid is not 0. Only that thread changes: the
+/// raw system calls are per thread (the C library's wrappers would change
+/// every thread of the process), and the thread ends with `f`.
+pub(crate) fn as_file_user<T: Send>(ids: &Ids, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: credential syscalls on this thread only, with
+                // valid arguments; `groups` outlives the call.
+                unsafe {
+                    if libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr())
+                        != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    libc::syscall(libc::SYS_setfsgid, ids.gid);
+                    libc::syscall(libc::SYS_setfsuid, ids.uid);
+                    // Both return the previous id; asking with an invalid
+                    // one changes nothing and tells the current one.
+                    let gid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
+                    let uid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
+                    if (uid, gid) != (ids.uid, ids.gid) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!("cannot take the file identity {}:{}", ids.uid, ids.gid),
+                        ));
+                    }
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the file writer panicked")))
+    })
+}
+
 fn become_user(ids: &Ids) -> io::Result<()> {
     let err = io::Error::last_os_error;
     // SAFETY: credential syscalls with valid arguments; `groups` outlives

@@ -17,8 +17,8 @@
 //! The context wraps the documents without copying them: a template pays
 //! for the members it looks at, not for the size of the cluster.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
@@ -144,24 +144,26 @@ pub struct Context(Value);
 
 impl Context {
     pub fn new(docs: Documents) -> Context {
-        let members = Arc::new(Json::Array(docs.members));
+        // Each member's document is a root of its own, shared by `members`
+        // and `alive`: a template reaches a member's fields in one step.
+        let members: Vec<Value> = docs.members.into_iter().map(Node::root).collect();
         let alive: Vec<Value> = members
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["status"] == "alive")
-            .map(|m| Node::wrap(&members, NonNull::from(m)))
+            .iter()
+            .filter(|m| {
+                m.downcast_object_ref::<Node>()
+                    .is_some_and(|n| n.json()["status"] == "alive")
+            })
+            .cloned()
             .collect();
-        let root = |doc: Json| Node::root(Arc::new(doc));
         Context(minijinja::context! {
-            members => Node::root(members.clone()),
+            members => Value::from(members),
             alive => Value::from(alive),
-            by_id => root(docs.by_id),
-            by_role => root(docs.by_role),
-            me => root(docs.me),
-            parent => root(docs.parent),
-            children => root(docs.children),
-            status => root(docs.status),
+            by_id => split(docs.by_id, 1),
+            by_role => split(docs.by_role, 2),
+            me => Node::root(docs.me),
+            parent => Node::root(docs.parent),
+            children => Node::root(docs.children),
+            status => Node::root(docs.status),
         })
     }
 
@@ -170,36 +172,59 @@ impl Context {
     }
 }
 
-/// A map or list inside a JSON document, as a template value: its members
-/// are converted when they are looked at. Scalars are converted at once.
-#[derive(Debug)]
-pub(crate) struct Node {
-    /// Keeps `at` alive.
-    doc: Arc<Json>,
-    /// A value inside `doc`: resolved once, as templates look at a value
-    /// many times (the length, each key, the repr).
-    at: NonNull<Json>,
+/// `doc` as a template value whose containers `depth` levels down are
+/// roots of their own: a map or a list of members, each its own document
+/// (`by_id`: 1, id → member; `by_role`: 2, role → [member]). Moving the
+/// values out copies none of them.
+fn split(doc: Json, depth: usize) -> Value {
+    if depth == 0 {
+        return Node::root(doc);
+    }
+    match doc {
+        Json::Object(map) => Value::from(
+            map.into_iter()
+                .map(|(k, v)| (k, split(v, depth - 1)))
+                .collect::<BTreeMap<String, Value>>(),
+        ),
+        Json::Array(list) => Value::from(
+            list.into_iter()
+                .map(|v| split(v, depth - 1))
+                .collect::<Vec<Value>>(),
+        ),
+        scalar => scalar_value(&scalar),
+    }
 }
 
-// SAFETY: `at` points into `doc`, which the node keeps alive and nobody
-// changes: an `Arc<Json>` gives shared access only, and `Json` has no
-// interior mutability. A node is thus a `&Json` with its owner, and `&Json`
-// is Send and Sync.
-unsafe impl Send for Node {}
-unsafe impl Sync for Node {}
+/// One step from a value to a member of it.
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A map or list inside a JSON document, as a template value: its members
+/// are converted when they are looked at. Scalars are converted at once.
+/// A node is its document (shared) and the path to the value inside it, so
+/// it owns what it shows; documents are a member each, so paths are short
+/// (`m.tags` is one step).
+#[derive(Debug)]
+pub(crate) struct Node {
+    doc: Arc<Json>,
+    path: Vec<Step>,
+}
+
+/// What a path that leads nowhere shows (never: paths are made from the
+/// values they lead to, in documents nobody changes).
+static NULL: Json = Json::Null;
 
 impl Node {
-    fn root(doc: Arc<Json>) -> Value {
-        let at = NonNull::from(&*doc);
-        Node::wrap(&doc, at)
+    fn root(doc: Json) -> Value {
+        Node::wrap(Arc::new(doc), Vec::new())
     }
 
-    /// The value at `at` (inside `doc`) as a template value.
-    fn wrap(doc: &Arc<Json>, at: NonNull<Json>) -> Value {
-        let node = Node {
-            doc: doc.clone(),
-            at,
-        };
+    /// The value at `path` in `doc` as a template value.
+    fn wrap(doc: Arc<Json>, path: Vec<Step>) -> Value {
+        let node = Node { doc, path };
         match node.json() {
             Json::Object(_) | Json::Array(_) => Value::from_object(node),
             scalar => scalar_value(scalar),
@@ -208,13 +233,32 @@ impl Node {
 
     /// The JSON value this node stands for.
     pub(crate) fn json(&self) -> &Json {
-        // SAFETY: see the Send and Sync impls: `doc` keeps it alive, unchanged.
-        unsafe { self.at.as_ref() }
+        let mut at = &*self.doc;
+        for step in &self.path {
+            let next = match (step, at) {
+                (Step::Key(k), Json::Object(map)) => map.get(k),
+                (Step::Index(i), Json::Array(list)) => list.get(*i),
+                _ => None,
+            };
+            at = next.unwrap_or(&NULL);
+        }
+        at
     }
 
-    /// `value`, a member of this node's value.
-    fn child(&self, value: &Json) -> Value {
-        Node::wrap(&self.doc, NonNull::from(value))
+    /// Its member `value`, reached by `step` (made only for a container:
+    /// a scalar is converted, and looking one up allocates nothing).
+    fn child(&self, value: &Json, step: impl FnOnce() -> Step) -> Value {
+        if let Json::Object(_) | Json::Array(_) = value {
+            let mut path = Vec::with_capacity(self.path.len() + 1);
+            path.extend(self.path.iter().cloned());
+            path.push(step());
+            Value::from_object(Node {
+                doc: self.doc.clone(),
+                path,
+            })
+        } else {
+            scalar_value(value)
+        }
     }
 }
 
@@ -244,8 +288,14 @@ impl Object for Node {
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         match self.json() {
-            Json::Object(map) => Some(self.child(map.get(key.as_str()?)?)),
-            Json::Array(list) => Some(self.child(list.get(key.as_usize()?)?)),
+            Json::Object(map) => {
+                let key = key.as_str()?;
+                Some(self.child(map.get(key)?, || Step::Key(key.to_owned())))
+            }
+            Json::Array(list) => {
+                let i = key.as_usize()?;
+                Some(self.child(list.get(i)?, || Step::Index(i)))
+            }
             _ => None,
         }
     }

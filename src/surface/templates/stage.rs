@@ -1,0 +1,256 @@
+//! The templates stage of a surface (a parent's, a host's or a child's
+//! alike): it follows the view, renders every template against each new
+//! snapshot (on a blocking thread, the newest snapshot only: a burst of
+//! changes costs one render), and publishes the outputs and their state as
+//! [`TemplateFiles`], which the file tree serves as `templates/<name>` and
+//! in `status.json`. An output that did not change keeps its version (the
+//! generation at which it last changed), so its file keeps its page cache
+//! and its pollers sleep. Each new output goes to the template's actor
+//! ([`super::action`]), if it has one.
+//!
+//! A render error keeps the last good output everywhere (the file, the
+//! destination, no command), is logged once per distinct error, and shows
+//! in `status.json` until a render succeeds again.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::action::{Acted, Actor, Shared};
+use super::{Context, Documents, Outcome, Outputs, TemplateSet, TemplateSpec};
+use crate::cluster::membership::View;
+use crate::surface::files::TemplateFiles;
+use crate::surface::restrict::Restrictions;
+
+/// A running templates stage.
+pub struct Templates {
+    files: watch::Receiver<Arc<TemplateFiles>>,
+    application: Arc<AtomicI32>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a stage is started with.
+pub struct StageConfig {
+    pub specs: Vec<TemplateSpec>,
+    /// A command still running after this is killed.
+    pub timeout: Duration,
+    /// Applied to every command (and destination write): in a child, the
+    /// application's restrictions.
+    pub restrict: Restrictions,
+}
+
+impl Templates {
+    /// No templates: nothing runs, no file is served.
+    pub fn none() -> Templates {
+        let (_, files) = watch::channel(Arc::new(TemplateFiles::default()));
+        Templates {
+            files,
+            application: Arc::default(),
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Starts rendering `set` (compiled from `cfg.specs`) against `view`.
+    pub fn start(set: TemplateSet, view: View, cfg: StageConfig) -> Templates {
+        if cfg.specs.is_empty() {
+            return Templates::none();
+        }
+        let stop = CancellationToken::new();
+        let application = Arc::new(AtomicI32::new(0));
+        let changed = Arc::new(Notify::new());
+        let shared = Shared {
+            application: application.clone(),
+            changed: changed.clone(),
+            timeout: cfg.timeout,
+            restrict: cfg.restrict,
+            stop: stop.clone(),
+        };
+        let mut tasks = Vec::new();
+        let mut feeds = BTreeMap::new();
+        let mut records = BTreeMap::new();
+        for spec in &cfg.specs {
+            if let Some(actor) = Actor::of(spec, shared.clone()) {
+                let (tx, rx) = watch::channel(None);
+                feeds.insert(spec.name.clone(), tx);
+                records.insert(spec.name.clone(), actor.record.clone());
+                tasks.push(tokio::spawn(actor.run(rx)));
+            }
+        }
+        let initial = TemplateFiles {
+            enabled: true,
+            ..TemplateFiles::default()
+        };
+        let (files_tx, files) = watch::channel(Arc::new(initial));
+        let stage = Stage {
+            set: Arc::new(set),
+            specs: cfg.specs,
+            feeds,
+            records,
+            files: files_tx,
+            revision: 0,
+            last_status: Value::Null,
+        };
+        tasks.push(tokio::spawn(stage.run(view, changed, stop.clone())));
+        Templates {
+            files,
+            application,
+            stop,
+            tasks,
+        }
+    }
+
+    /// The outputs and their state, as last published.
+    pub fn files(&self) -> watch::Receiver<Arc<TemplateFiles>> {
+        self.files.clone()
+    }
+
+    /// The child's application, which `signal:` goes to (0: none running).
+    pub fn set_application(&self, pid: libc::pid_t) {
+        self.application.store(pid, Ordering::Release);
+    }
+
+    /// Stops rendering and acting; a command still running is killed with
+    /// its process group.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Stage {
+    set: Arc<TemplateSet>,
+    specs: Vec<TemplateSpec>,
+    /// Each actor's newest output.
+    feeds: BTreeMap<String, watch::Sender<Option<Arc<Vec<u8>>>>>,
+    records: BTreeMap<String, Arc<Mutex<Acted>>>,
+    files: watch::Sender<Arc<TemplateFiles>>,
+    revision: u64,
+    last_status: Value,
+}
+
+impl Stage {
+    async fn run(mut self, view: View, acted: Arc<Notify>, stop: CancellationToken) {
+        let mut rx = view.subscribe();
+        let mut outputs = Outputs::default();
+        let mut published: BTreeMap<String, (u64, Arc<Vec<u8>>)> = BTreeMap::new();
+        let mut render = true;
+        loop {
+            if render {
+                let snap = rx.borrow_and_update().clone();
+                let set = self.set.clone();
+                let done = tokio::task::spawn_blocking(move || {
+                    let ctx = Context::new(Documents::of_snapshot(&snap));
+                    let outcomes = set.render_all(&ctx, snap.generation, &mut outputs);
+                    // Dropped here, off the runtime's threads.
+                    drop(ctx);
+                    (outputs, outcomes)
+                })
+                .await;
+                let outcomes;
+                (outputs, outcomes) = match done {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                for (name, outcome) in outcomes {
+                    let out = outputs.get(&name).expect("rendered");
+                    match outcome {
+                        Outcome::Changed => {
+                            let bytes = Arc::new(out.bytes.as_deref().unwrap_or_default().to_vec());
+                            tracing::debug!(template = %name, generation = out.generation, bytes = bytes.len(), "template output changed");
+                            published.insert(name.clone(), (out.generation, bytes.clone()));
+                            if let Some(feed) = self.feeds.get(&name) {
+                                feed.send_replace(Some(bytes));
+                            }
+                        }
+                        Outcome::Unchanged => {}
+                        Outcome::Failed { repeated: false } => {
+                            if let Some(e) = &out.error {
+                                tracing::warn!("{e}; its last good output stands");
+                            }
+                        }
+                        Outcome::Failed { repeated: true } => {}
+                    }
+                }
+            }
+            self.publish(&outputs, &published);
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() { return }
+                    render = true;
+                }
+                _ = acted.notified() => render = false,
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Publishes the outputs and the status, if either changed.
+    fn publish(&mut self, outputs: &Outputs, published: &BTreeMap<String, (u64, Arc<Vec<u8>>)>) {
+        let status = self.status(outputs);
+        let current = self.files.borrow().clone();
+        if status == self.last_status && current.outputs == *published {
+            return;
+        }
+        if status != self.last_status {
+            self.revision += 1;
+            self.last_status = status.clone();
+        }
+        self.files.send_replace(Arc::new(TemplateFiles {
+            enabled: true,
+            outputs: published.clone(),
+            status,
+            revision: self.revision,
+        }));
+    }
+
+    /// `status.json`'s `templates`: `{name: {ok, error, generation,
+    /// rendered_at, command: {last_exit, last_run, runs}, destination:
+    /// {written_at}, last_error}}`.
+    fn status(&self, outputs: &Outputs) -> Value {
+        let map: serde_json::Map<String, Value> = self
+            .specs
+            .iter()
+            .map(|spec| {
+                let out = outputs.get(&spec.name);
+                let mut doc = json!({
+                    "ok": out.is_some_and(|o| o.error.is_none() && o.bytes.is_some()),
+                    "error": out.and_then(|o| o.error.as_ref()).map(|e| e.to_string()),
+                    "generation": out.filter(|o| o.bytes.is_some()).map(|o| o.generation),
+                    "rendered_at": out.and_then(|o| o.rendered_at).map(unix),
+                });
+                if let Some(record) = self.records.get(&spec.name) {
+                    let r = record.lock().clone();
+                    if spec.command.is_some() || spec.signal.is_some() {
+                        doc["command"] = json!({
+                            "last_exit": r.last_exit,
+                            "last_run": r.last_run.map(unix),
+                            "runs": r.runs,
+                        });
+                    }
+                    if spec.destination.is_some() {
+                        doc["destination"] = json!({"written_at": r.written_at.map(unix)});
+                    }
+                    doc["last_error"] = json!(r.last_error);
+                }
+                (spec.name.clone(), doc)
+            })
+            .collect();
+        Value::Object(map)
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
