@@ -56,7 +56,7 @@ pub struct Config {
 pub(crate) const DEFAULT_HANDLERS: &str = "/etc/serfnode/handlers";
 
 /// A parent's manifest when `--manifest` is not given.
-pub const DEFAULT_MANIFEST: &str = "/serfnode.yml";
+pub(crate) const DEFAULT_MANIFEST: &str = "/serfnode.yml";
 
 /// The handlers and journal settings of `args`. `manifest`: the manifest's
 /// `handlers:` (or a child entry's), used when the flag and its variable are

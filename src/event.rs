@@ -78,7 +78,7 @@ pub fn plain(payload: &[u8]) -> Value {
 /// One event, decoded from the agent's stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ClusterEvent {
+pub(crate) enum ClusterEvent {
     User {
         name: String,
         ltime: u64,

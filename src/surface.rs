@@ -67,7 +67,7 @@ pub struct EventsConfig {
 }
 
 /// What differs between a parent's surface and a child's.
-pub struct SurfaceConfig {
+pub(crate) struct SurfaceConfig {
     /// Where the files are mounted.
     pub mount: PathBuf,
     /// Whether users other than root may read the files.
@@ -81,10 +81,7 @@ pub struct SurfaceConfig {
 }
 
 /// A running surface: its files mounted and published, its handlers ready.
-pub struct Surface<U> {
-    pub view: View,
-    pub journal: Journal,
-    pub upstream: Arc<U>,
+pub(crate) struct Surface<U> {
     pub handlers: Handlers,
     pub templates: Templates,
     write_node: WriteNode<Arc<U>>,
@@ -153,9 +150,6 @@ impl<U: Upstream> Surface<U> {
             handlers_stop.clone(),
         );
         Ok(Surface {
-            view,
-            journal,
-            upstream,
             handlers,
             templates,
             write_node,

@@ -35,19 +35,19 @@ use crate::surface::upstream::Upstream;
 
 pub const BY_ID: &str = "serfnodes_by_id.json";
 pub const BY_ROLE: &str = "serfnodes_by_role.json";
-pub const ME: &str = "me.json";
-pub const PARENT_INFO: &str = "parent.json";
-pub const CHILDREN: &str = "children_by_name.json";
+pub(crate) const ME: &str = "me.json";
+pub(crate) const PARENT_INFO: &str = "parent.json";
+pub(crate) const CHILDREN: &str = "children_by_name.json";
 pub const STATUS: &str = "status.json";
 pub const MEMBERS: &str = "members";
 pub const WRITE_NODE: &str = "parent";
 pub const QUERY: &str = "query";
-pub const TEMPLATES: &str = "templates";
+pub(crate) const TEMPLATES: &str = "templates";
 
 /// The root directory for one snapshot of the view and of the journal;
 /// cheap to build per generation.
 #[derive(Clone)]
-pub struct Tree {
+pub(crate) struct Tree {
     pub snap: Arc<Snapshot>,
     pub journal: Arc<JournalSnap>,
     pub nodes: Nodes,
@@ -403,7 +403,7 @@ pub(crate) fn status(s: &Snapshot) -> Value {
 }
 
 /// A member as `members/<id>.json` shows it (and member events carry it).
-pub fn member_doc(m: &Member) -> Value {
+pub(crate) fn member_doc(m: &Member) -> Value {
     let mut v = json!(NodeInfo::of(m));
     let obj = v.as_object_mut().expect("node info is an object");
     obj.insert("status".into(), json!(m.status.as_str()));
@@ -415,7 +415,7 @@ pub fn member_doc(m: &Member) -> Value {
 
 /// Serves `query/` files: each read parses its name and segment and asks
 /// through `upstream` on the runtime, answering the lookup when done.
-pub struct Querier<U> {
+pub(crate) struct Querier<U> {
     upstream: U,
     runtime: tokio::runtime::Handle,
 }

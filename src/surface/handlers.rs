@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -66,7 +65,7 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(500);
 const REAP_BOUND: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub struct HandlerConfig {
+pub(crate) struct HandlerConfig {
     pub dir: PathBuf,
     /// Handlers running at once (default 8).
     pub concurrency: usize,
@@ -96,7 +95,7 @@ impl Default for HandlerConfig {
 
 /// One run of a handler.
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     /// The handler's file name: the event, member event or query name.
     pub name: String,
     /// How logs name the event, e.g. "user event deploy (ltime 7) from
@@ -151,7 +150,7 @@ impl Outcome {
 
 /// What [`Handlers::dispatch`] did with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dispatch {
+pub(crate) enum Dispatch {
     /// No executable regular file by that name: nothing to run.
     NoHandler,
     /// Waiting for (or already in) a slot.
@@ -163,9 +162,11 @@ pub enum Dispatch {
     Refused,
 }
 
-/// Counts since start, for `status.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
+/// Counts since start, as the unit tests read them (the log says each
+/// outcome as it happens).
+#[cfg(test)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
     /// Jobs that got a slot (including those that then failed to start).
     pub started: u64,
     /// Exited with status 0.
@@ -312,6 +313,7 @@ impl Handlers {
         Dispatch::Dropped
     }
 
+    #[cfg(test)]
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         Stats {

@@ -134,7 +134,7 @@ struct GapLine {
 
 /// One state of the journal, immutable: what one generation's files show.
 #[derive(Debug, Clone)]
-pub struct JournalSnap {
+pub(crate) struct JournalSnap {
     /// Goes up by one on every change; the version of every journal file, so
     /// a (path, version) always means the same bytes.
     generation: u64,
@@ -155,22 +155,21 @@ struct Rendered {
 }
 
 impl JournalSnap {
-    pub fn generation(&self) -> u64 {
+    #[cfg(test)]
+    fn generation(&self) -> u64 {
         self.generation
     }
 
     /// The seq of the newest line (one below the first seq while empty).
-    pub fn head(&self) -> u64 {
+    #[cfg(test)]
+    fn head(&self) -> u64 {
         self.head
     }
 
     /// Lines held, gap lines included.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
     }
 
     /// The journal's node for a root directory entry `name` (`events` or
@@ -217,12 +216,14 @@ impl JournalSnap {
     }
 
     /// The bytes of `events`.
-    pub fn render_all(&self) -> Vec<u8> {
+    #[cfg(test)]
+    pub(crate) fn render_all(&self) -> Vec<u8> {
         self.rendered().bytes.to_vec()
     }
 
     /// The bytes of `events_since/<n>`.
-    pub fn render_since(&self, n: u64) -> Vec<u8> {
+    #[cfg(test)]
+    pub(crate) fn render_since(&self, n: u64) -> Vec<u8> {
         self.parts_since(n).to_vec()
     }
 

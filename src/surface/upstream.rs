@@ -55,7 +55,7 @@ const AGENT_SLACK: Duration = Duration::from_secs(1);
 
 /// Where a surface's events and questions go: the agent (in a parent) or
 /// the parent's daemon (in a child).
-pub trait Upstream: Send + Sync + 'static {
+pub(crate) trait Upstream: Send + Sync + 'static {
     /// Raises `events` in order. `Err((k, errno))`: the first `k` were
     /// raised, then the next failed with `errno` and the rest were not tried.
     fn raise(

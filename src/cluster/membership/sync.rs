@@ -44,7 +44,7 @@ const MEMBER_EVENTS: &str = "member-join,member-leave,member-failed,member-updat
 
 /// How long an agent that was never reached may stay unreachable before
 /// that counts as an outage.
-pub const START_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const START_GRACE: Duration = Duration::from_secs(10);
 
 /// A periodic full read waits at least this many times what the last one
 /// took (its wall time, the agent's share included): at most a quarter
@@ -52,7 +52,7 @@ pub const START_GRACE: Duration = Duration::from_secs(10);
 pub const PERIODIC_SPACING: u32 = 400;
 /// A full read a doubtful trigger asks for waits at least this many times
 /// what the last one took.
-pub const DEMAND_SPACING: u32 = 4;
+pub(crate) const DEMAND_SPACING: u32 = 4;
 /// Members re-read in one `members-filtered` request at most.
 const REREAD_BATCH: usize = 64;
 

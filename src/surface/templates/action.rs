@@ -33,7 +33,7 @@ use crate::surface::restrict::Restrictions;
 
 /// An actor's record, for `status.json`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Acted {
+pub(crate) struct Acted {
     /// The last command's exit code (128 + the signal that killed it, as a
     /// shell says; none while it never ran or could not start).
     pub last_exit: Option<i32>,
@@ -50,7 +50,7 @@ pub struct Acted {
 
 /// What actors share with the stage that feeds them.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The child's application, for `signal` (0 until it runs).
     pub application: Arc<AtomicI32>,
     /// Wakes the stage to publish a new status.
@@ -62,7 +62,7 @@ pub struct Shared {
 }
 
 /// One template's actor.
-pub struct Actor {
+pub(crate) struct Actor {
     spec: TemplateSpec,
     destination: Option<Destination>,
     pub record: Arc<Mutex<Acted>>,

@@ -28,7 +28,7 @@ use crate::surface::restrict::{as_file_user, Ids};
 /// Where a destination was or was not written.
 #[derive(Debug, thiserror::Error)]
 #[error("write template `{name}` to {}: {what}: {error}", path.display())]
-pub struct WriteError {
+pub(crate) struct WriteError {
     pub name: String,
     pub path: PathBuf,
     /// The step that failed (`create the temporary file`, `rename`, ...).
@@ -55,7 +55,7 @@ impl Written {
 
 /// One template's destination.
 #[derive(Debug, Clone)]
-pub struct Destination {
+pub(crate) struct Destination {
     pub name: String,
     pub path: PathBuf,
     pub mode: Option<u32>,

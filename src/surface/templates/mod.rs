@@ -40,7 +40,7 @@ pub use stage::{StageConfig, Templates};
 
 /// Checks that an inline template parses (a `source:` is read and checked
 /// where it is rendered, by [`TemplateSet::load`]).
-pub fn check_inline(spec: &TemplateSpec) -> Result<(), LoadError> {
+pub(crate) fn check_inline(spec: &TemplateSpec) -> Result<(), LoadError> {
     match spec.body {
         Body::Inline { .. } => TemplateSet::compile(vec![Source::of_spec(spec)?]).map(drop),
         Body::Source(_) => Ok(()),

@@ -408,7 +408,7 @@ fn wait<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Wait>, D::Error> {
 }
 
 /// `MIN:MAX` or `MIN` (MAX = 4 × MIN).
-pub fn parse_wait(text: &str) -> Option<Wait> {
+pub(crate) fn parse_wait(text: &str) -> Option<Wait> {
     let (min, max) = match text.split_once(':') {
         Some((min, max)) => (parse_duration(min)?, parse_duration(max)?),
         None => {
@@ -420,7 +420,7 @@ pub fn parse_wait(text: &str) -> Option<Wait> {
 }
 
 /// `250ms`, `1s`, `1.5s`, `2m`, `1h`: a unit is required.
-pub fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let at = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (number, unit) = text.split_at(at);
