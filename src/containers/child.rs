@@ -65,6 +65,9 @@ pub fn prepare() -> std::io::Result<Option<String>> {
     Ok(crate::containers::secrets::take_env(TOKEN_ENV))
 }
 
+/// How long a child's application waits for its templates' first writes.
+const FIRST_TEMPLATES_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the application under the mount; returns its exit code (128 + the
 /// signal number if a signal ended it).
 pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
@@ -113,6 +116,15 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
         link_me(link, &cfg.mount.join(crate::surface::files::ME));
     }
 
+    // The application starts once its templates are written from the
+    // cluster (it reads them as it starts, and a signal in its first
+    // instants, before it set its handlers, would kill it), or after
+    // FIRST_TEMPLATES_WAIT without its parent's view.
+    if !surface.templates.first_acted(FIRST_TEMPLATES_WAIT).await {
+        tracing::warn!(
+            "starting the application before every template was written: no view from the parent within {FIRST_TEMPLATES_WAIT:?}"
+        );
+    }
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove(TOKEN_ENV)

@@ -91,6 +91,17 @@ impl Wrapped {
 
 impl Drop for Wrapped {
     fn drop(&mut self) {
+        // SIGTERM first: the wrapper forwards it to the application and
+        // ends after it. A SIGKILL alone would leave the application running
+        // (on the host nothing else ends it, as a container's end would).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if is_mounted(&self.mount) {

@@ -59,6 +59,9 @@ pub(crate) struct Shared {
     pub timeout: Duration,
     pub restrict: Restrictions,
     pub stop: CancellationToken,
+    /// Counts the actors that have acted on their first output (a child
+    /// starts its application after them: see [`super::Templates::first_acted`]).
+    pub acted_first: Arc<watch::Sender<usize>>,
 }
 
 /// One template's actor.
@@ -112,9 +115,13 @@ impl Actor {
                 Some(d) => self.write(d, &bytes).await,
                 None => acted.as_deref() != Some(&*bytes),
             };
+            let first = acted.is_none();
             acted = Some(bytes);
             if changed {
                 self.act().await;
+            }
+            if first {
+                self.shared.acted_first.send_modify(|n| *n += 1);
             }
         }
     }

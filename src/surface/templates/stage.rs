@@ -33,6 +33,10 @@ use crate::surface::restrict::Restrictions;
 pub struct Templates {
     files: watch::Receiver<Arc<TemplateFiles>>,
     application: Arc<AtomicI32>,
+    /// How many actors have acted on their first output, and how many
+    /// there are.
+    acted_first: watch::Receiver<usize>,
+    actors: usize,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -54,6 +58,8 @@ impl Templates {
         Templates {
             files,
             application: Arc::default(),
+            acted_first: watch::channel(0).1,
+            actors: 0,
             stop: CancellationToken::new(),
             tasks: Vec::new(),
         }
@@ -67,7 +73,9 @@ impl Templates {
         let stop = CancellationToken::new();
         let application = Arc::new(AtomicI32::new(0));
         let changed = Arc::new(Notify::new());
+        let (acted_first, acted_first_rx) = watch::channel(0);
         let shared = Shared {
+            acted_first: Arc::new(acted_first),
             application: application.clone(),
             changed: changed.clone(),
             timeout: cfg.timeout,
@@ -90,6 +98,7 @@ impl Templates {
             ..TemplateFiles::default()
         };
         let (files_tx, files) = watch::channel(Arc::new(initial));
+        let actors = records.len();
         let stage = Stage {
             set: Arc::new(set),
             specs: cfg.specs,
@@ -103,6 +112,8 @@ impl Templates {
         Templates {
             files,
             application,
+            acted_first: acted_first_rx,
+            actors,
             stop,
             tasks,
         }
@@ -111,6 +122,20 @@ impl Templates {
     /// The outputs and their state, as last published.
     pub fn files(&self) -> watch::Receiver<Arc<TemplateFiles>> {
         self.files.clone()
+    }
+
+    /// Waits until every template with a destination, command or signal
+    /// has acted on its first output (its destination written, its command
+    /// run), at most `bound`; whether they all did. A child starts its
+    /// application after this, so that the application reads its files
+    /// as rendered from the cluster when it starts, and is not signalled
+    /// in its first instants, before it can have set its handlers.
+    pub async fn first_acted(&self, bound: Duration) -> bool {
+        let mut rx = self.acted_first.clone();
+        let all = self.actors;
+        let waited =
+            tokio::time::timeout(bound, async { rx.wait_for(|&n| n >= all).await.is_ok() }).await;
+        waited == Ok(true)
     }
 
     /// The child's application, which `signal:` goes to (0: none running).
@@ -146,8 +171,13 @@ impl Stage {
         let mut published: BTreeMap<String, (u64, Arc<Vec<u8>>)> = BTreeMap::new();
         let mut render = true;
         loop {
-            if render {
-                let snap = rx.borrow_and_update().clone();
+            let snap = rx.borrow_and_update().clone();
+            // A view that holds no member, not even this node, has not
+            // heard from the cluster yet (a parent before its agent's first
+            // answer, a child before its parent's first view): rendering it
+            // would write an empty list over a real one, and tell the
+            // program.
+            if render && !snap.members.is_empty() {
                 let set = self.set.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     let ctx = Context::new(Documents::of_snapshot(&snap));
