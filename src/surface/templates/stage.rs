@@ -171,13 +171,15 @@ impl Stage {
         let mut published: BTreeMap<String, (u64, Arc<Vec<u8>>)> = BTreeMap::new();
         let mut render = true;
         loop {
-            let snap = rx.borrow_and_update().clone();
+            // Only a render marks the view seen: a change that came while
+            // the stage woke for an actor's news is rendered below.
+            let snap = render.then(|| rx.borrow_and_update().clone());
             // A view that holds no member, not even this node, has not
             // heard from the cluster yet (a parent before its agent's first
             // answer, a child before its parent's first view): rendering it
             // would write an empty list over a real one, and tell the
             // program.
-            if render && !snap.members.is_empty() {
+            if let Some(snap) = snap.filter(|s| !s.members.is_empty()) {
                 let set = self.set.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     let ctx = Context::new(Documents::of_snapshot(&snap));
