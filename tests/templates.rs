@@ -413,19 +413,28 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn wait_min_holds_the_command_until_the_output_is_quiet() {
-    let dir = tempfile::tempdir().unwrap();
-    let (dest, runs) = (dir.path().join("v"), dir.path().join("runs"));
+/// A node whose template counts its command's runs in `runs`, with `wait`,
+/// and a web member `web-a` whose tag `v` the template shows, after the
+/// first run.
+fn counting_node(dir: &Path, runs: &Path, wait: &str) -> (Daemon, Agent) {
+    let dest = dir.join("v");
     let node = with_manifest(
-        dir.path(),
-        &counter_manifest(&dest, &runs, "    wait: 2s:60s\n"),
+        dir,
+        &counter_manifest(&dest, runs, &format!("    wait: {wait}\n")),
     );
     let agent = Agent::start(AgentOpts {
         join: Some(node.bind_addr()),
         ..AgentOpts::named("web-a").tag("role", "web").tag("v", "0")
     });
-    wait_for(T, "the first run", || lines(&runs) == ["run 0"]);
+    wait_for(T, "the first run", || lines(runs) == ["run 0"]);
+    (node, agent)
+}
+
+#[test]
+fn wait_min_holds_the_command_until_the_output_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let (_node, agent) = counting_node(dir.path(), &runs, "2s:60s");
     // Changes 0.2 s apart, each one shown by the template: never quiet
     // for 2 s until the last.
     for v in 1..=8 {
@@ -440,16 +449,8 @@ fn wait_min_holds_the_command_until_the_output_is_quiet() {
 #[test]
 fn wait_max_runs_the_command_while_changes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (dest, runs) = (dir.path().join("v"), dir.path().join("runs"));
-    let node = with_manifest(
-        dir.path(),
-        &counter_manifest(&dest, &runs, "    wait: 1s:2s\n"),
-    );
-    let agent = Agent::start(AgentOpts {
-        join: Some(node.bind_addr()),
-        ..AgentOpts::named("web-a").tag("role", "web").tag("v", "0")
-    });
-    wait_for(T, "the first run", || lines(&runs) == ["run 0"]);
+    let runs = dir.path().join("runs");
+    let (_node, agent) = counting_node(dir.path(), &runs, "1s:2s");
     // Never quiet for 1 s, for 6 s: only MAX lets a run through.
     for v in 1..=24 {
         agent.set_tags(&[("v", &v.to_string())]);
