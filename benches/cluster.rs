@@ -93,20 +93,28 @@ fn main() -> Result<()> {
     progress!("machine: {machine}");
     let mut summary = vec![row(["machine", &machine, "—", "—", "—"])];
 
-    synthetic(&mut summary)?;
+    // `SERFNODE_BENCH_ONLY=write`: the lone node's write node only.
+    let only_write = std::env::var("SERFNODE_BENCH_ONLY").is_ok_and(|v| v == "write");
+    if !only_write {
+        synthetic(&mut summary)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("tokio runtime")?;
     write_node_alone(&rt, &mut summary)?;
-    let mut cluster = Cluster::start(&mut summary)?;
-    read_cost(&cluster, &mut summary)?;
-    freshness(&cluster, &rt, &mut summary)?;
-    write_node_in_cluster(&cluster, &rt, &mut summary)?;
-    memory(&cluster, &mut summary)?;
-    drop(rt);
-    cluster.stop()?;
+    if only_write {
+        drop(rt);
+    } else {
+        let mut cluster = Cluster::start(&mut summary)?;
+        read_cost(&cluster, &mut summary)?;
+        freshness(&cluster, &rt, &mut summary)?;
+        write_node_in_cluster(&cluster, &rt, &mut summary)?;
+        memory(&cluster, &mut summary)?;
+        drop(rt);
+        cluster.stop()?;
+    }
 
     table(
         "Summary",

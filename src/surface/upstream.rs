@@ -12,10 +12,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::cluster::membership::View;
 use crate::cluster::rpc::{Client, RpcError};
@@ -66,7 +65,23 @@ pub(crate) trait Upstream: Send + Sync + 'static {
 
     /// Asks the cluster; `Err` is the errno the reader gets.
     fn ask(&self, origin: &Origin, ask: Ask) -> impl Future<Output = Result<Answers, i32>> + Send;
+
+    /// Starts raising `events` on the calling thread when that needs no
+    /// waiting, and `done` gets what [`Upstream::raise`] would return, later
+    /// and from another thread; else gives both back, to be raised with
+    /// [`Upstream::raise`].
+    fn raise_now(
+        &self,
+        _origin: &Origin,
+        events: Vec<Event>,
+        done: Verdict,
+    ) -> Option<(Vec<Event>, Verdict)> {
+        Some((events, done))
+    }
 }
+
+/// Where a write's outcome goes: what [`Upstream::raise`] returns.
+pub(crate) type Verdict = Box<dyn FnOnce(Result<(), (usize, i32)>) + Send>;
 
 impl<U: Upstream> Upstream for Arc<U> {
     fn raise(
@@ -79,6 +94,15 @@ impl<U: Upstream> Upstream for Arc<U> {
 
     fn ask(&self, origin: &Origin, ask: Ask) -> impl Future<Output = Result<Answers, i32>> + Send {
         (**self).ask(origin, ask)
+    }
+
+    fn raise_now(
+        &self,
+        origin: &Origin,
+        events: Vec<Event>,
+        done: Verdict,
+    ) -> Option<(Vec<Event>, Verdict)> {
+        (**self).raise_now(origin, events, done)
     }
 }
 
@@ -102,7 +126,7 @@ pub(crate) fn errno_of(e: &RpcError, unanswered: i32) -> i32 {
 pub(crate) struct AgentUpstream {
     clients: watch::Receiver<Option<Client>>,
     view: View,
-    pace: Option<parking_lot::Mutex<Bucket>>,
+    pace: Option<Arc<parking_lot::Mutex<Bucket>>>,
 }
 
 impl AgentUpstream {
@@ -111,7 +135,7 @@ impl AgentUpstream {
         AgentUpstream {
             clients,
             view,
-            pace: (rate > 0).then(|| parking_lot::Mutex::new(Bucket::new(rate))),
+            pace: (rate > 0).then(|| Arc::new(parking_lot::Mutex::new(Bucket::new(rate)))),
         }
     }
 
@@ -137,11 +161,147 @@ impl AgentUpstream {
     }
 }
 
+impl AgentUpstream {
+    /// Raises `events` in order on `client`, each request sent from the
+    /// calling thread or from the reader that took the previous verdict; `done`
+    /// gets the outcome before `deadline` (and the sweeper's fraction of a second).
+    fn chain(
+        &self,
+        client: Client,
+        origin: &Origin,
+        events: Vec<Event>,
+        deadline: StdInstant,
+        done: Verdict,
+    ) {
+        let from = Raiser {
+            node: self.view.snapshot().local.clone().unwrap_or_default(),
+            child: origin.child.clone(),
+        };
+        // Every envelope up to the first bad one, made before anything is
+        // sent: the outcome is the same as making each in turn.
+        let mut wires = Vec::with_capacity(events.len());
+        let mut bad = None;
+        for event in &events {
+            match envelope(origin, &from, event) {
+                Ok(wire) => wires.push(wire),
+                Err(errno) => {
+                    bad = Some(errno);
+                    break;
+                }
+            }
+        }
+        let chain = Chain {
+            client,
+            origin: origin.clone(),
+            events,
+            wires,
+            bad,
+            pace: self.pace.clone(),
+            deadline,
+        };
+        chain.step(0, done);
+    }
+}
+
+/// A write's events on their way, one request at a time.
+struct Chain {
+    client: Client,
+    origin: Origin,
+    events: Vec<Event>,
+    /// The envelopes of the leading events that have one.
+    wires: Vec<Vec<u8>>,
+    /// The errno of the event after the last wire.
+    bad: Option<i32>,
+    pace: Option<Arc<parking_lot::Mutex<Bucket>>>,
+    deadline: StdInstant,
+}
+
+impl Chain {
+    /// Sends event `i`; its verdict sends `i + 1` or ends the chain.
+    fn step(mut self, i: usize, done: Verdict) {
+        if i >= self.wires.len() {
+            return done(match self.bad {
+                None => Ok(()),
+                Some(errno) => Err((i, errno)),
+            });
+        }
+        let wire = std::mem::take(&mut self.wires[i]);
+        let name = std::mem::take(&mut self.events[i].name);
+        let origin = &self.origin;
+        let now = StdInstant::now();
+        if self.client.is_closed() || now >= self.deadline {
+            tracing::warn!(
+                "write node: {origin}: event {name:?} not sent (EAGAIN): the agent connection is gone or the write's {RAISE_TIMEOUT:?} are up"
+            );
+            return done(Err((i, libc::EAGAIN)));
+        }
+        if let Some(pace) = &self.pace {
+            if !pace.lock().take() {
+                tracing::info!(
+                    "write node: {origin}: event {name:?} refused (EAGAIN): over the event rate; serf would drop events raised faster"
+                );
+                return done(Err((i, libc::EAGAIN)));
+            }
+        }
+        let client = self.client.clone();
+        let within = self.deadline - now;
+        let then = {
+            let name = name.clone();
+            move |res: Result<(), RpcError>| match res {
+                Ok(()) => {
+                    tracing::debug!(%name, "event raised for {}", self.origin);
+                    self.step(i + 1, done);
+                }
+                Err(e) => {
+                    let origin = &self.origin;
+                    let errno = errno_of(&e, UNKNOWN);
+                    if matches!(e, RpcError::Timeout { .. }) {
+                        tracing::warn!(
+                        "write node: {origin}: event {name:?}: the agent did not answer within {RAISE_TIMEOUT:?}; it may yet raise it (ETIMEDOUT)"
+                    );
+                    } else {
+                        let outcome = if errno == UNKNOWN {
+                            "sent, no verdict: it may yet be raised (ETIMEDOUT)"
+                        } else {
+                            "refused by the agent"
+                        };
+                        tracing::warn!("write node: {origin}: event {name:?}: {e}: {outcome}");
+                    }
+                    done(Err((i, errno)));
+                }
+            }
+        };
+        client.event_then(&name, &wire, false, within, then);
+    }
+}
+
+/// `event`'s payload in the envelope that names who raised it, if name and
+/// envelope fit Serf's limit; else the errno.
+fn envelope(origin: &Origin, from: &Raiser, event: &Event) -> Result<Vec<u8>, i32> {
+    let wire = match event::wrap(from, &event.payload) {
+        Ok(wire) => wire,
+        Err(e) => {
+            tracing::warn!("write node: {origin}: event {:?}: {e}", event.name);
+            return Err(libc::EINVAL);
+        }
+    };
+    let size = event.name.len() + wire.len();
+    if size + WIRE_OVERHEAD > DEFAULT_EVENT_LIMIT {
+        tracing::info!(
+            "write node: {origin}: event {:?} is {size} bytes in its envelope, over the limit of {}",
+            event.name,
+            DEFAULT_EVENT_LIMIT - WIRE_OVERHEAD
+        );
+        return Err(libc::EMSGSIZE);
+    }
+    Ok(wire)
+}
+
 impl Upstream for AgentUpstream {
     /// Within [`RAISE_TIMEOUT`] in all. An event whose request went out and
     /// got no answer is [`UNKNOWN`]; every other error is certain.
     async fn raise(&self, origin: &Origin, events: Vec<Event>) -> Result<(), (usize, i32)> {
-        let deadline = Instant::now() + RAISE_TIMEOUT;
+        let deadline = StdInstant::now() + RAISE_TIMEOUT;
         let Some(client) = self.client().await else {
             tracing::warn!(
                 "write node: {origin}: agent unreachable, {} event(s) refused",
@@ -149,74 +309,41 @@ impl Upstream for AgentUpstream {
             );
             return Err((0, libc::EAGAIN));
         };
-        let from = Raiser {
-            node: self.view.snapshot().local.clone().unwrap_or_default(),
-            child: origin.child.clone(),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.chain(
+            client,
+            origin,
+            events,
+            deadline,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        // The chain always ends in a verdict; a dropped one would be a bug,
+        // and then nothing is known of the event.
+        rx.await.unwrap_or(Err((0, UNKNOWN)))
+    }
+
+    /// With the agent connection up, the chain starts on this thread: no
+    /// task, no wake-up of the runtime on the way to the agent.
+    fn raise_now(
+        &self,
+        origin: &Origin,
+        events: Vec<Event>,
+        done: Verdict,
+    ) -> Option<(Vec<Event>, Verdict)> {
+        let client = match &*self.clients.borrow() {
+            Some(c) if !c.is_closed() => c.clone(),
+            _ => return Some((events, done)),
         };
-        for (sent, event) in events.iter().enumerate() {
-            let wire = match event::wrap(&from, &event.payload) {
-                Ok(wire) => wire,
-                Err(e) => {
-                    tracing::warn!("write node: {origin}: event {:?}: {e}", event.name);
-                    return Err((sent, libc::EINVAL));
-                }
-            };
-            let size = event.name.len() + wire.len();
-            if size + WIRE_OVERHEAD > DEFAULT_EVENT_LIMIT {
-                tracing::info!(
-                    "write node: {origin}: event {:?} is {size} bytes in its envelope, over the limit of {}",
-                    event.name,
-                    DEFAULT_EVENT_LIMIT - WIRE_OVERHEAD
-                );
-                return Err((sent, libc::EMSGSIZE));
-            }
-            if client.is_closed() || Instant::now() >= deadline {
-                tracing::warn!(
-                    "write node: {origin}: event {:?} not sent (EAGAIN): the agent connection is gone or the write's {RAISE_TIMEOUT:?} are up",
-                    event.name
-                );
-                return Err((sent, libc::EAGAIN));
-            }
-            if let Some(pace) = &self.pace {
-                if !pace.lock().take() {
-                    tracing::info!(
-                        "write node: {origin}: event {:?} refused (EAGAIN): over the event rate; serf would drop events raised faster",
-                        event.name
-                    );
-                    return Err((sent, libc::EAGAIN));
-                }
-            }
-            let res =
-                tokio::time::timeout_at(deadline, client.event(&event.name, &wire, false)).await;
-            let errno = match res {
-                Ok(Ok(())) => {
-                    tracing::debug!(name = %event.name, "event raised for {origin}");
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    let errno = errno_of(&e, UNKNOWN);
-                    let outcome = if errno == UNKNOWN {
-                        "sent, no verdict: it may yet be raised (ETIMEDOUT)"
-                    } else {
-                        "refused by the agent"
-                    };
-                    tracing::warn!(
-                        "write node: {origin}: event {:?}: {e}: {outcome}",
-                        event.name
-                    );
-                    errno
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        "write node: {origin}: event {:?}: the agent did not answer within {RAISE_TIMEOUT:?}; it may yet raise it (ETIMEDOUT)",
-                        event.name,
-                    );
-                    UNKNOWN
-                }
-            };
-            return Err((sent, errno));
-        }
-        Ok(())
+        self.chain(
+            client,
+            origin,
+            events,
+            StdInstant::now() + RAISE_TIMEOUT,
+            done,
+        );
+        None
     }
 
     /// Within [`MAX_WAIT`] in all, a lost connection's wait included.

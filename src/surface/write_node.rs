@@ -35,7 +35,7 @@ use serfnode_fs::{Completion, ControlSink, Writer};
 use tokio::runtime::Handle;
 
 use crate::event::{Event, LineError, Origin};
-use crate::surface::upstream::{Upstream, DEFAULT_EVENT_LIMIT, UNKNOWN};
+use crate::surface::upstream::{Upstream, Verdict, DEFAULT_EVENT_LIMIT, UNKNOWN};
 
 /// Parses one line into the event it asks for. The payload travels as
 /// compact JSON, whatever its type, so handlers always read JSON.
@@ -114,34 +114,44 @@ pub(crate) fn parse_prefix(origin: &Origin, lines: &[Vec<u8>]) -> (Vec<Event>, O
 }
 
 impl<U: Upstream> ControlSink for WriteNode<U> {
+    /// Parses on the FUSE worker's thread and, with the agent connection
+    /// up, sends from it too (see [`Upstream::raise_now`]): the verdict
+    /// answers the request from the connection's reader.
     fn submit(&self, writer: Writer, lines: Vec<Vec<u8>>, done: Completion) {
         if self.inner.closed.load(Ordering::SeqCst) {
             return done.fail(0, libc::EAGAIN);
         }
-        let inner = self.inner.clone();
-        self.inner.runtime.spawn(async move {
-            let origin = Origin {
-                pid: writer.pid,
-                child: None,
-            };
-            let (events, bad) = parse_prefix(&origin, &lines);
-            let valid = events.len();
-            let raised = if events.is_empty() {
-                Ok(())
-            } else {
-                inner.upstream.raise(&origin, events).await
-            };
-            match (raised, bad) {
-                (Ok(()), None) => done.accept_all(),
-                (Ok(()), Some(errno)) => done.fail(valid, errno),
-                (Err((k, UNKNOWN)), _) => done.unknown(k, UNKNOWN),
-                (Err((k, errno)), _) => done.fail(k, errno),
-            }
-        });
+        let origin = Origin {
+            pid: writer.pid,
+            child: None,
+        };
+        let (events, bad) = parse_prefix(&origin, &lines);
+        let valid = events.len();
+        if events.is_empty() {
+            return answer(done, Ok(()), bad, valid);
+        }
+        let verdict: Verdict = Box::new(move |raised| answer(done, raised, bad, valid));
+        if let Some((events, verdict)) = self.inner.upstream.raise_now(&origin, events, verdict) {
+            let inner = self.inner.clone();
+            self.inner.runtime.spawn(async move {
+                verdict(inner.upstream.raise(&origin, events).await);
+            });
+        }
     }
 
     fn fragment_is_complete(&self, fragment: &[u8]) -> bool {
         serde_json::from_slice::<Value>(fragment).is_ok()
+    }
+}
+
+/// Answers a write of `valid` good lines (then the bad one's errno, if
+/// any) from what raising them gave.
+fn answer(done: Completion, raised: Result<(), (usize, i32)>, bad: Option<i32>, valid: usize) {
+    match (raised, bad) {
+        (Ok(()), None) => done.accept_all(),
+        (Ok(()), Some(errno)) => done.fail(valid, errno),
+        (Err((k, UNKNOWN)), _) => done.unknown(k, UNKNOWN),
+        (Err((k, errno)), _) => done.fail(k, errno),
     }
 }
 

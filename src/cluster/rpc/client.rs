@@ -1,24 +1,31 @@
 //! One connection to an agent and the [`Client`] handle on it.
 //!
-//! A writer task drains an mpsc of encoded requests into the socket, so a
-//! caller that gives up (timeout, dropped future) can never leave half a
-//! request on the wire. A reader task frames the byte stream and routes each
-//! reply by its Seq: to the oneshot of a waiting request, or to the bounded
-//! channel of a subscription. Dropping the last handle (clients and
-//! subscriptions each hold one) closes the connection.
+//! A request is encoded whole and written by the thread that makes it,
+//! without waiting: whatever the socket does not take at once is queued, in
+//! order, for the flusher task, so a caller that gives up (timeout, dropped
+//! future) can never leave half a request on the wire, and a request made
+//! outside the runtime (a FUSE worker's) reaches the agent without waking
+//! it. A reader task frames the byte stream and routes each reply by its
+//! Seq: to the oneshot of a waiting request, to the callback of a request
+//! made with [`Client::event_then`] (called on the reader's thread, or with
+//! a timeout by the sweeper task), or to the bounded channel of a
+//! subscription. Dropping the last handle (clients and subscriptions each
+//! hold one) closes the connection.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{debug, warn};
 
 use super::codec::{self, Header};
@@ -65,8 +72,51 @@ struct Shared {
     agent: Mutex<Option<AgentPid>>,
     next_seq: AtomicU64,
     routes: Mutex<Routes>,
-    outbox: mpsc::UnboundedSender<Vec<u8>>,
+    /// Taken after `routes` when both are held.
+    out: Mutex<Out>,
+    /// Wakes the flusher when `out.queued` gains bytes.
+    flush: Notify,
+    /// Wakes the sweeper when `routes.deadlines` gains its first entry.
+    sweep: Notify,
     closed: watch::Sender<bool>,
+}
+
+/// The write side of the connection. Invariant: `queued` holds the bytes,
+/// in order, that went to no `try_write` yet; nothing is written directly
+/// while it is not empty, so requests never interleave.
+struct Out {
+    /// `None` once closed (dropping the last reference hangs up our half;
+    /// the flusher holds one only while it waits for room).
+    wire: Option<Arc<OwnedWriteHalf>>,
+    queued: Vec<u8>,
+}
+
+impl Out {
+    /// Writes `bytes` now as far as the socket takes them and queues the
+    /// rest; `Ok(true)` when the flusher must be woken.
+    fn put(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        let Some(wire) = &self.wire else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let mut written = 0;
+        if self.queued.is_empty() {
+            while written < bytes.len() {
+                match wire.try_write(&bytes[written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if written == bytes.len() {
+            return Ok(false);
+        }
+        let wake = self.queued.is_empty();
+        self.queued.extend_from_slice(&bytes[written..]);
+        Ok(wake)
+    }
 }
 
 /// Where the reader sends what arrives for each Seq.
@@ -75,6 +125,9 @@ struct Routes {
     /// Subscriptions past their ack: every header with their Seq is followed
     /// by a record.
     records: HashMap<u64, Sink>,
+    /// The `Then` waiters' deadlines; an entry whose Seq no longer waits is
+    /// skipped when it comes up.
+    deadlines: BTreeSet<(Instant, u64)>,
     /// Set once, under this lock, so no route is added after the map is cleared.
     closed: bool,
 }
@@ -93,12 +146,43 @@ enum Waiter {
         command: &'static str,
         tx: oneshot::Sender<Result<(String, Option<Vec<u8>>)>>,
     },
+    /// A header without a body, for a callback ([`Client::event_then`]),
+    /// within a deadline.
+    Then {
+        command: &'static str,
+        then: Then,
+        deadline: Instant,
+    },
     /// `stream` or `query`: an ack header, then records for `sink`.
     Ack {
         command: &'static str,
         tx: oneshot::Sender<Result<()>>,
         sink: Sink,
     },
+}
+
+/// A verdict callback. Called exactly once: with the reply, with
+/// [`RpcError::Timeout`] by the sweeper at its deadline, or, dropped
+/// unanswered (the connection closed), with [`RpcError::Closed`].
+struct Then {
+    f: Option<Box<dyn FnOnce(Result<()>) + Send>>,
+    addr: SocketAddr,
+}
+
+impl Then {
+    fn call(mut self, result: Result<()>) {
+        if let Some(f) = self.f.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for Then {
+    fn drop(&mut self) {
+        if let Some(f) = self.f.take() {
+            f(Err(RpcError::Closed { addr: self.addr }));
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -137,21 +221,80 @@ impl Sink {
 }
 
 impl Shared {
-    /// Registers `waiter` under a fresh Seq and queues the request.
+    /// Registers `waiter` under a fresh Seq and writes the request (see
+    /// [`Out`]). On an error the waiter is dropped after the locks are
+    /// released (a `Then` is called then, and may send again).
     fn send<B: Serialize>(&self, command: &str, body: Option<&B>, waiter: Waiter) -> Result<u64> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let bytes = codec::encode_request(command, seq, body);
         let mut routes = self.routes.lock();
         if routes.closed {
+            drop(routes);
+            drop(waiter);
             return Err(self.closed_error());
         }
-        // Registered before it is queued, so the reply always finds it.
+        let deadline = match &waiter {
+            Waiter::Then { deadline, .. } => Some(*deadline),
+            _ => None,
+        };
+        // Registered before it is written, so the reply always finds it.
         routes.waiting.insert(seq, waiter);
-        if self.outbox.send(bytes).is_err() {
-            routes.waiting.remove(&seq);
-            return Err(self.closed_error());
+        let put = self.out.lock().put(&bytes);
+        match put {
+            Ok(wake) => {
+                if wake {
+                    self.flush.notify_one();
+                }
+            }
+            Err(e) => {
+                let waiter = routes.waiting.remove(&seq);
+                drop(routes);
+                debug!(addr = %self.addr, "rpc write failed: {e}");
+                self.close();
+                drop(waiter);
+                return Err(self.closed_error());
+            }
+        }
+        if let Some(at) = deadline {
+            // Replies come in order: the answered ones are mostly in front.
+            while let Some(&(_, s)) = routes.deadlines.first() {
+                if routes.waiting.contains_key(&s) {
+                    break;
+                }
+                routes.deadlines.pop_first();
+            }
+            let first = routes.deadlines.first().is_none_or(|&(t, _)| at < t);
+            routes.deadlines.insert((at, seq));
+            if first {
+                self.sweep.notify_one();
+            }
         }
         Ok(seq)
+    }
+
+    /// Fails the `Then` waiters whose deadline is past with a timeout; the
+    /// next deadline, if any.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut late = Vec::new();
+        let next = {
+            let mut routes = self.routes.lock();
+            while let Some(&(at, seq)) = routes.deadlines.first() {
+                if at > now {
+                    break;
+                }
+                routes.deadlines.pop_first();
+                if matches!(routes.waiting.get(&seq), Some(Waiter::Then { .. })) {
+                    if let Some(Waiter::Then { command, then, .. }) = routes.waiting.remove(&seq) {
+                        late.push((command, then));
+                    }
+                }
+            }
+            routes.deadlines.first().map(|&(at, _)| at)
+        };
+        for (command, then) in late {
+            then.call(Err(RpcError::Timeout { command }));
+        }
+        next
     }
 
     /// Forgets a subscription; a stream is also stopped at the agent (best
@@ -186,11 +329,15 @@ impl Shared {
         let gone = {
             let mut routes = self.routes.lock();
             routes.closed = true;
+            routes.deadlines.clear();
             (
                 std::mem::take(&mut routes.waiting),
                 std::mem::take(&mut routes.records),
             )
         };
+        // Our half hangs up (once the reader's half is gone too, the socket).
+        let wire = self.out.lock().wire.take();
+        drop(wire);
         drop(gone);
         self.closed.send_replace(true);
     }
@@ -258,19 +405,17 @@ impl Client {
         Ok(client)
     }
 
-    /// Spawns the connection's tasks over any byte stream (the tests' too).
-    fn spawn<R, W>(
+    /// Spawns the connection's tasks over a socket's halves.
+    fn spawn<R>(
         addr: SocketAddr,
         local: Option<SocketAddr>,
         auth_key: Option<String>,
         read: R,
-        write: W,
+        write: OwnedWriteHalf,
     ) -> Client
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             addr,
             local,
@@ -280,12 +425,19 @@ impl Client {
             routes: Mutex::new(Routes {
                 waiting: HashMap::new(),
                 records: HashMap::new(),
+                deadlines: BTreeSet::new(),
                 closed: false,
             }),
-            outbox,
+            out: Mutex::new(Out {
+                wire: Some(Arc::new(write)),
+                queued: Vec::new(),
+            }),
+            flush: Notify::new(),
+            sweep: Notify::new(),
             closed: watch::channel(false).0,
         });
-        tokio::spawn(write_loop(write, outbox_rx, shared.clone()));
+        tokio::spawn(flush_loop(shared.clone()));
+        tokio::spawn(sweep_loop(shared.clone()));
         tokio::spawn(read_loop(read, shared.clone()));
         Client {
             handle: Arc::new(Handle(shared)),
@@ -510,6 +662,37 @@ impl Client {
             coalesce,
         };
         self.call("event", Some(&req), false).await.map(drop)
+    }
+
+    /// Sends a user event without waiting: the request is written from the
+    /// calling thread, which need not be in the runtime, and `then` gets
+    /// the verdict, exactly once: the agent's answer or `Closed` on the
+    /// connection's reader, or `Timeout` from its sweeper once `within` is
+    /// up. `then` must not block (it holds up the connection's replies).
+    pub fn event_then(
+        &self,
+        name: &str,
+        payload: &[u8],
+        coalesce: bool,
+        within: Duration,
+        then: impl FnOnce(Result<()>) + Send + 'static,
+    ) {
+        let req = proto::Event {
+            name,
+            payload,
+            coalesce,
+        };
+        let shared = self.shared();
+        let waiter = Waiter::Then {
+            command: "event",
+            then: Then {
+                f: Some(Box::new(then)),
+                addr: shared.addr,
+            },
+            deadline: Instant::now() + within,
+        };
+        // An error has already called `then` (with `Closed`).
+        let _ = shared.send("event", Some(&req), waiter);
     }
 
     /// Answers the query record `id` of one of this connection's streams.
@@ -785,25 +968,60 @@ async fn wait_closed(closed: &mut watch::Receiver<bool>) {
     let _ = closed.wait_for(|closed| *closed).await;
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut write: W,
-    mut outbox: mpsc::UnboundedReceiver<Vec<u8>>,
-    shared: Arc<Shared>,
-) {
+/// Writes what the socket did not take at once (see [`Out`]).
+async fn flush_loop(shared: Arc<Shared>) {
     let mut closed = shared.closed.subscribe();
-    loop {
+    let why = 'conn: loop {
         tokio::select! {
-            () = wait_closed(&mut closed) => break,
-            request = outbox.recv() => {
-                let Some(request) = request else { break };
-                if let Err(e) = write.write_all(&request).await {
-                    debug!(addr = %shared.addr, "rpc write failed: {e}");
+            () = wait_closed(&mut closed) => return,
+            () = shared.flush.notified() => {}
+        }
+        loop {
+            // Ok(None): all written; Ok(Some(wire)): wait for room on it.
+            let step = {
+                let mut out = shared.out.lock();
+                let Some(wire) = out.wire.clone() else { return };
+                if out.queued.is_empty() {
                     break;
                 }
+                match wire.try_write(&out.queued) {
+                    Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(n) => {
+                        out.queued.drain(..n);
+                        Ok(None)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(wire)),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            match step {
+                Ok(None) => {}
+                Ok(Some(wire)) => tokio::select! {
+                    () = wait_closed(&mut closed) => return,
+                    r = wire.writable() => if let Err(e) = r { break 'conn e },
+                },
+                Err(e) => break 'conn e,
             }
         }
-    }
+    };
+    debug!(addr = %shared.addr, "rpc write failed: {why}");
     shared.close();
+}
+
+/// Times out `Then` waiters (see [`Client::event_then`]): asleep until the
+/// first deadline, woken when an earlier one is set.
+async fn sweep_loop(shared: Arc<Shared>) {
+    let mut closed = shared.closed.subscribe();
+    loop {
+        let next = shared.expire(Instant::now());
+        let due = next.unwrap_or_else(Instant::now);
+        tokio::select! {
+            () = wait_closed(&mut closed) => return,
+            () = shared.sweep.notified() => {}
+            () = tokio::time::sleep_until(due.into()), if next.is_some() => {}
+        }
+    }
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(mut read: R, shared: Arc<Shared>) {
@@ -948,6 +1166,18 @@ impl Reader<'_> {
                     let _ = tx.send(Ok(Vec::new()));
                 }
             }
+            Waiter::Then { command, then, .. } => {
+                drop(routes);
+                // Called without the lock: it may send the next request.
+                then.call(if error.is_empty() {
+                    Ok(())
+                } else {
+                    Err(RpcError::Agent {
+                        command,
+                        message: error,
+                    })
+                });
+            }
             Waiter::Report { command, tx } => {
                 drop(routes);
                 // Refusals before the command ran come without a report.
@@ -990,18 +1220,22 @@ mod tests {
     use super::*;
     use crate::cluster::rpc::MemberStatus;
     use rmpv::Value;
-    use tokio::io::DuplexStream;
+    use tokio::io::AsyncWriteExt;
 
     const MEMBERS: &[u8] = include_bytes!("testdata/members.bin");
     const RECORD_USER: &[u8] = include_bytes!("testdata/record_user.bin");
     const RECORD_JOIN: &[u8] = include_bytes!("testdata/record_member_join.bin");
     const RECORD_QUERY: &[u8] = include_bytes!("testdata/record_query.bin");
 
-    fn pair() -> (Client, Script) {
-        // A small pipe, so long replies arrive in pieces.
-        let (ours, theirs) = tokio::io::duplex(64);
-        let (read, write) = tokio::io::split(ours);
-        let addr = SocketAddr::from(([127, 0, 0, 9], 7373));
+    /// A client on a loopback socket whose other end is the script's.
+    async fn pair() -> (Client, Script) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (ours, (theirs, _)) = (ours.unwrap(), theirs.unwrap());
+        // Byte-by-byte replies go out as they are written.
+        theirs.set_nodelay(true).unwrap();
+        let (read, write) = ours.into_split();
         (
             Client::spawn(addr, None, None, read, write),
             Script {
@@ -1038,7 +1272,7 @@ mod tests {
     /// stream, monitor, over TCP) is the test kit's `FakeAgent`; this is the
     /// wire under the client, which no agent can be made to misbehave on.
     struct Script {
-        io: DuplexStream,
+        io: TcpStream,
         buf: Vec<u8>,
     }
 
@@ -1120,7 +1354,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_fed_byte_by_byte_decodes_whole() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let serve = async {
             let (cmd, seq, body) = agent.request().await;
             assert_eq!((cmd.as_str(), body), ("members", None));
@@ -1136,7 +1370,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_of_a_stopped_stream_are_skipped() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let (mut sub, seq) = stream(&client, &mut agent).await;
         agent.reply(seq, "", Some(RECORD_USER)).await;
         assert!(matches!(sub.recv().await, Some(StreamRecord::User { .. })));
@@ -1156,7 +1390,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_keyring_report_comes_with_its_error_and_a_refusal_without_one() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let serve = async {
             agent.list_keys_failed_with_report().await;
             let (cmd, seq, _) = agent.request().await;
@@ -1191,7 +1425,7 @@ mod tests {
 
     #[tokio::test]
     async fn agent_errors_with_and_without_a_body() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let limit = "user event exceeds configured limit of 512 bytes before encoding";
         let serve = async {
             let (cmd, seq, body) = agent.request().await;
@@ -1234,7 +1468,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_subscriber_loses_records_not_the_connection() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let (mut sub, seq) = stream(&client, &mut agent).await;
         for _ in 0..RECORD_BUFFER + 5 {
             agent.reply(seq, "", Some(RECORD_USER)).await;
@@ -1255,7 +1489,7 @@ mod tests {
 
     #[tokio::test]
     async fn everything_ends_when_the_agent_goes_away() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let (mut sub, _) = stream(&client, &mut agent).await;
         let pending = client.members();
         let hang_up = async {
@@ -1268,12 +1502,15 @@ mod tests {
         assert!(client.is_closed());
         assert_eq!(sub.recv().await, None);
         let err = client.stats().await.unwrap_err();
-        assert_eq!(err.to_string(), "rpc connection to 127.0.0.9:7373 closed");
+        assert_eq!(
+            err.to_string(),
+            format!("rpc connection to {} closed", client.addr())
+        );
     }
 
     #[tokio::test]
     async fn dropping_the_last_handle_hangs_up() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let (mut sub, seq) = stream(&client, &mut agent).await;
         drop(client);
         // The subscription alone keeps the connection.
@@ -1285,9 +1522,117 @@ mod tests {
         agent.io.read_to_end(&mut rest).await.unwrap();
     }
 
+    type Verdicts = mpsc::UnboundedReceiver<(usize, Result<()>)>;
+    type Callback = Box<dyn FnOnce(Result<()>) + Send>;
+
+    /// Collects `event_then` verdicts in call order.
+    fn verdicts() -> (impl Fn(usize) -> Callback, Verdicts) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let make = move |i: usize| -> Callback {
+            let tx = tx.clone();
+            Box::new(move |r| tx.send((i, r)).unwrap())
+        };
+        (make, rx)
+    }
+
+    #[tokio::test]
+    async fn an_event_then_gets_exactly_one_verdict() {
+        let (client, mut agent) = pair().await;
+        let (then, mut got) = verdicts();
+        // Made on a thread outside the runtime, as a FUSE worker makes them.
+        let c = client.clone();
+        let long = Duration::from_secs(30);
+        let then0 = then(0);
+        let then1 = then(1);
+        std::thread::spawn(move || {
+            c.event_then("a", b"1", false, long, then0);
+            c.event_then("b", b"2", false, long, then1);
+        })
+        .join()
+        .unwrap();
+        let (cmd, s0, body) = agent.request().await;
+        assert_eq!(cmd, "event");
+        assert_eq!(body.unwrap()["Name"].as_str(), Some("a"));
+        let (_, s1, _) = agent.request().await;
+        agent.reply(s0, "", None).await;
+        agent.reply(s1, "user event exceeds limit", None).await;
+        assert!(matches!(got.recv().await, Some((0, Ok(())))));
+        assert!(matches!(
+            got.recv().await,
+            Some((
+                1,
+                Err(RpcError::Agent {
+                    command: "event",
+                    ..
+                })
+            ))
+        ));
+
+        // No answer within its bound: a timeout, and the late reply is
+        // consumed without a second verdict.
+        client.event_then("c", b"3", false, Duration::from_millis(50), then(2));
+        let (_, s2, _) = agent.request().await;
+        assert!(matches!(
+            got.recv().await,
+            Some((2, Err(RpcError::Timeout { command: "event" })))
+        ));
+        agent.reply(s2, "", None).await;
+
+        // Pending when the agent goes away, and made after: closed.
+        client.event_then("d", b"4", false, long, then(3));
+        agent.request().await;
+        drop(agent);
+        assert!(matches!(
+            got.recv().await,
+            Some((3, Err(RpcError::Closed { .. })))
+        ));
+        client.closed().await;
+        client.event_then("e", b"5", false, long, then(4));
+        assert!(matches!(
+            got.recv().await,
+            Some((4, Err(RpcError::Closed { .. })))
+        ));
+        drop(then);
+        assert!(got.recv().await.is_none(), "one verdict each");
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_at_once_follows_in_order() {
+        let (client, mut agent) = pair().await;
+        // Far more than the socket buffers while the agent reads nothing.
+        let payload = vec![b'x'; 64 * 1024];
+        let (then, mut got) = verdicts();
+        for i in 0..64 {
+            client.event_then(
+                &format!("e{i}"),
+                &payload,
+                false,
+                Duration::from_secs(30),
+                then(i),
+            );
+        }
+        for i in 0..64 {
+            let (cmd, seq, body) = agent.request().await;
+            assert_eq!(cmd, "event");
+            let body = body.unwrap();
+            assert_eq!(body["Name"].as_str(), Some(format!("e{i}").as_str()));
+            assert_eq!(
+                body["Payload"].as_slice().map(<[u8]>::len),
+                Some(payload.len())
+            );
+            agent.reply(seq, "", None).await;
+        }
+        for i in 0..64 {
+            assert_eq!(
+                got.recv().await.map(|(k, r)| (k, r.is_ok())),
+                Some((i, true))
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_late_reply_is_consumed_in_order() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let hasty = client.clone().with_timeout(Duration::from_millis(20));
         assert!(matches!(
             hasty.members().await,
@@ -1307,7 +1652,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_query_ends_after_done() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let params = QueryParams {
             name: "uptime".into(),
             request_ack: true,
@@ -1356,7 +1701,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_stream_is_an_agent_error() {
-        let (client, mut agent) = pair();
+        let (client, mut agent) = pair().await;
         let serve = async {
             let (_, seq, body) = agent.request().await;
             assert_eq!(body.unwrap()["Type"].as_str(), Some("bogus"));
