@@ -120,8 +120,11 @@ fn main() -> Result<()> {
     let mut raw = RawCluster::start(root.path(), &prog, &rt)?;
     event_to_handler(&nodes, &raw, &rt, &prog, root.path(), &mut summary)?;
     raw.stop();
-    queries(&nodes, &rt, &mut summary)?;
-    journal_readers(&nodes, &rt, root.path(), &mut summary)?;
+    // `SERFNODE_BENCH_ONLY=handler`: event → handler only.
+    if !std::env::var("SERFNODE_BENCH_ONLY").is_ok_and(|v| v == "handler") {
+        queries(&nodes, &rt, &mut summary)?;
+        journal_readers(&nodes, &rt, root.path(), &mut summary)?;
+    }
     drop(rt);
     nodes.stop()?;
 
