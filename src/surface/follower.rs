@@ -150,6 +150,7 @@ pub async fn follow(
                     "events: {lost} stream records lost: we fell behind (gap line journaled)"
                 );
             }
+            tracing::trace!("events: stream record");
             router::route(&client, &view.snapshot(), &journal, &handlers, decode(rec));
         }
         ready.send_replace(None);
