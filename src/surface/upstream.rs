@@ -257,8 +257,8 @@ impl Chain {
                     let errno = errno_of(&e, UNKNOWN);
                     if matches!(e, RpcError::Timeout { .. }) {
                         tracing::warn!(
-                        "write node: {origin}: event {name:?}: the agent did not answer within {RAISE_TIMEOUT:?}; it may yet raise it (ETIMEDOUT)"
-                    );
+                            "write node: {origin}: event {name:?}: the agent did not answer within {RAISE_TIMEOUT:?}; it may yet raise it (ETIMEDOUT)"
+                        );
                     } else {
                         let outcome = if errno == UNKNOWN {
                             "sent, no verdict: it may yet be raised (ETIMEDOUT)"
