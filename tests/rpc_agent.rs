@@ -182,6 +182,60 @@ async fn oversized_event_is_refused_by_the_agent() {
     );
 }
 
+/// The blocking link a FUSE worker raises events on: the verdict read on
+/// the calling thread, a refusal leaving it usable, a verdict that does not
+/// come in the wait left pending and finished on the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_link_raises_events_and_hands_over_a_slow_verdict() {
+    use serfnode::cluster::rpc::Outcome;
+    use serfnode_testkit::process::{signal_pid, stop_pid};
+    let a = Agent::start(AgentOpts::default());
+    let client = connect(&a).await;
+    let mut sub = client.stream("user").await.unwrap();
+    let c = client.clone();
+    let (_agent, refused, pending) = tokio::task::spawn_blocking(move || {
+        let link = c.direct(Duration::from_secs(2)).expect("direct link");
+        let wait = Duration::from_secs(2);
+        let Outcome::Done(link) = link.event("d1", b"1", false, wait) else {
+            panic!("d1 not raised");
+        };
+        // Refused: the link comes back and raises the next one.
+        let (refused, link) = match link.event("big", &[b'x'; 600], false, wait) {
+            Outcome::Failed(e, Some(link)) => (e.to_string(), link),
+            _ => panic!("the oversized event was not refused with the link back"),
+        };
+        let Outcome::Done(link) = link.event("d2", b"2", false, wait) else {
+            panic!("d2 not raised");
+        };
+        // The agent stopped: sent, no verdict within the wait.
+        let pid = a.pid().unwrap();
+        stop_pid(pid);
+        let pending = match link.event("d3", b"3", false, Duration::from_millis(50)) {
+            Outcome::Pending(p) => p,
+            _ => panic!("d3 not pending while the agent is stopped"),
+        };
+        signal_pid(pid, libc::SIGCONT);
+        (a, refused, pending)
+    })
+    .await
+    .unwrap();
+    assert!(refused.contains("exceeds"), "{refused}");
+    let (back, res) = pending.finish(Instant::now() + SETTLE).await;
+    res.expect("d3's verdict, finished on the runtime");
+    assert!(back.is_some(), "the link comes back with the verdict");
+    let mut names = Vec::new();
+    while names.len() < 3 {
+        let rec = tokio::time::timeout(SETTLE, sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let StreamRecord::User { name, .. } = rec {
+            names.push(name);
+        }
+    }
+    assert_eq!(names, ["d1", "d2", "d3"]);
+}
+
 #[tokio::test]
 async fn query_and_respond_round_trip() {
     let a = Agent::start(AgentOpts::named("q-a"));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant as StdInstant};
 use tokio::sync::watch;
 
 use crate::cluster::membership::View;
-use crate::cluster::rpc::{Client, RpcError};
+use crate::cluster::rpc::{Client, Direct, Outcome, RpcError};
 use crate::event::{self, Event, Origin, Raiser};
 use crate::surface::query::{self, Answers, Ask, MAX_WAIT};
 
@@ -127,14 +127,18 @@ pub(crate) struct AgentUpstream {
     clients: watch::Receiver<Option<Client>>,
     view: View,
     pace: Option<Arc<parking_lot::Mutex<Bucket>>>,
+    /// Where a direct link's slow verdict is awaited.
+    runtime: tokio::runtime::Handle,
 }
 
 impl AgentUpstream {
     /// `rate`: events per second, in bursts of as many (0: no limit).
+    /// Made on the runtime, whose handle it keeps.
     pub fn new(clients: watch::Receiver<Option<Client>>, view: View, rate: u32) -> AgentUpstream {
         AgentUpstream {
             clients,
             view,
+            runtime: tokio::runtime::Handle::current(),
             pace: (rate > 0).then(|| Arc::new(parking_lot::Mutex::new(Bucket::new(rate)))),
         }
     }
@@ -173,23 +177,7 @@ impl AgentUpstream {
         deadline: StdInstant,
         done: Verdict,
     ) {
-        let from = Raiser {
-            node: self.view.snapshot().local.clone().unwrap_or_default(),
-            child: origin.child.clone(),
-        };
-        // Every envelope up to the first bad one, made before anything is
-        // sent: the outcome is the same as making each in turn.
-        let mut wires = Vec::with_capacity(events.len());
-        let mut bad = None;
-        for event in &events {
-            match envelope(origin, &from, event) {
-                Ok(wire) => wires.push(wire),
-                Err(errno) => {
-                    bad = Some(errno);
-                    break;
-                }
-            }
-        }
+        let (wires, bad) = self.envelopes(origin, &events);
         let chain = Chain {
             client,
             origin: origin.clone(),
@@ -201,6 +189,162 @@ impl AgentUpstream {
         };
         chain.step(0, done);
     }
+}
+
+impl AgentUpstream {
+    /// Every envelope up to the first bad event, and that one's errno: made
+    /// before anything is sent, the outcome is the same as making each in
+    /// turn.
+    fn envelopes(&self, origin: &Origin, events: &[Event]) -> (Vec<Vec<u8>>, Option<i32>) {
+        let from = Raiser {
+            node: self.view.snapshot().local.clone().unwrap_or_default(),
+            child: origin.child.clone(),
+        };
+        let mut wires = Vec::with_capacity(events.len());
+        for event in events {
+            match envelope(origin, &from, event) {
+                Ok(wire) => wires.push(wire),
+                Err(errno) => return (wires, Some(errno)),
+            }
+        }
+        (wires, None)
+    }
+
+    /// [`Upstream::raise_now`] on a thread outside the runtime: each event
+    /// on this thread's own [`Direct`] link, the verdict read here and the
+    /// write answered from here (no hand-over between threads). Past
+    /// [`DIRECT_WAIT`] a pending verdict is awaited on the runtime and the
+    /// rest go through the callback chain on `client`, as does everything
+    /// when the link cannot be had.
+    fn raise_direct(&self, client: Client, origin: &Origin, events: Vec<Event>, done: Verdict) {
+        let deadline = StdInstant::now() + RAISE_TIMEOUT;
+        let (wires, bad) = self.envelopes(origin, &events);
+        let Some(mut link) = link_for(&client) else {
+            return self.chain(client, origin, events, deadline, done);
+        };
+        let chain = Chain {
+            client,
+            origin: origin.clone(),
+            events,
+            wires,
+            bad,
+            pace: self.pace.clone(),
+            deadline,
+        };
+        // The worker's time on this write, verdicts included.
+        let budget = StdInstant::now() + DIRECT_WAIT;
+        for i in 0..chain.wires.len() {
+            let now = StdInstant::now();
+            if now >= budget {
+                // A long write goes on from the runtime; the worker serves others.
+                keep_link(&chain.client, link);
+                return chain.step(i, done);
+            }
+            if let Err(errno) = chain.may_send(i, now) {
+                keep_link(&chain.client, link);
+                return done(Err((i, errno)));
+            }
+            let name = &chain.events[i].name;
+            match link.event(name, &chain.wires[i], false, budget - now) {
+                Outcome::Done(l) => {
+                    tracing::debug!(%name, "event raised for {}", chain.origin);
+                    link = l;
+                }
+                Outcome::Pending(pending) => {
+                    // The rest, from the runtime.
+                    self.runtime.spawn(async move {
+                        // The link stays with the runtime's thread: dropped.
+                        let (_, res) = pending.finish(chain.deadline).await;
+                        match res {
+                            Ok(()) => chain.step(i + 1, done),
+                            Err(e) => {
+                                let errno = chain.verdict_error(i, &e);
+                                done(Err((i, errno)));
+                            }
+                        }
+                    });
+                    return;
+                }
+                Outcome::NotSent(e) => {
+                    tracing::debug!(
+                        "write node: direct link to {}: {e}; on the shared connection",
+                        chain.client.addr()
+                    );
+                    return chain.step(i, done);
+                }
+                Outcome::Failed(e, back) => {
+                    let errno = chain.verdict_error(i, &e);
+                    // A refusal gives the link back; a lost one is gone.
+                    if let Some(l) = back {
+                        keep_link(&chain.client, l);
+                    }
+                    return done(Err((i, errno)));
+                }
+            }
+        }
+        keep_link(&chain.client, link);
+        done(match chain.bad {
+            None => Ok(()),
+            Some(errno) => Err((chain.wires.len(), errno)),
+        });
+    }
+}
+
+/// How long a FUSE worker spends on one write's events, verdicts included,
+/// before the rest (and a verdict not yet come) move to the runtime: the
+/// mount's other workers serve reads meanwhile.
+const DIRECT_WAIT: Duration = Duration::from_millis(10);
+
+/// Bound on making a direct link (connect, handshake, the peer check, auth).
+const LINK_WITHIN: Duration = Duration::from_millis(200);
+
+/// After a direct link could not be made, how long a thread uses the shared
+/// connection before it tries again.
+const LINK_RETRY: Duration = Duration::from_secs(1);
+
+/// A thread's direct link: made beside one followed connection (its id) and
+/// kept while that one is followed, or when making one last failed.
+enum Link {
+    Up { beside: usize, direct: Direct },
+    Failed { at: StdInstant },
+}
+
+thread_local! {
+    static LINK: std::cell::RefCell<Option<Link>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's link to the agent `client` reaches, made now if it has
+/// none beside `client` (None: it cannot be had, or failed less than
+/// [`LINK_RETRY`] ago).
+fn link_for(client: &Client) -> Option<Direct> {
+    match LINK.take() {
+        Some(Link::Up { beside, direct }) if beside == client.id() => return Some(direct),
+        Some(Link::Failed { at }) if at.elapsed() < LINK_RETRY => {
+            LINK.set(Some(Link::Failed { at }));
+            return None;
+        }
+        _ => {}
+    }
+    match client.direct(LINK_WITHIN) {
+        Ok(direct) => Some(direct),
+        Err(e) => {
+            tracing::info!(
+                "write node: no direct link to {}: {e}; events go through the shared connection",
+                client.addr()
+            );
+            LINK.set(Some(Link::Failed {
+                at: StdInstant::now(),
+            }));
+            None
+        }
+    }
+}
+
+fn keep_link(client: &Client, direct: Direct) {
+    LINK.set(Some(Link::Up {
+        beside: client.id(),
+        direct,
+    }));
 }
 
 /// A write's events on their way, one request at a time.
@@ -217,6 +361,46 @@ struct Chain {
 }
 
 impl Chain {
+    /// Whether event `i` may go out now: the connection up, the write's
+    /// time not up, room in the event rate; else the errno (with the log).
+    fn may_send(&self, i: usize, now: StdInstant) -> Result<(), i32> {
+        let (origin, name) = (&self.origin, &self.events[i].name);
+        if self.client.is_closed() || now >= self.deadline {
+            tracing::warn!(
+                "write node: {origin}: event {name:?} not sent (EAGAIN): the agent connection is gone or the write's {RAISE_TIMEOUT:?} are up"
+            );
+            return Err(libc::EAGAIN);
+        }
+        if let Some(pace) = &self.pace {
+            if !pace.lock().take() {
+                tracing::info!(
+                    "write node: {origin}: event {name:?} refused (EAGAIN): over the event rate; serf would drop events raised faster"
+                );
+                return Err(libc::EAGAIN);
+            }
+        }
+        Ok(())
+    }
+
+    /// The errno of event `i` that failed with `e` after it was sent (with the log).
+    fn verdict_error(&self, i: usize, e: &RpcError) -> i32 {
+        let (origin, name) = (&self.origin, &self.events[i].name);
+        let errno = errno_of(e, UNKNOWN);
+        if matches!(e, RpcError::Timeout { .. }) {
+            tracing::warn!(
+                "write node: {origin}: event {name:?}: the agent did not answer within {RAISE_TIMEOUT:?}; it may yet raise it (ETIMEDOUT)"
+            );
+        } else {
+            let outcome = if errno == UNKNOWN {
+                "sent, no verdict: it may yet be raised (ETIMEDOUT)"
+            } else {
+                "refused by the agent"
+            };
+            tracing::warn!("write node: {origin}: event {name:?}: {e}: {outcome}");
+        }
+        errno
+    }
+
     /// Sends event `i`; its verdict sends `i + 1` or ends the chain.
     fn step(mut self, i: usize, done: Verdict) {
         if i >= self.wires.len() {
@@ -225,50 +409,22 @@ impl Chain {
                 Some(errno) => Err((i, errno)),
             });
         }
-        let wire = std::mem::take(&mut self.wires[i]);
-        let name = std::mem::take(&mut self.events[i].name);
-        let origin = &self.origin;
         let now = StdInstant::now();
-        if self.client.is_closed() || now >= self.deadline {
-            tracing::warn!(
-                "write node: {origin}: event {name:?} not sent (EAGAIN): the agent connection is gone or the write's {RAISE_TIMEOUT:?} are up"
-            );
-            return done(Err((i, libc::EAGAIN)));
+        if let Err(errno) = self.may_send(i, now) {
+            return done(Err((i, errno)));
         }
-        if let Some(pace) = &self.pace {
-            if !pace.lock().take() {
-                tracing::info!(
-                    "write node: {origin}: event {name:?} refused (EAGAIN): over the event rate; serf would drop events raised faster"
-                );
-                return done(Err((i, libc::EAGAIN)));
-            }
-        }
+        let wire = std::mem::take(&mut self.wires[i]);
+        let name = self.events[i].name.clone();
         let client = self.client.clone();
         let within = self.deadline - now;
-        let then = {
-            let name = name.clone();
-            move |res: Result<(), RpcError>| match res {
-                Ok(()) => {
-                    tracing::debug!(%name, "event raised for {}", self.origin);
-                    self.step(i + 1, done);
-                }
-                Err(e) => {
-                    let origin = &self.origin;
-                    let errno = errno_of(&e, UNKNOWN);
-                    if matches!(e, RpcError::Timeout { .. }) {
-                        tracing::warn!(
-                            "write node: {origin}: event {name:?}: the agent did not answer within {RAISE_TIMEOUT:?}; it may yet raise it (ETIMEDOUT)"
-                        );
-                    } else {
-                        let outcome = if errno == UNKNOWN {
-                            "sent, no verdict: it may yet be raised (ETIMEDOUT)"
-                        } else {
-                            "refused by the agent"
-                        };
-                        tracing::warn!("write node: {origin}: event {name:?}: {e}: {outcome}");
-                    }
-                    done(Err((i, errno)));
-                }
+        let then = move |res: Result<(), RpcError>| match res {
+            Ok(()) => {
+                tracing::debug!(name = %self.events[i].name, "event raised for {}", self.origin);
+                self.step(i + 1, done);
+            }
+            Err(e) => {
+                let errno = self.verdict_error(i, &e);
+                done(Err((i, errno)));
             }
         };
         client.event_then(&name, &wire, false, within, then);
@@ -336,13 +492,13 @@ impl Upstream for AgentUpstream {
             Some(c) if !c.is_closed() => c.clone(),
             _ => return Some((events, done)),
         };
-        self.chain(
-            client,
-            origin,
-            events,
-            StdInstant::now() + RAISE_TIMEOUT,
-            done,
-        );
+        // A runtime thread never blocks, not even briefly.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let deadline = StdInstant::now() + RAISE_TIMEOUT;
+            self.chain(client, origin, events, deadline, done);
+        } else {
+            self.raise_direct(client, origin, events, done);
+        }
         None
     }
 

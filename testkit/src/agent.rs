@@ -80,6 +80,11 @@ impl Agent {
         Agent::start_os(opts, &[])
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     fn wait_for_rpc(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {

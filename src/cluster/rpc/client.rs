@@ -664,6 +664,24 @@ impl Client {
         self.call("event", Some(&req), false).await.map(drop)
     }
 
+    /// Tells connections apart: two handles on one connection give the same.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.handle.0) as usize
+    }
+
+    /// A blocking connection to the same agent, checked as this one was
+    /// (see [`super::direct`]), made within `within`.
+    pub fn direct(&self, within: Duration) -> Result<super::Direct> {
+        let shared = self.shared();
+        let agent = shared.agent.lock().clone();
+        super::Direct::connect(
+            shared.addr,
+            shared.auth_key.as_deref(),
+            agent.as_ref(),
+            within,
+        )
+    }
+
     /// Sends a user event without waiting: the request is written from the
     /// calling thread, which need not be in the runtime, and `then` gets
     /// the verdict, exactly once: the agent's answer or `Closed` on the

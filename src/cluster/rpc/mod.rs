@@ -12,6 +12,7 @@
 
 mod client;
 mod codec;
+mod direct;
 #[doc(hidden)]
 pub mod fuzz;
 pub(crate) mod peer;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 pub use client::{
     Client, LogSubscription, QuerySubscription, Subscription, DEFAULT_SLOW_TIMEOUT, DEFAULT_TIMEOUT,
 };
+pub use direct::{Direct, Outcome, Pending};
 pub use proto::{
     Coordinate, KeyResponse, Member, MemberEvent, MemberStatus, QueryParams, QueryRecord,
     StreamRecord,
