@@ -177,8 +177,20 @@ impl AgentUpstream {
         deadline: StdInstant,
         done: Verdict,
     ) {
+        self.new_chain(client, origin, events, deadline)
+            .step(0, done);
+    }
+
+    /// A write's events, in their envelopes, ready to go out on `client`.
+    fn new_chain(
+        &self,
+        client: Client,
+        origin: &Origin,
+        events: Vec<Event>,
+        deadline: StdInstant,
+    ) -> Chain {
         let (wires, bad) = self.envelopes(origin, &events);
-        let chain = Chain {
+        Chain {
             client,
             origin: origin.clone(),
             events,
@@ -186,12 +198,9 @@ impl AgentUpstream {
             bad,
             pace: self.pace.clone(),
             deadline,
-        };
-        chain.step(0, done);
+        }
     }
-}
 
-impl AgentUpstream {
     /// Every envelope up to the first bad event, and that one's errno: made
     /// before anything is sent, the outcome is the same as making each in
     /// turn.
@@ -218,18 +227,9 @@ impl AgentUpstream {
     /// when the link cannot be had.
     fn raise_direct(&self, client: Client, origin: &Origin, events: Vec<Event>, done: Verdict) {
         let deadline = StdInstant::now() + RAISE_TIMEOUT;
-        let (wires, bad) = self.envelopes(origin, &events);
-        let Some(mut link) = link_for(&client) else {
-            return self.chain(client, origin, events, deadline, done);
-        };
-        let chain = Chain {
-            client,
-            origin: origin.clone(),
-            events,
-            wires,
-            bad,
-            pace: self.pace.clone(),
-            deadline,
+        let chain = self.new_chain(client, origin, events, deadline);
+        let Some(mut link) = link_for(&chain.client) else {
+            return chain.step(0, done);
         };
         // The worker's time on this write, verdicts included.
         let budget = StdInstant::now() + DIRECT_WAIT;
