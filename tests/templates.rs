@@ -532,13 +532,20 @@ fn a_childs_template_is_rendered_in_the_child_and_signals_its_application() {
         wait: None,
     };
     let json = serde_json::to_string(&[spec]).unwrap();
-    // The application records each signal and what the file says then.
+    // The application records each signal and what the file says then. It
+    // sets its trap only once released, and it is released only after the
+    // change reached the destination: the HUP comes while it is still
+    // starting, as it can for any application on a loaded machine, and
+    // must wait for its handler rather than kill it.
+    let (started, release) = (dir.path().join("started"), dir.path().join("release"));
     let app = format!(
-        "trap 'echo \"HUP $(cat {})\" >> {}' HUP; while :; do sleep 0.05; done",
+        "echo > {}; while [ ! -e {} ]; do sleep 0.05; done; trap 'echo \"HUP $(cat {})\" >> {}' HUP; while :; do sleep 0.05; done",
+        started.display(),
+        release.display(),
         dest.display(),
         got.display()
     );
-    let child = support::child::Wrapped::start(
+    let mut child = support::child::Wrapped::start(
         share.path(),
         "kid",
         &[&format!("--templates={json}")],
@@ -560,11 +567,21 @@ fn a_childs_template_is_rendered_in_the_child_and_signals_its_application() {
     wait_for(T, "the destination written in the child", || {
         text(&dest) == "mother "
     });
+    wait_for(T, "the application started", || started.exists());
     let _other = Agent::start(AgentOpts {
         join: Some(parent.bind_addr()),
         ..AgentOpts::named("other").tag("role", "db")
     });
+    wait_for(T, "the change in the child's destination", || {
+        text(&dest) == "mother other "
+    });
+    std::fs::write(&release, "").unwrap();
     wait_for(T, "the application told of the change", || {
+        if let Some(status) = child.child.try_wait().unwrap() {
+            panic!(
+                "the application ended ({status} of its wrapper): the signal came before its trap"
+            );
+        }
         text(&got).lines().last() == Some("HUP mother other ")
     });
     let status = child.wait_json("status.json", |s| {

@@ -117,8 +117,8 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     }
 
     // The application starts once its templates are written from the
-    // cluster (it reads them as it starts, and a signal in its first
-    // instants, before it set its handlers, would kill it), or after
+    // cluster (it reads them as it starts, and is signalled only for the
+    // changes after that, each held until it handles the signal), or after
     // FIRST_TEMPLATES_WAIT without its parent's view.
     if !surface.templates.first_acted(FIRST_TEMPLATES_WAIT).await {
         tracing::warn!(

@@ -13,7 +13,6 @@
 //! in `status.json` until a render succeeds again.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::action::{Acted, Actor, Shared};
+use super::action::{Acted, Actor, Application, Shared};
 use super::{Context, Documents, Outcome, Outputs, TemplateSet, TemplateSpec};
 use crate::cluster::membership::View;
 use crate::surface::files::TemplateFiles;
@@ -32,7 +31,7 @@ use crate::surface::restrict::Restrictions;
 /// A running templates stage.
 pub struct Templates {
     files: watch::Receiver<Arc<TemplateFiles>>,
-    application: Arc<AtomicI32>,
+    application: Arc<Application>,
     /// How many actors have acted on their first output, and how many
     /// there are.
     acted_first: watch::Receiver<usize>,
@@ -71,7 +70,7 @@ impl Templates {
             return Templates::none();
         }
         let stop = CancellationToken::new();
-        let application = Arc::new(AtomicI32::new(0));
+        let application = Arc::new(Application::default());
         let changed = Arc::new(Notify::new());
         let (acted_first, acted_first_rx) = watch::channel(0);
         let shared = Shared {
@@ -140,7 +139,7 @@ impl Templates {
 
     /// The child's application, which `signal:` goes to (0: none running).
     pub fn set_application(&self, pid: libc::pid_t) {
-        self.application.store(pid, Ordering::Release);
+        self.application.set(pid);
     }
 
     /// Stops rendering and acting; a command still running is killed with
