@@ -17,14 +17,16 @@
 //!
 //! For each: **convergence** (start → `serfnodes_by_id.json` lists every
 //! member); the daemon's **CPU at rest** (its periodic `members` re-read);
-//! its **CPU per change** over 40 tag changes at 4/s that nobody reads
-//! (beyond the rest rate); the **time to open each file after a change**:
-//! a tag change, then the first open+read+close of the changed member's
-//! file (its poll every 1 ms; the read that first shows the value), then
-//! of `serfnodes_by_id.json`, `serfnodes_by_role.json` and `status.json`
-//! (each re-rendered on that first read), then a second, cached read of
-//! each; and **memory** (VmRSS / VmHWM), against a raw `serf agent` of the
-//! real cluster.
+//! its **CPU per change** over 200 tag changes at 10/s that nobody reads,
+//! read in nanoseconds from the daemon's CPU-time clock (its exited threads
+//! included), beyond its idle rate and the full reads that fell among
+//! them; the **time to open each file after a change**: a tag change (one
+//! the Node info files show), then the first open+read+close of the
+//! changed member's file (its poll every 1 ms; the read that first shows
+//! the value), then of `serfnodes_by_id.json`, `serfnodes_by_role.json`
+//! and `status.json` (each re-rendered on that first read), then five
+//! rounds of cached reads of each, 20 ms apart; and **memory** (VmRSS /
+//! VmHWM), against a raw `serf agent` of the real cluster.
 //!
 //! Needs root, FUSE and `serf` on PATH; run it with `scripts/bench`. It
 //! prints figures and asserts nothing about timing. Every process it starts
@@ -66,11 +68,34 @@ const REST: Duration = Duration::from_secs(32);
 /// what one takes: ~40 s with 10,000 members here).
 const FULL_READ_WAIT: Duration = Duration::from_secs(120);
 /// Unread changes: this many, one every `UNREAD_EVERY`, then `UNREAD_TAIL`
-/// for the last to arrive (the agent's stream coalesces for ~1 s).
-const UNREAD: usize = 40;
-const UNREAD_EVERY: Duration = Duration::from_millis(250);
+/// for the last to arrive (the agent's stream coalesces for ~1 s). The CPU
+/// is read at nanosecond resolution, so 200 changes resolve a few µs each;
+/// it is also read every `UNREAD_BLOCK` changes, to show the spread.
+const UNREAD: usize = 200;
+const UNREAD_EVERY: Duration = Duration::from_millis(100);
 const UNREAD_TAIL: Duration = Duration::from_secs(2);
+const UNREAD_BLOCK: usize = 50;
+/// After the rest period, its idle part alone: this long right after a
+/// full read, with none inside (no cluster here reads more often).
+const IDLE: Duration = Duration::from_secs(2);
 const TRIALS: usize = 30;
+/// Cached reads of each file per trial, `CACHED_EVERY` apart after its
+/// first reads (so ≥ 100 samples per file, spread over the trial's gap).
+const CACHED_ROUNDS: usize = 5;
+const CACHED_EVERY: Duration = Duration::from_millis(20);
+/// A tag the Node info files show (`service_port`): the trials set it
+/// with the probe, so the first read of each file after a change is a
+/// rendering of it.
+const SHOWN_TAG: &str = "service_port";
+
+/// A port number made from a trial's probe value.
+fn shown_value(value: &str) -> String {
+    let sum = value
+        .bytes()
+        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b.into()));
+    (1024 + sum % 60_000).to_string()
+}
+
 /// The files timed after a change, the changed member's own first.
 const AFTER_CHANGE: [&str; 3] = [files::BY_ID, files::BY_ROLE, files::STATUS];
 
@@ -267,8 +292,10 @@ type Pending = Box<dyn FnOnce() -> Result<()>>;
 
 /// Sets tag `probe` on some member other than the daemon's own.
 trait Changes {
-    /// Starts the change; the member's name and what to wait for.
-    fn start(&mut self, value: &str) -> Result<(String, Pending)>;
+    /// Starts the change; the member's name and what to wait for. With
+    /// `shown`, the change also sets [`SHOWN_TAG`], which the Node info
+    /// files show, so they change with it (`probe` alone leaves them).
+    fn start(&mut self, value: &str, shown: bool) -> Result<(String, Pending)>;
 
     /// `members` requests the agent answered so far, where it can tell.
     fn reads(&self) -> Option<u64> {
@@ -289,9 +316,12 @@ struct RealChanges<'a> {
 }
 
 impl Changes for RealChanges<'_> {
-    fn start(&mut self, value: &str) -> Result<(String, Pending)> {
+    fn start(&mut self, value: &str, shown: bool) -> Result<(String, Pending)> {
         let n = 1 + self.rng.below(self.agents);
-        let set = BTreeMap::from([(PROBE_TAG.to_owned(), value.to_owned())]);
+        let mut set = BTreeMap::from([(PROBE_TAG.to_owned(), value.to_owned())]);
+        if shown {
+            set.insert(SHOWN_TAG.to_owned(), shown_value(value));
+        }
         // `tags` takes the agent 1–1.6 s: it runs beside the measurement.
         let task = self.rt.spawn(async move {
             let client = Client::connect(ADDRS.rpc(n), None).await?;
@@ -328,8 +358,13 @@ struct SynthChanges<'a> {
 }
 
 impl Changes for SynthChanges<'_> {
-    fn start(&mut self, value: &str) -> Result<(String, Pending)> {
+    fn start(&mut self, value: &str, shown: bool) -> Result<(String, Pending)> {
         let i = 1 + self.rng.below(self.fake.members() - 1);
+        if shown {
+            // Told with the probe's own log line and record, as one change.
+            self.fake
+                .set_tag_quietly(i, SHOWN_TAG, &shown_value(value))?;
+        }
         let name = self.fake.set_tag(i, PROBE_TAG, value)?;
         Ok((name, Box::new(|| Ok(()))))
     }
@@ -364,10 +399,19 @@ struct Scale {
     converged: Duration,
     /// The daemon's CPU at rest, % of one core.
     rest_pct: f64,
+    /// The daemon's CPU between full reads, % of one core (where the agent
+    /// counts full reads; else the rest figure).
+    idle_pct: f64,
+    /// The daemon's CPU per full read at rest, ms (where counted).
+    full_read_ms: Option<f64>,
     /// Others' CPU at rest, % of one core (real cluster only).
     rest_others: Vec<(String, f64)>,
-    /// Daemon CPU per unread change beyond the rest rate, ms.
+    /// Daemon CPU per unread change beyond the idle rate and the full
+    /// reads in the window, ms; and the same per block of `UNREAD_BLOCK`.
     per_change_ms: f64,
+    per_block_ms: Vec<f64>,
+    /// Full reads during the unread changes (where counted).
+    unread_full_reads: Option<u64>,
     unread_secs: f64,
     /// `members` re-reads per second at rest and during the unread changes
     /// (synthetic clusters only: the stand-in agent counts them).
@@ -379,6 +423,11 @@ struct Scale {
     missed: usize,
     mem: ProcMem,
     context_mem: Vec<(String, ProcMem)>,
+}
+
+/// The daemon's CPU so far, ms (nanosecond resolution).
+fn daemon_cpu(pid: u32) -> Result<f64> {
+    cpu_clock_ms(pid)
 }
 
 fn measure(
@@ -409,10 +458,10 @@ fn measure(
         }
     });
     let t = Instant::now();
-    let c0 = cpu_ms(&[pid]);
+    let c0 = daemon_cpu(pid)?;
     let r0 = changes.reads();
     let o0: Vec<f64> = other_pids.iter().map(|(_, p)| cpu_ms(&[*p])).collect();
-    match (periods, changes.full_reads()) {
+    let counted = match (periods, changes.full_reads()) {
         (Some(true), Some(n)) => {
             if !next_full_read(changes, n, FULL_READ_WAIT) {
                 progress!("{what}: no full read within {FULL_READ_WAIT:?}");
@@ -423,38 +472,79 @@ fn measure(
                 "{what}: at rest over one reconcile period, {:?}",
                 t.elapsed()
             );
+            changes.full_reads().map(|n1| n1 - n)
         }
-        _ => std::thread::sleep(REST),
-    }
+        _ => {
+            std::thread::sleep(REST);
+            None
+        }
+    };
     let secs = t.elapsed().as_secs_f64();
+    let rest_cpu = daemon_cpu(pid)? - c0;
     let rest_reads = r0.zip(changes.reads()).map(|(a, b)| (b - a) as f64 / secs);
-    let rest_rate = (cpu_ms(&[pid]) - c0) / secs; // ms per s
+    let rest_rate = rest_cpu / secs; // ms per s
     let rest_others = other_pids
         .iter()
         .zip(o0)
         .map(|((w, p), c)| (w.clone(), (cpu_ms(&[*p]) - c) / secs / 10.0))
         .collect();
+    // The idle part alone, right after that period's closing full read:
+    // then each full read's cost is the period's CPU less its idle part.
+    let (idle_rate, full_read_ms) = match counted {
+        Some(n) if n > 0 => {
+            let (t, c0, f0) = (Instant::now(), daemon_cpu(pid)?, changes.full_reads());
+            std::thread::sleep(IDLE);
+            let idle = (daemon_cpu(pid)? - c0) / t.elapsed().as_secs_f64();
+            if changes.full_reads() == f0 {
+                (idle, Some((rest_cpu - idle * secs) / n as f64))
+            } else {
+                progress!("{what}: a full read fell in the idle window; using the rest rate");
+                (rest_rate, None)
+            }
+        }
+        _ => (rest_rate, None),
+    };
 
     progress!("{what}: {UNREAD} changes nobody reads, one every {UNREAD_EVERY:?}");
     let t = Instant::now();
-    let c0 = cpu_ms(&[pid]);
+    let c0 = daemon_cpu(pid)?;
     let r0 = changes.reads();
+    let f0 = changes.full_reads();
+    // (time, CPU, full reads) at the start of each block, and at the end.
+    let mut marks = vec![(t, c0, f0)];
     let mut pending = Vec::with_capacity(UNREAD);
     for k in 0..UNREAD {
         let due = t + UNREAD_EVERY * k as u32;
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        pending.push(changes.start(&format!("u{k}-{}", unix_now()))?.1);
+        if k > 0 && k % UNREAD_BLOCK == 0 {
+            marks.push((Instant::now(), daemon_cpu(pid)?, changes.full_reads()));
+        }
+        pending.push(changes.start(&format!("u{k}-{}", unix_now()), false)?.1);
     }
     for p in pending {
         p()?;
     }
     std::thread::sleep(UNREAD_TAIL);
+    marks.push((Instant::now(), daemon_cpu(pid)?, changes.full_reads()));
     let unread_secs = t.elapsed().as_secs_f64();
     let unread_reads = r0
         .zip(changes.reads())
         .map(|(a, b)| (b - a) as f64 / unread_secs);
-    let used = cpu_ms(&[pid]) - c0;
-    let per_change_ms = (used - rest_rate * unread_secs) / UNREAD as f64;
+    // What `n` changes cost between two marks: the CPU less the idle rate
+    // over that time and less the full reads that fell in it.
+    let beyond = |a: &(Instant, f64, Option<u64>), b: &(Instant, f64, Option<u64>), n: usize| {
+        let fulls = a.2.zip(b.2).map_or(0, |(x, y)| y - x) as f64;
+        let secs = (b.0 - a.0).as_secs_f64();
+        (b.1 - a.1 - idle_rate * secs - fulls * full_read_ms.unwrap_or(0.0)) / n as f64
+    };
+    let first = marks.first().expect("a start mark");
+    let last = marks.last().expect("an end mark");
+    let per_change_ms = beyond(first, last, UNREAD);
+    let per_block_ms = marks
+        .windows(2)
+        .map(|w| beyond(&w[0], &w[1], UNREAD_BLOCK))
+        .collect();
+    let unread_full_reads = first.2.zip(last.2).map(|(a, b)| b - a);
 
     progress!("{what}: {TRIALS} changes, each file opened after it");
     let mut seen = Vec::with_capacity(TRIALS);
@@ -468,7 +558,7 @@ fn measure(
     for trial in 0..TRIALS {
         let value = format!("t{trial}-{}", unix_now());
         let t0 = Instant::now();
-        let (name, pending) = changes.start(&value)?;
+        let (name, pending) = changes.start(&value, true)?;
         let member = daemon.path(&format!("{}/{name}.json", files::MEMBERS));
         match poll_file(
             &member,
@@ -486,9 +576,14 @@ fn measure(
                     first[i + 1].push(read_us_of(&daemon.path(f), &mut buf)?);
                     sizes[i + 1] = buf.len();
                 }
-                cached[0].push(read_us_of(&member, &mut buf)?);
-                for (i, f) in AFTER_CHANGE.iter().enumerate() {
-                    cached[i + 1].push(read_us_of(&daemon.path(f), &mut buf)?);
+                let t1 = Instant::now();
+                for round in 0..CACHED_ROUNDS {
+                    let due = t1 + CACHED_EVERY * round as u32;
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    cached[0].push(read_us_of(&member, &mut buf)?);
+                    for (i, f) in AFTER_CHANGE.iter().enumerate() {
+                        cached[i + 1].push(read_us_of(&daemon.path(f), &mut buf)?);
+                    }
                 }
             }
             None => {
@@ -517,8 +612,12 @@ fn measure(
         members,
         converged,
         rest_pct: rest_rate / 10.0,
+        idle_pct: idle_rate / 10.0,
+        full_read_ms,
         rest_others,
         per_change_ms,
+        per_block_ms,
+        unread_full_reads,
         unread_secs,
         reads_per_s: rest_reads.zip(unread_reads),
         seen,
@@ -541,19 +640,22 @@ fn summary(results: &[Scale]) {
                 file,
                 &size.to_string(),
                 &format!("{:.0} / {:.0}", pf.p50, pf.p99),
-                &format!("{:.0} / {:.0}", pc.p50, pc.p99),
+                &format!(
+                    "{:.0} / {:.0} / {:.0} (n = {})",
+                    pc.p50, pc.p99, pc.max, pc.n
+                ),
             ]));
         }
         table(
             &format!(
-                "Open each file after a change: {} ({} trials, missed {}; µs, p50 / p99)",
+                "Open each file after a change: {} ({} trials, missed {}; µs)",
                 r.what, TRIALS, r.missed
             ),
             &[
                 "file",
                 "bytes",
-                "first read after the change",
-                "cached read",
+                "first read after the change, p50 / p99",
+                "cached read, p50 / p99 / max",
             ],
             &rows,
         );
@@ -563,12 +665,42 @@ fn summary(results: &[Scale]) {
             "change started → member file shows it, ms: p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} (n = {})",
             s.p50, s.p90, s.p99, s.max, s.n
         )];
+        // Where the slow cached reads fall: right after the first reads
+        // (the daemon still busy with the change) or anywhere (the machine).
+        for (file, _, cached, _) in &r.reads {
+            let by_round: Vec<f64> = (0..CACHED_ROUNDS)
+                .map(|k| {
+                    let mut v: Vec<f64> = cached
+                        .iter()
+                        .skip(k)
+                        .step_by(CACHED_ROUNDS)
+                        .copied()
+                        .collect();
+                    Percentiles::of(&mut v).max
+                })
+                .collect();
+            raw.push(format!(
+                "cached reads of {file}, max by round (20 ms apart), µs: {}",
+                list(&by_round, 0)
+            ));
+        }
         for (who, pct) in &r.rest_others {
             raw.push(format!("at rest: {who} {pct:.2} % of a core"));
         }
         raw.push(format!(
-            "unread changes: {UNREAD} over {:.1} s",
-            r.unread_secs
+            "unread changes: {UNREAD} over {:.1} s, {} full reads among them; \
+             per block of {UNREAD_BLOCK}, ms per change: {}",
+            r.unread_secs,
+            r.unread_full_reads
+                .map_or("uncounted".to_owned(), |n| n.to_string()),
+            list(&r.per_block_ms, 3)
+        ));
+        raw.push(format!(
+            "daemon CPU at rest {:.3} %, between full reads {:.3} %; per full read {}",
+            r.rest_pct,
+            r.idle_pct,
+            r.full_read_ms
+                .map_or("not counted".to_owned(), |ms| format!("{ms:.2} ms"))
         ));
         if let Some((rest, unread)) = r.reads_per_s {
             raw.push(format!(
@@ -606,7 +738,15 @@ fn summary(results: &[Scale]) {
                 &r.members.to_string(),
                 &format!("{:.2} s", r.converged.as_secs_f64()),
                 &rest,
-                &format!("{:.2} ms", r.per_change_ms),
+                &format!(
+                    "{:.3} ms (blocks {:.3}–{:.3})",
+                    r.per_change_ms,
+                    min(&r.per_block_ms),
+                    r.per_block_ms
+                        .iter()
+                        .copied()
+                        .fold(f64::NEG_INFINITY, f64::max)
+                ),
                 &format!(
                     "{:.0} / {:.0} / {:.0} / {:.0} µs",
                     p50(0),

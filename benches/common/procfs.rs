@@ -48,6 +48,33 @@ pub fn cpu_ms(pids: &[u32]) -> f64 {
     ticks as f64 * 1e3 / hz
 }
 
+/// CPU time (user + system) used so far by process `pid` and all its
+/// threads, those that already exited included, in ms at nanosecond
+/// resolution: the kernel's own sum of each thread's run time, read through
+/// the process's CPU-time clock (`clock_getcpuclockid`). Unlike the tick
+/// counts of [`cpu_ms`] it resolves a single change's cost, and unlike
+/// summing `/proc/<pid>/task/*/schedstat` it keeps what threads that came
+/// and went (a runtime's blocking threads) used.
+pub fn cpu_clock_ms(pid: u32) -> Result<f64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid out-pointer for the call's duration.
+    let rc = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc))
+            .with_context(|| format!("the CPU-time clock of process {pid}"));
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the call's duration.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("read the CPU-time clock of process {pid}"));
+    }
+    Ok(ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6)
+}
+
 /// VmRSS and VmHWM, in KiB.
 pub struct ProcMem {
     pub rss: u64,

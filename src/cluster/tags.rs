@@ -172,6 +172,15 @@ impl NodeInfoJson {
     pub(crate) fn info(&self) -> &[u8] {
         &self.entry[self.info_at..]
     }
+
+    /// Whether the by-id and by-role files would show the two alike: the
+    /// same bytes, in the same role, at the same place in it.
+    pub(crate) fn same_as(&self, other: &NodeInfoJson) -> bool {
+        self.entry == other.entry
+            && self.info_at == other.info_at
+            && self.role == other.role
+            && self.start.to_bits() == other.start.to_bits()
+    }
 }
 
 /// What this node announces about itself.

@@ -124,8 +124,8 @@ impl Dir for Tree {
     fn get(&self, name: &str) -> Option<Node> {
         let s = &self.snap;
         Some(match name {
-            BY_ID => self.doc_bytes(s.members_gen, by_id_json),
-            BY_ROLE => self.doc_bytes(s.members_gen, by_role_json),
+            BY_ID => self.doc_bytes(s.nodes_gen, by_id_json),
+            BY_ROLE => self.doc_bytes(s.nodes_gen, by_role_json),
             ME => self.doc(s.containers_gen, me),
             PARENT_INFO => self.doc(s.containers_gen, parent),
             CHILDREN => self.doc(s.containers_gen, children),
@@ -744,6 +744,131 @@ mod tests {
             doc(&*stale, "members/b.json").version(),
             doc(&*after, "members/b.json").version()
         );
+    }
+
+    /// by_id and by_role keep their version (so their bytes and the
+    /// readers' page cache) through changes they do not show, and move it
+    /// with every change they do.
+    #[test]
+    fn node_info_files_move_only_with_what_they_show() {
+        use MemberStatus::*;
+        let view = View::new();
+        let a = member("a", "web", "1", Alive);
+        let b = member("b", "db", "2", Alive);
+        view.reconcile(vec![a.clone(), b.clone()]);
+        let version = |f: &str| doc(&*tree(&view), f).version();
+        let (id0, role0) = (version(BY_ID), version(BY_ROLE));
+        let step = |m: Member, shown: bool| {
+            let (id, role, own) = (version(BY_ID), version(BY_ROLE), version(STATUS));
+            assert!(view.upsert(vec![m.clone()]), "{m:?} is a change");
+            assert_ne!(version(STATUS), own, "status.json moves with every change");
+            assert_eq!(
+                (version(BY_ID) != id, version(BY_ROLE) != role),
+                (shown, shown),
+                "{m:?}: the Node info files moved?"
+            );
+        };
+        // A tag Node info does not show.
+        let mut a1 = a.clone();
+        a1.tags.insert("probe".into(), "x".into());
+        step(a1.clone(), false);
+        assert_eq!((version(BY_ID), version(BY_ROLE)), (id0, role0));
+        // What it shows: role, timestamp (seniority), service, address.
+        for (k, v) in [
+            ("role", "db"),
+            ("timestamp", "0.5"),
+            ("service", "10.1.1.1"),
+        ] {
+            let mut m = a1.clone();
+            m.tags.insert(k.into(), v.into());
+            step(m.clone(), true);
+            step(a1.clone(), true);
+        }
+        let mut moved = a1.clone();
+        moved.addr = "127.0.0.10".parse().unwrap();
+        step(moved, true);
+        step(a1.clone(), true);
+        // Alive to failed and back shows; failed to left does not.
+        step(
+            Member {
+                status: Failed,
+                ..b.clone()
+            },
+            true,
+        );
+        step(
+            Member {
+                status: Left,
+                ..b.clone()
+            },
+            false,
+        );
+        let mut left = Member {
+            status: Left,
+            ..b.clone()
+        };
+        left.tags.insert("role".into(), "gone".into());
+        step(left, false);
+        step(b.clone(), true);
+        // A new member shows only alive.
+        step(member("c", "web", "3", Failed), false);
+        step(member("d", "web", "4", Alive), true);
+        // A reap shows only for an alive member.
+        let alive = [a1.clone(), b.clone(), member("d", "web", "4", Alive)];
+        let id = version(BY_ID);
+        assert!(view.reconcile(alive.to_vec()), "c reaped");
+        assert_eq!(version(BY_ID), id, "c was not alive");
+        assert!(view.reconcile(alive[..2].to_vec()), "d reaped");
+        assert_ne!(version(BY_ID), id, "d was alive");
+    }
+
+    proptest::proptest! {
+        /// Whatever the changes, one version of by_id or by_role always
+        /// stands for the same bytes: the filesystem lets the kernel cache
+        /// a version's pages for good.
+        #[test]
+        fn a_node_info_file_version_always_means_the_same_bytes(
+            ops in proptest::collection::vec(
+                (0usize..5, 0u8..8, 0u8..4),
+                1..60,
+            )
+        ) {
+            use MemberStatus::*;
+            let view = View::new();
+            let mut members: Vec<Option<Member>> = vec![Option::None; 5];
+            let mut seen: BTreeMap<(u64, &str), Vec<u8>> = BTreeMap::new();
+            for (who, what, value) in ops {
+                let v = value.to_string();
+                let base = members[who].clone().unwrap_or_else(|| member(&format!("m{who}"), "web", "1", Alive));
+                let mut m = base.clone();
+                match what {
+                    0 => { m.tags.insert("role".into(), ["web", "db", "", "x"][value as usize].into()); }
+                    1 => { m.tags.insert("timestamp".into(), v); }
+                    2 => { m.tags.insert("probe".into(), v); }
+                    3 => { m.tags.insert("ports".into(), format!("{v}t80")); }
+                    4 => m.status = [Alive, Failed, Left, Leaving][value as usize].clone(),
+                    5 => m.port = 7000 + u16::from(value),
+                    6 => { m.tags.remove("timestamp"); }
+                    _ => {
+                        // A full read without this member: reaped.
+                        members[who] = Option::None;
+                        view.reconcile(members.iter().flatten().cloned().collect());
+                        m = base;
+                    }
+                }
+                if what != 7 {
+                    members[who] = Some(m.clone());
+                    view.upsert(vec![m]);
+                }
+                let t = tree(&view);
+                for f in [BY_ID, BY_ROLE] {
+                    let d = doc(&*t, f);
+                    let bytes = d.render();
+                    let before = seen.entry((d.version(), f)).or_insert_with(|| bytes.clone());
+                    proptest::prop_assert_eq!(&*before, &bytes, "{} version {}", f, d.version());
+                }
+            }
+        }
     }
 
     #[test]

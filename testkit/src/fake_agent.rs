@@ -100,8 +100,11 @@ type Subscriber = (Arc<Mutex<TcpStream>>, u64);
 
 struct State {
     members: Vec<FakeMember>,
-    /// The `members` reply body, `{Members: [...]}`, encoded once a change.
-    reply: Vec<u8>,
+    /// The `members` reply body, `{Members: [...]}`: encoded by the first
+    /// `members` read after a change (`None` until then), so a change
+    /// nobody reads in full costs the stand-in nothing (at 10,000 members
+    /// an encoding takes milliseconds of the machine the daemon runs on).
+    reply: Option<Vec<u8>>,
     conns: Vec<TcpStream>,
     /// Member-event streams.
     streams: Vec<Subscriber>,
@@ -150,16 +153,19 @@ impl State {
         let m = &mut self.members[i];
         m.tags.insert(key.into(), value.into());
         let name = m.name.clone();
-        self.encode()?;
+        self.reply = None;
         Ok(name)
     }
 
-    fn encode(&mut self) -> Result<()> {
-        let body = MembersBody {
-            members: self.members.iter().map(WireMember::of).collect(),
-        };
-        self.reply = rmp_serde::to_vec_named(&body).context("encode a members reply")?;
-        Ok(())
+    /// The `members` reply body, encoded now if the members changed since.
+    fn reply(&mut self) -> Result<&[u8]> {
+        if self.reply.is_none() {
+            let body = MembersBody {
+                members: self.members.iter().map(WireMember::of).collect(),
+            };
+            self.reply = Some(rmp_serde::to_vec_named(&body).context("encode a members reply")?);
+        }
+        Ok(self.reply.as_deref().unwrap_or_default())
     }
 }
 
@@ -191,14 +197,14 @@ impl FakeAgent {
     pub fn start(members: Vec<FakeMember>) -> Result<FakeAgent> {
         let mut state = State {
             members,
-            reply: Vec::new(),
+            reply: None,
             conns: Vec::new(),
             streams: Vec::new(),
             monitors: Vec::new(),
             reads: 0,
             commands: Vec::new(),
         };
-        state.encode()?;
+        state.reply()?;
         let listener = TcpListener::bind("127.0.0.1:0").context("bind the stand-in agent")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -211,6 +217,10 @@ impl FakeAgent {
                     match listener.accept() {
                         Ok((conn, _)) => {
                             let _ = conn.set_nonblocking(false);
+                            // As Go (and so Serf) sets on every TCP connection: a
+                            // record written in two parts must not wait out the
+                            // peer's delayed ACK (~40 ms) behind Nagle.
+                            let _ = conn.set_nodelay(true);
                             if let Ok(c) = conn.try_clone() {
                                 state.lock().conns.push(c);
                             }
@@ -236,7 +246,7 @@ impl FakeAgent {
 
     /// The size of the `members` reply body, in bytes.
     pub fn reply_len(&self) -> usize {
-        self.state.lock().reply.len()
+        self.state.lock().reply().map_or(0, <[u8]>::len)
     }
 
     /// Sets tag `key` on member `i`, logs it as Serf does
@@ -424,7 +434,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> Result<()> {
             "members" => {
                 let mut s = state.lock();
                 s.reads += 1;
-                out.extend_from_slice(&s.reply);
+                out.extend_from_slice(s.reply()?);
             }
             "members-filtered" => {
                 // Serf drops the connection, without a reply, on a bad one.

@@ -42,6 +42,10 @@ impl Entry {
         }
     }
 
+    fn alive(&self) -> bool {
+        self.member.status == crate::cluster::rpc::MemberStatus::Alive
+    }
+
     /// This version's Node info as the by-id and by-role files show it,
     /// rendered once.
     pub(crate) fn node_info_json(&self) -> &NodeInfoJson {
@@ -89,8 +93,12 @@ pub struct Shown {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub generation: u64,
-    /// Generation of the last change to `members`.
-    pub members_gen: u64,
+    /// Generation of the last change to what `serfnodes_by_id.json` and
+    /// `serfnodes_by_role.json` show: the set of alive members and their
+    /// Node info. A change to anything else of a member (a tag Node info
+    /// does not show, a status other than alive turning into another)
+    /// leaves it, so those files keep their bytes and readers their cache.
+    pub nodes_gen: u64,
     /// Generation of the last change to `local` or `containers`: the inputs
     /// of the Container info documents.
     pub containers_gen: u64,
@@ -176,9 +184,6 @@ impl View {
             for member in members {
                 changed |= snap.apply_member(member);
             }
-            if changed {
-                snap.members_gen = snap.generation;
-            }
             changed
         })
     }
@@ -252,28 +257,42 @@ impl Snapshot {
                 .cloned()
                 .collect();
             for name in gone {
-                self.members.remove(&name);
+                if let Some(e) = self.members.remove(&name) {
+                    if e.alive() {
+                        self.nodes_gen = gen;
+                    }
+                }
                 self.files.remove(&member_file_name(&name));
             }
             changed = true;
         }
-        if changed {
-            self.members_gen = gen;
-        }
         changed
     }
 
-    /// Sets one member; whether it differed (`members_gen` is the caller's).
+    /// Sets one member; whether it differed. Moves `nodes_gen` to this
+    /// generation when what the Node info files show of it moved.
     fn apply_member(&mut self, member: Member) -> bool {
-        match self.members.get(&member.name) {
+        let old = match self.members.get(&member.name) {
             Some(e) if *e.member == member => return false,
-            Some(_) => {}
+            Some(e) => Some(e.clone()),
             None => {
                 self.files
                     .insert(member_file_name(&member.name), member.name.clone());
+                None
             }
-        }
+        };
         let entry = Entry::new(member, self.generation);
+        let shown = match &old {
+            None => entry.alive(),
+            Some(old) => match (old.alive(), entry.alive()) {
+                (false, false) => false,
+                (true, true) => !old.node_info_json().same_as(entry.node_info_json()),
+                _ => true,
+            },
+        };
+        if shown {
+            self.nodes_gen = self.generation;
+        }
         self.members.insert(entry.member.name.clone(), entry);
         true
     }
@@ -342,7 +361,7 @@ mod tests {
         ]));
         let s1 = view.snapshot();
         assert_eq!(s1.generation, 1);
-        assert_eq!(s1.members_gen, 1);
+        assert_eq!(s1.nodes_gen, 1);
         assert!(!view.reconcile(vec![
             m("b", MemberStatus::Alive, "db"),
             m("a", MemberStatus::Alive, "web")
