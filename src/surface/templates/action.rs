@@ -20,10 +20,11 @@
 //!   application neither catches nor ignores it (`SigCgt`, `SigIgn` of
 //!   `/proc/PID/status`, looked at every [`HOLD_POLL`]), at most
 //!   [`HOLD_BOUND`] after the application's start; then it is sent anyway,
-//!   with a warning (and at once where that file cannot be read). An application still starting (a shell before its
-//!   `trap`, nginx before its handlers) would otherwise be killed by the
-//!   change it was meant to be told of. The actor waits with it, so changes
-//!   while it is held give one signal more after it, as for a command.
+//!   with a warning (and at once where that file cannot be read). An
+//!   application still starting (a shell before its `trap`, nginx before
+//!   its handlers) would otherwise be killed by the change it was meant to
+//!   be told of. The actor waits with it, so changes while it is held give
+//!   one signal more after it, as for a command.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
