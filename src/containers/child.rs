@@ -125,6 +125,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
             "starting the application before every template was written: no view from the parent within {FIRST_TEMPLATES_WAIT:?}"
         );
     }
+    let caught = crate::containers::init::catch()?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove(TOKEN_ENV)
@@ -136,7 +137,7 @@ pub async fn run(cfg: ChildConfig) -> anyhow::Result<i32> {
     let pid = app.id() as libc::pid_t;
     tracing::info!(pid, command = ?cfg.command, "application started");
     surface.templates.set_application(pid);
-    let status = crate::containers::init::wait_forwarding(pid).await;
+    let status = crate::containers::init::wait_forwarding(pid, caught).await;
     surface.templates.set_application(0);
     let status = status?.code;
     tracing::info!(status, "application exited");

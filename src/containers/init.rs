@@ -29,8 +29,26 @@ const FORWARDED: [fn() -> SignalKind; 7] = [
     SignalKind::window_change,
 ];
 
-/// Waits for `main` to exit, forwarding signals to it and reaping others.
-pub(crate) async fn wait_forwarding(main: libc::pid_t) -> anyhow::Result<Exit> {
+/// The forwarded signals, caught from before the main child starts: one
+/// that comes meanwhile is forwarded once it runs, and the child starts
+/// with each at its default action, whatever this process was given (a
+/// signal ignored here, as under `nohup`, would stay ignored across exec:
+/// an application could then neither die of it nor trap it).
+pub(crate) struct Caught(Vec<(SignalKind, tokio::signal::unix::Signal)>);
+
+/// Catches the forwarded signals; call it before starting the main child.
+pub(crate) fn catch() -> anyhow::Result<Caught> {
+    FORWARDED
+        .map(|k| k())
+        .into_iter()
+        .map(|kind| Ok((kind, signal(kind).context("install signal handlers")?)))
+        .collect::<anyhow::Result<_>>()
+        .map(Caught)
+}
+
+/// Waits for `main` to exit, forwarding the `caught` signals to it and
+/// reaping others.
+pub(crate) async fn wait_forwarding(main: libc::pid_t, caught: Caught) -> anyhow::Result<Exit> {
     let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("reaper".into())
@@ -40,8 +58,7 @@ pub(crate) async fn wait_forwarding(main: libc::pid_t) -> anyhow::Result<Exit> {
         .context("start the reaper thread")?;
     let (asked_tx, mut asked_rx) = tokio::sync::watch::channel(false);
     let mut forwarders = Vec::new();
-    for kind in FORWARDED.map(|k| k()) {
-        let mut sig = signal(kind).context("install signal handlers")?;
+    for (kind, mut sig) in caught.0 {
         let asked = asked_tx.clone();
         forwarders.push(tokio::spawn(async move {
             while sig.recv().await.is_some() {

@@ -37,13 +37,14 @@ pub async fn run(argv: Vec<OsString>) -> anyhow::Result<i32> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let started = Instant::now();
+        let caught = init::catch()?;
         let child = Command::new(&exe)
             .args(&args)
             .spawn()
             .with_context(|| format!("start {}", exe.display()))?;
         let pid = child.id() as libc::pid_t;
         tracing::info!(pid, "serfnode daemon started");
-        let exit = init::wait_forwarding(pid).await?;
+        let exit = init::wait_forwarding(pid, caught).await?;
         if exit.asked {
             return Ok(exit.code);
         }

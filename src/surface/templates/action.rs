@@ -524,13 +524,23 @@ mod tests {
     /// A real `sh` running `script`, once it printed its first line.
     fn shell(script: &str) -> (std::process::Child, Started) {
         use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
         use std::process::{Command, Stdio};
-        let mut child = Command::new("sh")
-            .args(["-c", script])
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::piped());
+        // As the wrapper starts an application, HUP at its default: a test
+        // run under nohup would hand it on ignored, and a shell cannot trap
+        // a signal ignored at its start.
+        // SAFETY: signal(2) between fork and exec, nothing allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
