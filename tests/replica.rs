@@ -3,7 +3,8 @@
 //! the parent's view, its writes raise events through the parent with the
 //! same errnos, it keeps serving the last view (stale) while the parent's
 //! daemon is down, and the wrapper returns the application's exit status
-//! with CAP_SYS_ADMIN dropped.
+//! with CAP_SYS_ADMIN dropped and starts it with the forwarded signals at
+//! their defaults.
 
 mod support;
 
@@ -148,4 +149,33 @@ fn the_wrapper_returns_the_exit_status_and_drops_sys_admin() {
     unsafe { libc::kill(w.child.id() as i32, libc::SIGTERM) };
     let (code, _) = w.finish(T);
     assert_eq!(code, 128 + libc::SIGTERM);
+}
+
+#[test]
+fn the_application_starts_with_the_forwarded_signals_at_their_defaults() {
+    // Under `nohup` (or any supervisor that ignores signals) an ignored
+    // signal stays ignored across exec: an application the wrapper started
+    // could neither die of SIGHUP nor trap it. The wrapper catches what it
+    // forwards before it starts the application, and exec resets caught
+    // signals to their default action.
+    let share = tempfile::tempdir().unwrap();
+    let _p = parent("nohup", share.path());
+    let forwarded = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
+    let w = Wrapped::start_ignoring(
+        share.path(),
+        "ignoring",
+        &[],
+        &["grep", "^SigIgn", "/proc/self/status"],
+        &forwarded,
+    );
+    let (code, out) = w.finish(T);
+    assert_eq!(code, 0, "{out}");
+    let ignored = u64::from_str_radix(out.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    for sig in forwarded {
+        assert_eq!(
+            ignored & (1 << (sig - 1)),
+            0,
+            "signal {sig} reached the application ignored: {out}"
+        );
+    }
 }

@@ -21,9 +21,33 @@ pub struct Wrapped {
 impl Wrapped {
     /// `serfnode child --name NAME [EXTRA] -- CMD` against `share`'s socket.
     pub fn start(share: &Path, name: &str, extra: &[&str], cmd: &[&str]) -> Wrapped {
+        Wrapped::start_ignoring(share, name, extra, cmd, &[])
+    }
+
+    /// As `start`, with the wrapper started with `ignored` signals set to
+    /// SIG_IGN, as `nohup` or a careless supervisor starts it.
+    pub fn start_ignoring(
+        share: &Path,
+        name: &str,
+        extra: &[&str],
+        cmd: &[&str],
+        ignored: &[libc::c_int],
+    ) -> Wrapped {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let mount = dir.path().join("mnt");
-        let child = Command::new(SERFNODE)
+        let ignored = ignored.to_vec();
+        let mut command = Command::new(SERFNODE);
+        // SAFETY: signal(2) only, async-signal-safe between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                for &sig in &ignored {
+                    libc::signal(sig, libc::SIG_IGN);
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .args(["child", "--name", name, "--me-link", "none"])
             .arg("--socket")
             .arg(share.join("replica.sock"))
