@@ -293,21 +293,29 @@ fn share_binary(share: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("copy {} to {}", exe.display(), dest.display()))
 }
 
-/// Rewrites the hosts block whenever the view changes; returns the hook for
-/// the final clear. File writes run on a blocking thread, which owns the
-/// hook meanwhile.
+/// Rewrites the hosts block whenever the view changes what it says; returns
+/// the hook for the final clear. File writes run on a blocking thread, which
+/// owns the hook meanwhile.
 async fn hosts_hook(view: View, mut hosts: Hosts, stop: CancellationToken) -> Hosts {
     let mut rx = view.subscribe();
     let mut last_error = None;
     loop {
         let snap = rx.borrow_and_update().clone();
-        let res;
-        (hosts, res) = tokio::task::spawn_blocking(move || {
-            let res = hosts.apply(&snap);
-            (hosts, res)
-        })
-        .await
-        .expect("the hosts hook does not panic");
+        // Most changes leave every role's oldest member where it was: those
+        // cost the index update here and no file work.
+        let res = match hosts.due(&snap) {
+            None => Ok(()),
+            Some(roles) => {
+                let res;
+                (hosts, res) = tokio::task::spawn_blocking(move || {
+                    let res = hosts.write(roles);
+                    (hosts, res)
+                })
+                .await
+                .expect("the hosts hook does not panic");
+                res
+            }
+        };
         match res {
             Err(e) => {
                 let msg = e.to_string();

@@ -214,9 +214,10 @@ async fn mount(path: PathBuf, allow_other: bool, root: Arc<Tree>) -> anyhow::Res
 
 /// Publishes each new snapshot of the view, the journal or the templates'
 /// outputs to the mount.
-/// Publishing invalidates kernel caches (blocking writes to /dev/fuse), so
-/// it runs on a blocking thread; the watch channels hand over only the
-/// latest snapshots, so a burst of changes costs one publish.
+/// Invalidating kernel caches (blocking writes to /dev/fuse) runs on a
+/// blocking thread, and only when there is something to invalidate; the
+/// watch channels hand over only the latest snapshots, so a burst of
+/// changes costs one publish.
 async fn publish(
     view: View,
     journal: Journal,
@@ -241,10 +242,15 @@ async fn publish(
             nodes.clone(),
             templates.borrow_and_update().clone(),
         );
-        let p = publisher.clone();
-        if tokio::task::spawn_blocking(move || p.publish(tree))
-            .await
-            .is_err()
+        // The switch is a lock and a walk of the names the kernel holds;
+        // only telling the kernel blocks. Most changes are to files nobody
+        // holds open (the kernel holds no name of them), so most publishes
+        // cost no thread hand-over.
+        let notices = publisher.switch(tree);
+        if !notices.is_empty()
+            && tokio::task::spawn_blocking(move || notices.send())
+                .await
+                .is_err()
         {
             return;
         }

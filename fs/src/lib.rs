@@ -42,6 +42,6 @@ mod volatile;
 
 pub use control::{Completion, ControlSink, Writer};
 pub use error::FsError;
-pub use mount::{detach, detach_stale, mount, Mount, MountOptions, Publisher};
+pub use mount::{detach, detach_stale, mount, Mount, MountOptions, Notices, Publisher};
 pub use node::{Dir, Doc, MapDir, Node, NodeKind, Parts};
 pub use volatile::{Resolve, Resolved};

@@ -31,7 +31,7 @@ use fuser::{
 use tracing::{debug, warn};
 
 use crate::control::Writer;
-use crate::core::{Attr, Core, EntryFn, Found, UnhashFn};
+use crate::core::{Attr, Core, EntryFn, Found, Published, UnhashFn};
 use crate::error::FsError;
 use crate::node::{Dir, NodeKind};
 
@@ -238,8 +238,39 @@ impl Publisher {
     /// dentry waits for the lookups in progress in its directory, volatile ones included:
     /// a publish may take as long as a resolver pending there.
     pub fn publish(&self, root: Arc<dyn Dir>) {
-        let published = self.core.publish(root);
-        for inval in &published.invals {
+        self.switch(root).send();
+    }
+
+    /// Makes `root` the current tree and returns what the kernel is still to be told. The
+    /// switch itself never blocks on the kernel (a lock and a walk of the names the kernel
+    /// holds, no rendering), so an async task may call it and hand only a non-empty
+    /// [`Notices::send`] to a blocking thread. Until it is sent, the kernel may still serve
+    /// the names that changed from its caches.
+    pub fn switch(&self, root: Arc<dyn Dir>) -> Notices {
+        Notices {
+            published: self.core.publish(root),
+            notifier: self.notifier.clone(),
+        }
+    }
+}
+
+/// What a [`Publisher::switch`] left for the kernel: dentries to drop, pollers to wake.
+#[must_use = "the kernel keeps serving changed names from its caches until these are sent"]
+pub struct Notices {
+    published: Published,
+    notifier: Notifier,
+}
+
+impl Notices {
+    /// Nothing to tell the kernel: it held no name that changed and nobody polled one.
+    pub fn is_empty(&self) -> bool {
+        self.published.invals.is_empty() && self.published.polls.is_empty()
+    }
+
+    /// Tells the kernel. Blocks: each notice is a write to /dev/fuse, and dropping a dentry
+    /// waits for the lookups in progress in its directory.
+    pub fn send(self) {
+        for inval in &self.published.invals {
             let name = OsStr::new(&*inval.name);
             let parent = INodeNo(inval.parent);
             let sent = if inval.gone {
@@ -254,11 +285,20 @@ impl Publisher {
                 debug!(?inval, "invalidation not applied: {e}");
             }
         }
-        for kh in published.polls {
+        for kh in self.published.polls {
             if let Err(e) = self.notifier.poll(PollHandle(kh)) {
                 debug!(kh, "poll wakeup not delivered: {e}");
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notices")
+            .field("invals", &self.published.invals.len())
+            .field("polls", &self.published.polls.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -446,9 +446,11 @@ impl Hosts {
         }
     }
 
-    /// Brings the file in line with `snap`; touches it only when the role →
-    /// address map differs from what was last written.
-    pub fn apply(&mut self, snap: &Snapshot) -> Result<(), HostsError> {
+    /// Brings the role index to `snap` and returns the block to write, if the
+    /// role → address map differs from what was last written. Never touches the file: cheap
+    /// enough for an async task (the index moves by the snapshot's
+    /// difference).
+    pub fn due(&mut self, snap: &Snapshot) -> Option<RoleMap> {
         self.index.update(snap);
         let (roles, refused) = self.index.desired();
         for why in refused {
@@ -456,9 +458,12 @@ impl Hosts {
                 tracing::warn!(path = %self.path.display(), "not written to hosts file: {why}");
             }
         }
-        if self.written.as_ref() == Some(&roles) {
-            return Ok(());
-        }
+        (self.written.as_ref() != Some(&roles)).then_some(roles)
+    }
+
+    /// Writes `roles` (from [`Hosts::due`]) to the file. Blocks on the file.
+    /// Until it succeeds, `due` keeps returning the block.
+    pub fn write(&mut self, roles: RoleMap) -> Result<(), HostsError> {
         if write_block(&self.path, &roles)? {
             tracing::info!(path = %self.path.display(), roles = roles.len(), "hosts file updated");
         }
