@@ -273,12 +273,21 @@ impl Handlers {
     /// Queues `job` if an executable regular file named `job.name` is in the
     /// handlers directory now (symlinks followed: the operator put them
     /// there). Never blocks beyond that one stat.
+    #[cfg(test)]
     pub fn dispatch(&self, job: Job) -> Dispatch {
-        if !is_handler_name(&job.name) {
-            tracing::debug!(handler = ?job.name, event = %job.label, "no handler can have this name");
+        let name = job.name.clone();
+        self.dispatch_with(&name, || job)
+    }
+
+    /// As [`Handlers::dispatch`] for the job `make` builds, built only when
+    /// the handler `name` exists: most events of most members have none,
+    /// and building one renders the event and the local member.
+    pub fn dispatch_with(&self, name: &str, make: impl FnOnce() -> Job) -> Dispatch {
+        if !is_handler_name(name) {
+            tracing::debug!(handler = ?name, "no handler can have this name");
             return Dispatch::Refused;
         }
-        let path = self.shared.dir.join(&job.name);
+        let path = self.shared.dir.join(name);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
             Ok(_) => return Dispatch::NoHandler,
@@ -292,10 +301,12 @@ impl Handlers {
                 return Dispatch::NoHandler
             }
             Err(e) => {
-                tracing::warn!(event = %job.label, "look up handler {}: {e}", path.display());
+                tracing::warn!("look up handler {}: {e}", path.display());
                 return Dispatch::NoHandler;
             }
         }
+        let job = make();
+        debug_assert_eq!(job.name, name, "the job is for the handler looked up");
         let name = job.name.clone();
         let label = job.label.clone();
         let why = match self.jobs.try_send(job) {

@@ -89,6 +89,10 @@ pub(crate) enum HostsError {
 pub(crate) struct RoleIndex {
     roles: BTreeMap<String, BTreeMap<Senior, Arc<Member>>>,
     last: OrdMap<String, Entry>,
+    /// What `desired` last made; `None` once a role's oldest member may have
+    /// moved. A change to any other member leaves the block as it is, so
+    /// most changes cost no pass over the roles.
+    block: Option<(RoleMap, Vec<String>)>,
 }
 
 /// A member's place in its role: [`tags::seniority`] as a key.
@@ -131,10 +135,15 @@ impl RoleIndex {
             return;
         }
         let json = e.node_info_json();
-        self.roles
-            .entry(json.role.clone())
-            .or_default()
-            .insert(Senior(json.start, e.member.name.clone()), e.member.clone());
+        let members = self.roles.entry(json.role.clone()).or_default();
+        let key = Senior(json.start, e.member.name.clone());
+        if members
+            .first_key_value()
+            .is_none_or(|(first, _)| key < *first)
+        {
+            self.block = None;
+        }
+        members.insert(key, e.member.clone());
     }
 
     fn remove(&mut self, e: &Entry) {
@@ -143,7 +152,14 @@ impl RoleIndex {
         }
         let json = e.node_info_json();
         if let Some(members) = self.roles.get_mut(&json.role) {
-            members.remove(&Senior(json.start, e.member.name.clone()));
+            let key = Senior(json.start, e.member.name.clone());
+            if members
+                .first_key_value()
+                .is_some_and(|(first, _)| first.cmp(&key).is_eq())
+            {
+                self.block = None;
+            }
+            members.remove(&key);
             if members.is_empty() {
                 self.roles.remove(&json.role);
             }
@@ -151,13 +167,17 @@ impl RoleIndex {
     }
 
     /// What the block should say, plus the roles and addresses that cannot
-    /// be written safely.
-    pub(crate) fn desired(&self) -> (RoleMap, Vec<String>) {
-        let oldest = self
-            .roles
-            .iter()
-            .filter_map(|(role, members)| members.values().next().map(|m| (role.as_str(), &**m)));
-        block_of(oldest)
+    /// be written safely; and whether that was made anew for this call
+    /// (else it is what the last call returned).
+    pub(crate) fn desired(&mut self) -> (&(RoleMap, Vec<String>), bool) {
+        let fresh = self.block.is_none();
+        let block = self.block.get_or_insert_with(|| {
+            let oldest = self.roles.iter().filter_map(|(role, members)| {
+                members.values().next().map(|m| (role.as_str(), &**m))
+            });
+            block_of(oldest)
+        });
+        (block, fresh)
     }
 }
 
@@ -167,7 +187,7 @@ impl RoleIndex {
 pub(crate) fn desired(snap: &Snapshot) -> (RoleMap, Vec<String>) {
     let mut index = RoleIndex::default();
     index.update(snap);
-    index.desired()
+    index.desired().0.clone()
 }
 
 /// The block for each role's oldest alive member.
@@ -452,13 +472,15 @@ impl Hosts {
     /// difference).
     pub fn due(&mut self, snap: &Snapshot) -> Option<RoleMap> {
         self.index.update(snap);
-        let (roles, refused) = self.index.desired();
-        for why in refused {
-            if self.reported.insert(why.clone()) {
-                tracing::warn!(path = %self.path.display(), "not written to hosts file: {why}");
+        let ((roles, refused), fresh) = self.index.desired();
+        if fresh {
+            for why in refused {
+                if self.reported.insert(why.clone()) {
+                    tracing::warn!(path = %self.path.display(), "not written to hosts file: {why}");
+                }
             }
         }
-        (self.written.as_ref() != Some(&roles)).then_some(roles)
+        (self.written.as_ref() != Some(roles)).then(|| roles.clone())
     }
 
     /// Writes `roles` (from [`Hosts::due`]) to the file. Blocks on the file.
@@ -556,7 +578,7 @@ mod tests {
             if step % 3 != 0 {
                 // Some snapshots are skipped, as the watch channel does.
                 index.update(&snap);
-                assert_eq!(index.desired(), desired(&snap), "step {step}");
+                assert_eq!(index.desired().0, &desired(&snap), "step {step}");
             }
         }
     }

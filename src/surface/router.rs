@@ -32,7 +32,7 @@ pub(crate) fn route(
         name, payload, id, ..
     } = &ev
     else {
-        handlers.dispatch(job(&ev, snap, None));
+        handlers.dispatch_with(ev.handler_name(), || job(&ev, snap, None));
         return;
     };
     let id = *id;
@@ -43,7 +43,7 @@ pub(crate) fn route(
         return;
     }
     let (tx, rx) = oneshot::channel();
-    if handlers.dispatch(job(&ev, snap, Some(tx))) == Dispatch::Queued {
+    if handlers.dispatch_with(ev.handler_name(), || job(&ev, snap, Some(tx))) == Dispatch::Queued {
         let (client, name) = (client.clone(), name.clone());
         tokio::spawn(async move {
             if let Ok(out) = rx.await {
@@ -167,7 +167,9 @@ pub(crate) async fn dispatch_journal(
             let snap = view.snapshot();
             for entry in journal.entries_since(after) {
                 last = Some(entry.seq);
-                handlers.dispatch(job(&entry.event, &snap, None));
+                handlers.dispatch_with(entry.event.handler_name(), || {
+                    job(&entry.event, &snap, None)
+                });
             }
         }
         tokio::select! {
