@@ -6,7 +6,8 @@
 //! moment memberlist reports it), so its `monitor` lines are the trigger:
 //! each line about a member (see [`super::trigger`]) has just that member
 //! re-read with `members-filtered`, and the re-read, never the line, is
-//! applied. Stream records are a second trigger of the same kind. Under
+//! applied. Stream records are a second trigger of the same kind (for a
+//! member the view does not already hold as the record shows it). Under
 //! both, a full `members` read reconciles everything: every
 //! `reconcile` period (at least [`PERIODIC_SPACING`] times what the last
 //! full read took, so it stays a small fraction of a core at any size),
@@ -35,10 +36,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::trigger::{self, Named, Trigger};
-use super::View;
+use super::{Snapshot, View};
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::cluster::rpc::peer::AgentPid;
-use crate::cluster::rpc::{Client, RpcError, StreamRecord};
+use crate::cluster::rpc::{Client, MemberEvent, RpcError, StreamRecord};
 
 const MEMBER_EVENTS: &str = "member-join,member-leave,member-failed,member-update,member-reap";
 
@@ -168,12 +169,23 @@ impl Wanted {
         }
     }
 
-    fn record(&mut self, lost: u64, record: StreamRecord) {
+    /// A stream record, against the view as it stands (`snap`).
+    fn record(&mut self, lost: u64, record: StreamRecord, snap: &Snapshot) {
         if lost > 0 {
             self.full = true;
         }
-        if let StreamRecord::Member { members, .. } = record {
+        if let StreamRecord::Member { event, members } = record {
             for m in members {
+                // A record the view already agrees with tells nothing new:
+                // this state came by its line (or a full read), and any
+                // later change has a line and a record of its own. A reap
+                // always is news: the agent has forgotten a member the view
+                // may still hold just as the record shows it.
+                if event != MemberEvent::Reap
+                    && snap.members.get(&m.name).is_some_and(|e| *e.member == m)
+                {
+                    continue;
+                }
                 // The record is a second old: its address is no check.
                 self.name(Named {
                     name: m.name,
@@ -268,7 +280,7 @@ async fn follow(
                 None => return Some(RpcError::Closed { addr: cfg.rpc }),
             },
             rec = stream.next() => match rec {
-                Some((lost, rec)) => wanted.record(lost, rec),
+                Some((lost, rec)) => wanted.record(lost, rec, &view.snapshot()),
                 None => return Some(RpcError::Closed { addr: cfg.rpc }),
             },
             _ = tokio::time::sleep_until(schedule.next) => wanted.full = true,
@@ -304,4 +316,46 @@ async fn reread(view: &View, client: &Client, wanted: &mut Wanted) -> Result<(),
     }
     view.upsert(found);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::rpc::Member;
+
+    fn named(w: &Wanted) -> Vec<&str> {
+        w.names.iter().map(|n| n.name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_record_asks_for_a_re_read_unless_the_view_holds_what_it_shows() {
+        let view = View::new();
+        let a = Member::fixture("a", &[("role", "web")]);
+        let b = Member::fixture("b", &[("role", "db")]);
+        view.upsert(vec![a.clone(), b.clone()]);
+        let snap = view.snapshot();
+        let member = |event, members: Vec<Member>| StreamRecord::Member { event, members };
+
+        let mut w = Wanted::default();
+        w.record(0, member(MemberEvent::Update, vec![a.clone()]), &snap);
+        assert!(named(&w).is_empty() && !w.full, "the view already shows a");
+
+        let mut newer = b.clone();
+        newer.tags.insert("role".into(), "cache".into());
+        let c = Member::fixture("c", &[]);
+        w.record(
+            0,
+            member(MemberEvent::Join, vec![a.clone(), newer, c]),
+            &snap,
+        );
+        assert_eq!(named(&w), ["b", "c"], "b differs, c is unknown");
+
+        let mut w = Wanted::default();
+        w.record(0, member(MemberEvent::Reap, vec![a.clone()]), &snap);
+        assert_eq!(named(&w), ["a"], "a reap is always checked");
+
+        let mut w = Wanted::default();
+        w.record(3, member(MemberEvent::Update, vec![a]), &snap);
+        assert!(w.full, "lost records ask for a full read");
+    }
 }
