@@ -270,18 +270,18 @@ impl Handlers {
         }
     }
 
-    /// Queues `job` if an executable regular file named `job.name` is in the
-    /// handlers directory now (symlinks followed: the operator put them
-    /// there). Never blocks beyond that one stat.
+    /// [`Handlers::dispatch_with`] for a job already built.
     #[cfg(test)]
     pub fn dispatch(&self, job: Job) -> Dispatch {
         let name = job.name.clone();
         self.dispatch_with(&name, || job)
     }
 
-    /// As [`Handlers::dispatch`] for the job `make` builds, built only when
-    /// the handler `name` exists: most events of most members have none,
-    /// and building one renders the event and the local member.
+    /// Queues the job `make` builds if an executable regular file named
+    /// `name` is in the handlers directory now (symlinks followed: the
+    /// operator put them there). Never blocks beyond that one stat. The job
+    /// is built only then: most events of most members have no handler, and
+    /// building one renders the event and the local member.
     pub fn dispatch_with(&self, name: &str, make: impl FnOnce() -> Job) -> Dispatch {
         if !is_handler_name(name) {
             tracing::debug!(handler = ?name, "no handler can have this name");
