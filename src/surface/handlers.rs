@@ -307,7 +307,6 @@ impl Handlers {
         }
         let job = make();
         debug_assert_eq!(job.name, name, "the job is for the handler looked up");
-        let name = job.name.clone();
         let label = job.label.clone();
         let why = match self.jobs.try_send(job) {
             Ok(()) => {

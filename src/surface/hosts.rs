@@ -467,9 +467,9 @@ impl Hosts {
     }
 
     /// Brings the role index to `snap` and returns the block to write, if the
-    /// role → address map differs from what was last written. Never touches the file: cheap
-    /// enough for an async task (the index moves by the snapshot's
-    /// difference).
+    /// role → address map differs from what was last written. Never touches
+    /// the file: cheap enough for an async task (the index moves by the
+    /// snapshot's difference).
     pub fn due(&mut self, snap: &Snapshot) -> Option<RoleMap> {
         self.index.update(snap);
         let ((roles, refused), fresh) = self.index.desired();

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::trigger::{self, Named, Trigger};
-use super::{Snapshot, View};
+use super::View;
 use crate::backoff::{sleep_or_shutdown, Backoff};
 use crate::cluster::rpc::peer::AgentPid;
 use crate::cluster::rpc::{Client, MemberEvent, RpcError, StreamRecord};
@@ -169,12 +169,13 @@ impl Wanted {
         }
     }
 
-    /// A stream record, against the view as it stands (`snap`).
-    fn record(&mut self, lost: u64, record: StreamRecord, snap: &Snapshot) {
+    /// A stream record, against the view as it stands.
+    fn record(&mut self, lost: u64, record: StreamRecord, view: &View) {
         if lost > 0 {
             self.full = true;
         }
         if let StreamRecord::Member { event, members } = record {
+            let snap = view.snapshot();
             for m in members {
                 // A record the view already agrees with tells nothing new:
                 // this state came by its line (or a full read), and any
@@ -284,7 +285,7 @@ async fn follow(
                 None => return Some(RpcError::Closed { addr: cfg.rpc }),
             },
             rec = stream.next() => match rec {
-                Some((lost, rec)) => wanted.record(lost, rec, &view.snapshot()),
+                Some((lost, rec)) => wanted.record(lost, rec, view),
                 None => return Some(RpcError::Closed { addr: cfg.rpc }),
             },
             _ = tokio::time::sleep_until(schedule.next) => wanted.full = true,
@@ -353,11 +354,10 @@ mod tests {
         let a = Member::fixture("a", &[("role", "web")]);
         let b = Member::fixture("b", &[("role", "db")]);
         view.upsert(vec![a.clone(), b.clone()]);
-        let snap = view.snapshot();
         let member = |event, members: Vec<Member>| StreamRecord::Member { event, members };
 
         let mut w = Wanted::default();
-        w.record(0, member(MemberEvent::Update, vec![a.clone()]), &snap);
+        w.record(0, member(MemberEvent::Update, vec![a.clone()]), &view);
         assert!(named(&w).is_empty() && !w.full, "the view already shows a");
 
         let mut newer = b.clone();
@@ -366,16 +366,16 @@ mod tests {
         w.record(
             0,
             member(MemberEvent::Join, vec![a.clone(), newer, c]),
-            &snap,
+            &view,
         );
         assert_eq!(named(&w), ["b", "c"], "b differs, c is unknown");
 
         let mut w = Wanted::default();
-        w.record(0, member(MemberEvent::Reap, vec![a.clone()]), &snap);
+        w.record(0, member(MemberEvent::Reap, vec![a.clone()]), &view);
         assert_eq!(named(&w), ["a"], "a reap is always checked");
 
         let mut w = Wanted::default();
-        w.record(3, member(MemberEvent::Update, vec![a]), &snap);
+        w.record(3, member(MemberEvent::Update, vec![a]), &view);
         assert!(w.full, "lost records ask for a full read");
     }
 }
